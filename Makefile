@@ -1,0 +1,82 @@
+# storefront: `make run` serves on SQLite, `make test` runs lint + the whole suite.
+# Both create .venv on first use and reinstall only when pyproject.toml or requirements.lock change.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTO_FILES := $(shell find protos/storefront -name '*.proto' | sort)
+GEN_PY := generated/python
+
+.PHONY: help venv generate check-generated lint format typecheck test test-fast run migrate bench clean
+
+help:
+	@echo "make run     - serve gRPC on 127.0.0.1:50051 (SQLite in ./var), metrics on :9464"
+	@echo "make test    - lint, check generated stubs, run the whole test suite"
+	@echo "make generate, make lint, make typecheck, make migrate, make bench"
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+venv: $(STAMP)
+
+# Regenerates the Python stubs (messages, grpc, .pyi) from protos/. Never edit generated/ by hand.
+generate: $(STAMP)
+	@rm -rf $(GEN_PY)/storefront
+	@mkdir -p $(GEN_PY)
+	$(BIN)/python -m grpc_tools.protoc -Iprotos \
+		--python_out=$(GEN_PY) --grpc_python_out=$(GEN_PY) \
+		--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --mypy_out=$(GEN_PY) \
+		--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc --mypy_grpc_out=$(GEN_PY) \
+		$(PROTO_FILES)
+	@touch $(GEN_PY)/storefront/__init__.py $(GEN_PY)/storefront/v1/__init__.py $(GEN_PY)/storefront/py.typed
+
+# Fails when generated/ differs from what the protos generate now.
+check-generated: $(STAMP)
+	@tmp=$$(mktemp -d) && \
+	$(BIN)/python -m grpc_tools.protoc -Iprotos \
+		--python_out=$$tmp --grpc_python_out=$$tmp \
+		--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --mypy_out=$$tmp \
+		--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc --mypy_grpc_out=$$tmp \
+		$(PROTO_FILES) && \
+	touch $$tmp/storefront/__init__.py $$tmp/storefront/v1/__init__.py $$tmp/storefront/py.typed && \
+	diff -r $$tmp/storefront $(GEN_PY)/storefront -x __pycache__ \
+		|| { echo "generated/ is stale: run 'make generate' and commit"; rm -rf $$tmp; exit 1; }; \
+	rm -rf $$tmp
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/buf lint
+	$(BIN)/buf format --diff --exit-code
+	@if git rev-parse --verify --quiet main >/dev/null && git cat-file -e main:protos 2>/dev/null; then \
+		$(BIN)/buf breaking --against '.git#branch=main'; \
+	fi
+
+typecheck: $(STAMP)
+	$(BIN)/mypy server clients/python tests
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+	$(BIN)/buf format -w
+
+test: lint typecheck check-generated
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -x
+
+migrate: $(STAMP)
+	$(BIN)/storefront migrate
+
+run: $(STAMP)
+	$(BIN)/storefront migrate
+	$(BIN)/storefront seed
+	$(BIN)/storefront serve
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

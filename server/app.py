@@ -1,0 +1,209 @@
+"""Composition root: settings -> database -> interceptors -> servicers -> grpc.Server."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import secrets
+import threading
+import time
+from concurrent import futures
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import peewee
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+from storefront.v1 import identity_service_pb2, identity_service_pb2_grpc
+
+from server import migrations
+from server.config import Settings
+from server.db import close_database, init_database
+from server.domain import key_files, sessions, tokens
+from server.domain.passwords import PasswordHasher
+from server.domain.sessions import SessionPolicy
+from server.interceptors.auth import AuthInterceptor, access_rules
+from server.interceptors.db_scope import DatabaseScopeInterceptor
+from server.interceptors.errors import ErrorInterceptor
+from server.interceptors.metrics import MetricsInterceptor, ServerMetrics
+from server.interceptors.request_log import RequestLogInterceptor
+from server.services.identity_service import IdentityServicer
+
+log = logging.getLogger("storefront")
+
+HEALTH_CHECK_INTERVAL_SECONDS = 5.0
+MIN_PAGE_TOKEN_SECRET_BYTES = 32
+
+
+@dataclass
+class App:
+    """A built server and what its lifecycle needs; `server` and `port` are what callers use."""
+
+    server: grpc.Server
+    port: int
+    settings: Settings
+    db: peewee.Database
+    health: health.HealthServicer
+    service_names: list[str]
+    metrics: ServerMetrics
+    metrics_port: int | None = None
+    _metrics_httpd: Any = None
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _watcher: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Starts serving RPCs, metrics and the database health watch."""
+        self.server.start()
+        if self.settings.metrics_address:
+            host, _, port = self.settings.metrics_address.rpartition(":")
+            self._metrics_httpd, _ = start_http_server(int(port), host.strip("[]"),
+                                                       registry=self.metrics.registry)
+            self.metrics_port = self._metrics_httpd.server_port
+        self._watcher = threading.Thread(target=self._watch_database, name="db-health",
+                                         daemon=True)
+        self._watcher.start()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Drains and stops: health NOT_SERVING, drain period, stop(grace), close the pool."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self.health.enter_graceful_shutdown()
+        # Load balancers and clients watching health move away during the drain period, before
+        # the server starts refusing new RPCs.
+        if self.settings.drain_seconds:
+            time.sleep(self.settings.drain_seconds)
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        self.server.stop(grace).wait()
+        if self._watcher is not None:
+            self._watcher.join(timeout=HEALTH_CHECK_INTERVAL_SECONDS + 1)
+        if self._metrics_httpd is not None:
+            self._metrics_httpd.shutdown()
+            self._metrics_httpd.server_close()
+        close_database()
+
+    def wait(self) -> None:
+        """Blocks until the server has stopped."""
+        self.server.wait_for_termination()
+
+    def _set_serving(self, serving: bool) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", *self.service_names):
+            self.health.set(name, status)
+
+    def _watch_database(self) -> None:
+        """Reports NOT_SERVING while the database is unreachable, SERVING when it is back."""
+        serving = True
+        while not self._stopping.wait(HEALTH_CHECK_INTERVAL_SECONDS):
+            try:
+                with self.db.connection_context():
+                    self.db.execute_sql("SELECT 1")
+                healthy = True
+            except peewee.PeeweeException:
+                healthy = False
+            if healthy != serving and not self._stopping.is_set():
+                log.warning("database %s", "reachable again" if healthy else "unreachable")
+                self._set_serving(healthy)
+                serving = healthy
+
+
+def load_page_token_secret(settings: Settings) -> bytes:
+    """Returns the page-token HMAC secret, generating it in development."""
+    assert settings.page_token_secret_file is not None
+    if settings.is_production:
+        secret = settings.page_token_secret_file.read_bytes().strip()
+    else:
+        secret = key_files.load_or_create(settings.page_token_secret_file,
+                                          lambda: secrets.token_bytes(32))
+    if len(secret) < MIN_PAGE_TOKEN_SECRET_BYTES:
+        raise ValueError(f"STOREFRONT_PAGE_TOKEN_SECRET_FILE: needs at least "
+                         f"{MIN_PAGE_TOKEN_SECRET_BYTES} bytes")
+    return secret
+
+
+def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if not settings.tls_enabled:
+        return None
+    assert settings.tls_cert_file is not None and settings.tls_key_file is not None
+    client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+        root_certificates=client_ca, require_client_auth=client_ca is not None)
+
+
+def create_app(settings: Settings) -> App:
+    """Builds the server for `settings`, bound to its port but not started.
+
+    Refuses to build on an out-of-date schema or if any RPC lacks an access rule.
+    """
+    db = init_database(settings.database_url, pool_size=settings.db_pool_size)
+    migrations.check_schema(db)
+
+    assert settings.jwt_signing_key_file is not None
+    keyring = tokens.load_keyring(settings.jwt_signing_key_file, settings.jwt_verify_key_files,
+                                  generate_if_missing=not settings.is_production)
+    token_service = tokens.TokenService(keyring, issuer=settings.jwt_issuer,
+                                        audience=settings.jwt_audience,
+                                        ttl_seconds=settings.access_token_ttl_seconds,
+                                        leeway_seconds=settings.token_leeway_seconds)
+    policy = SessionPolicy(tokens=token_service,
+                           passwords=PasswordHasher(
+                               concurrency=settings.password_hash_concurrency),
+                           refresh_ttl=dt.timedelta(seconds=settings.refresh_token_ttl_seconds))
+    page_token_secret = load_page_token_secret(settings)
+
+    # Each entry: the service descriptor (its access rules), and how to register the servicer.
+    services: list[tuple[ServiceDescriptor, Callable[[grpc.Server], None]]] = [
+        (identity_service_pb2.DESCRIPTOR.services_by_name["IdentityService"],
+         lambda server: identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
+             IdentityServicer(policy, page_token_secret), server)),
+    ]
+    rules = access_rules(descriptor for descriptor, _ in services)
+
+    metrics = ServerMetrics(CollectorRegistry())
+    # Outermost first. The database scope wraps auth because auth checks, with one indexed
+    # query, that the token's session is still live.
+    interceptors = [
+        RequestLogInterceptor(),
+        MetricsInterceptor(metrics),
+        ErrorInterceptor(),
+        DatabaseScopeInterceptor(db),
+        AuthInterceptor(rules, token_service, sessions.authorize),
+    ]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.worker_threads,
+                                   thread_name_prefix="rpc"),
+        interceptors=interceptors,
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        options=[
+            # Off: a second server on the same port must fail, not silently share it.
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+        ],
+    )
+    for _, register in services:
+        register(server)
+
+    service_names = [descriptor.full_name for descriptor, _ in services]
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+
+    credentials = _server_credentials(settings)
+    if credentials is None:
+        port = server.add_insecure_port(settings.grpc_address)
+    else:
+        port = server.add_secure_port(settings.grpc_address, credentials)
+
+    app = App(server=server, port=port, settings=settings, db=db, health=health_servicer,
+              service_names=service_names, metrics=metrics)
+    app._set_serving(True)
+    return app

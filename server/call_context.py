@@ -1,0 +1,44 @@
+"""Per-call facts the interceptors establish and the servicers read: request id and principal."""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass
+
+from server.domain.principal import Principal
+from server.errors import Unauthenticated
+
+
+@dataclass
+class CallContext:
+    """What is known about the call in progress on this worker thread."""
+
+    request_id: str
+    principal: Principal | None = None
+
+
+_current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
+    "storefront_call", default=None)
+
+
+def set_current(call: CallContext | None) -> contextvars.Token[CallContext | None]:
+    """Makes `call` the current call; returns a token to restore the previous one."""
+    return _current.set(call)
+
+
+def reset(token: contextvars.Token[CallContext | None]) -> None:
+    """Restores the call that was current before `set_current`."""
+    _current.reset(token)
+
+
+def current() -> CallContext | None:
+    """Returns the call in progress on this thread, if any."""
+    return _current.get()
+
+
+def principal() -> Principal:
+    """Returns the authenticated caller; raises Unauthenticated for an anonymous call."""
+    call = _current.get()
+    if call is None or call.principal is None:
+        raise Unauthenticated("This call needs an access token.", reason="MISSING_TOKEN")
+    return call.principal

@@ -1,0 +1,79 @@
+"""The one deferred database object, the model base class, and initialisation from a URL."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from urllib.parse import urlparse
+
+import peewee
+from playhouse import db_url
+
+database = peewee.DatabaseProxy()
+
+# WAL lets readers run beside the one writer; busy_timeout makes writers queue instead of failing;
+# synchronous=normal is durable across process crashes in WAL mode (only an OS crash can lose the
+# last commits); foreign keys are off by default in SQLite.
+SQLITE_PRAGMAS = {
+    "journal_mode": "wal",
+    "busy_timeout": 10_000,
+    "synchronous": "normal",
+    "foreign_keys": 1,
+}
+
+
+class BaseModel(peewee.Model):
+    """Base of every model: names the shared database."""
+
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+def utcnow() -> dt.datetime:
+    """Returns the current UTC time as a naive datetime, the form every timestamp column stores."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def connect_url(url: str, *, pool_size: int = 20, **connect_params: object) -> peewee.Database:
+    """Returns an (unconnected) database for `url`: sqlite:///path or psycopg3+pool://..."""
+    scheme = urlparse(url).scheme
+    if scheme == "sqlite":
+        path = url.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # IMMEDIATE: every explicit transaction takes the write lock at BEGIN, so a read-then-write
+        # transaction never fails with "database is locked" when it upgrades to a write.
+        return peewee.SqliteDatabase(path, pragmas=SQLITE_PRAGMAS, timeout=10,
+                                     lock_type="IMMEDIATE", check_same_thread=False)
+    if scheme in ("postgres", "postgresql", "psycopg3"):
+        url = "psycopg3+pool" + url[len(scheme):]
+    if url.startswith("psycopg3+pool:"):
+        # timeout: how long an RPC waits for a free pooled connection before failing.
+        return db_url.connect(url, max_connections=pool_size, stale_timeout=300, timeout=10,
+                              **connect_params)
+    raise ValueError(f"unsupported database URL scheme: {scheme}")
+
+
+def init_database(url: str, *, pool_size: int = 20, **connect_params: object) -> peewee.Database:
+    """Points the shared proxy at the database for `url` and returns it."""
+    db = connect_url(url, pool_size=pool_size, **connect_params)
+    database.initialize(db)
+    return db
+
+
+def is_sqlite() -> bool:
+    """Whether the shared database is SQLite (some SQL differs per engine)."""
+    return isinstance(database.obj, peewee.SqliteDatabase)
+
+
+def close_database() -> None:
+    """Closes this thread's connection and, for a pool, every idle pooled connection."""
+    db = database.obj
+    if db is None:
+        return
+    if not db.is_closed():
+        db.close()
+    close_all = getattr(db, "close_all", None)
+    if close_all is not None:
+        close_all()

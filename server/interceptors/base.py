@@ -1,0 +1,117 @@
+"""Wraps all four RPC kinds with one helper: interceptors only say what they do around a call."""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """The RPC being called, named the way go-grpc-middleware labels it."""
+
+    full_name: str
+    service: str
+    method: str
+    rpc_type: str  # unary, client_stream, server_stream or bidi_stream
+
+
+@functools.lru_cache(maxsize=1024)
+def method_info(full_name: str, client_streaming: bool, server_streaming: bool) -> MethodInfo:
+    """Parses "/package.Service/Method" into its parts (cached: called on every RPC)."""
+    service, _, method = full_name.lstrip("/").rpartition("/")
+    rpc_type = {(False, False): "unary", (True, False): "client_stream",
+                (False, True): "server_stream", (True, True): "bidi_stream"}[
+        (client_streaming, server_streaming)]
+    return MethodInfo(full_name, service, method, rpc_type)
+
+
+class ScopeInterceptor(grpc.ServerInterceptor, abc.ABC):  # type: ignore[misc]
+    """An interceptor whose work is a context manager around the handler, on the worker thread.
+
+    `intercept_service` runs on grpc's single dispatcher thread, so it only wraps the handler;
+    the scope runs when the call does, and for streamed responses it spans the whole stream.
+    """
+
+    @abc.abstractmethod
+    def scope(self, method: MethodInfo, context: grpc.ServicerContext
+              ) -> contextlib.AbstractContextManager[None]:
+        """Returns the context manager to run the call inside."""
+
+    def intercept_service(self, continuation: Callable[[Any], Any],
+                          handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        info = method_info(handler_call_details.method, handler.request_streaming,
+                           handler.response_streaming)
+        return _wrap(handler, info, self.scope)
+
+
+def _wrap(handler: Any, info: MethodInfo,
+          scope: Callable[[MethodInfo, grpc.ServicerContext],
+                          contextlib.AbstractContextManager[None]]) -> Any:
+    def unary_response(inner: Callable[..., Any]) -> Callable[..., Any]:
+        def behavior(request: Any, context: grpc.ServicerContext) -> Any:
+            with scope(info, context):
+                return inner(request, context)
+        return behavior
+
+    def stream_response(inner: Callable[..., Any]) -> Callable[..., Any]:
+        def behavior(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            with scope(info, context):
+                yield from inner(request, context)
+        return behavior
+
+    kwargs = {"request_deserializer": handler.request_deserializer,
+              "response_serializer": handler.response_serializer}
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary_response(handler.unary_unary), **kwargs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(stream_response(handler.unary_stream),
+                                                    **kwargs)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary_response(handler.stream_unary),
+                                                    **kwargs)
+    return grpc.stream_stream_rpc_method_handler(stream_response(handler.stream_stream), **kwargs)
+
+
+def status_code_of(context: grpc.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
+    """Returns the status a finished call ends with, as set by the error interceptor or grpc."""
+    code = context.code()
+    if code is not None:
+        return code  # type: ignore[no-any-return,unused-ignore]
+    return grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
+
+
+def go_code_name(code: grpc.StatusCode) -> str:
+    """Returns the Go name of a status code ("InvalidArgument"), as go-grpc-middleware writes it."""
+    return GO_CODE_NAMES[code]
+
+
+# codes.Code.String() in grpc-go; note the single L in "Canceled".
+GO_CODE_NAMES: dict[grpc.StatusCode, str] = {
+    grpc.StatusCode.OK: "OK",
+    grpc.StatusCode.CANCELLED: "Canceled",
+    grpc.StatusCode.UNKNOWN: "Unknown",
+    grpc.StatusCode.INVALID_ARGUMENT: "InvalidArgument",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "DeadlineExceeded",
+    grpc.StatusCode.NOT_FOUND: "NotFound",
+    grpc.StatusCode.ALREADY_EXISTS: "AlreadyExists",
+    grpc.StatusCode.PERMISSION_DENIED: "PermissionDenied",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "ResourceExhausted",
+    grpc.StatusCode.FAILED_PRECONDITION: "FailedPrecondition",
+    grpc.StatusCode.ABORTED: "Aborted",
+    grpc.StatusCode.OUT_OF_RANGE: "OutOfRange",
+    grpc.StatusCode.UNIMPLEMENTED: "Unimplemented",
+    grpc.StatusCode.INTERNAL: "Internal",
+    grpc.StatusCode.UNAVAILABLE: "Unavailable",
+    grpc.StatusCode.DATA_LOSS: "DataLoss",
+    grpc.StatusCode.UNAUTHENTICATED: "Unauthenticated",
+}

@@ -1,0 +1,110 @@
+"""Error mapping: the one place domain exceptions become gRPC statuses with rich details."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import grpc
+import peewee
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from playhouse.pool import MaxConnectionsExceeded
+
+from server import call_context, errors
+from server.interceptors.base import MethodInfo, ScopeInterceptor
+from server.interceptors.request_log import REQUEST_ID_HEADER
+
+ERROR_DOMAIN = "storefront"
+log = logging.getLogger("storefront.errors")
+
+_CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Aborted: grpc.StatusCode.ABORTED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+class _Status(grpc.Status):  # type: ignore[misc]
+    def __init__(self, code: grpc.StatusCode, details: str,
+                 trailing_metadata: tuple[tuple[str, str | bytes], ...]) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing_metadata
+
+
+def _pack(message: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def build_status(code: grpc.StatusCode, error: errors.DomainError, request_id: str) -> _Status:
+    """Returns the status for `error`: message, ErrorInfo, field violations and the request id."""
+    details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN,
+                                                 metadata=error.metadata)),
+               _pack(error_details_pb2.RequestInfo(request_id=request_id))]
+    if isinstance(error, errors.InvalidArgument) and error.violations:
+        details.append(_pack(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            for v in error.violations])))
+    status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
+    converted = rpc_status.to_status(status)
+    return _Status(code, error.message,
+                   (*converted.trailing_metadata, (REQUEST_ID_HEADER, request_id)))
+
+
+def _infrastructure_error(exc: BaseException) -> errors.DomainError | None:
+    """Maps failures of the database (not bugs) to retryable errors."""
+    if isinstance(exc, peewee.OperationalError | peewee.InterfaceError):
+        return errors.Unavailable("The database is unavailable; retry later.",
+                                  reason="DATABASE_UNAVAILABLE")
+    if isinstance(exc, MaxConnectionsExceeded):
+        return errors.Unavailable("The server is busy; retry later.", reason="POOL_EXHAUSTED")
+    return None
+
+
+class ErrorInterceptor(ScopeInterceptor):
+    """Turns DomainError into its status code and anything unexpected into a bare INTERNAL."""
+
+    @contextlib.contextmanager
+    def scope(self, method: MethodInfo, context: grpc.ServicerContext) -> Iterator[None]:
+        try:
+            yield
+        except errors.DomainError as exc:
+            self._abort(context, _CODES.get(type(exc), grpc.StatusCode.INTERNAL), exc)
+        except Exception as exc:
+            if context.code() not in (None, grpc.StatusCode.OK):
+                raise  # grpc's own abort (e.g. from a handler calling context.abort)
+            mapped = _infrastructure_error(exc)
+            request_id = _request_id()
+            if mapped is not None:
+                log.warning("dependency failure", exc_info=True,
+                            extra={"request_id": request_id, "grpc.method": method.method})
+                self._abort(context, grpc.StatusCode.UNAVAILABLE, mapped)
+            log.error("unhandled exception", exc_info=True,
+                      extra={"request_id": request_id, "grpc.service": method.service,
+                             "grpc.method": method.method})
+            self._abort(context, grpc.StatusCode.INTERNAL, errors.DomainError(
+                f"Internal error. Quote request id {request_id} when reporting it.",
+                reason="INTERNAL"))
+
+    @staticmethod
+    def _abort(context: grpc.ServicerContext, code: grpc.StatusCode,
+               error: errors.DomainError) -> None:
+        context.abort_with_status(build_status(code, error, _request_id()))
+
+
+def _request_id() -> str:
+    call = call_context.current()
+    return call.request_id if call else "-"
+

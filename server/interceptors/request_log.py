@@ -1,0 +1,69 @@
+"""Request id and access log: one JSON line per RPC with go-grpc-middleware's field names."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterator
+
+import grpc
+
+from server import call_context
+from server.interceptors.base import MethodInfo, ScopeInterceptor, go_code_name, status_code_of
+
+REQUEST_ID_HEADER = "x-request-id"
+# A caller's id is kept only if it is short and plain, so it is safe to log and echo back.
+_ACCEPTABLE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
+
+access_log = logging.getLogger("storefront.access")
+
+
+def request_id_from(context: grpc.ServicerContext) -> str:
+    """Returns the caller's x-request-id if acceptable, else a new UUID."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str) and \
+                _ACCEPTABLE_REQUEST_ID.match(value):
+            return value
+    return str(uuid.uuid4())
+
+
+class RequestLogInterceptor(ScopeInterceptor):
+    """Assigns the request id, echoes it in trailing metadata and logs the finished call."""
+
+    @contextlib.contextmanager
+    def scope(self, method: MethodInfo, context: grpc.ServicerContext) -> Iterator[None]:
+        call = call_context.CallContext(request_id=request_id_from(context))
+        token = call_context.set_current(call)
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, call.request_id),))
+        started = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            yield
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            code = status_code_of(context, error)
+            principal = call.principal
+            fields = {
+                "grpc.component": "server",
+                "grpc.service": method.service,
+                "grpc.method": method.method,
+                "grpc.method_type": method.rpc_type,
+                "grpc.code": go_code_name(code),
+                "grpc.time_ms": round((time.perf_counter() - started) * 1000, 3),
+                "peer.address": context.peer(),
+                "request_id": call.request_id,
+                "principal": principal.subject if principal else None,
+                "principal.role": principal.role.value if principal else None,
+            }
+            level = logging.ERROR if code in _SERVER_FAULTS else logging.INFO
+            access_log.log(level, "finished call", extra=fields)
+            call_context.reset(token)
+
+
+_SERVER_FAULTS = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+                            grpc.StatusCode.DATA_LOSS})

@@ -1,0 +1,1 @@
+"""Peewee models and their query helpers, one module per resource."""
