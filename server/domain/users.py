@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import peewee
 
 from server.db import database, utcnow
+from server.domain import listing
 from server.domain import passwords as passwords_mod
 from server.domain.passwords import PasswordHasher
 from server.domain.principal import Principal, Role
@@ -63,6 +64,30 @@ def validate_display_name(v: Validator, field: str, raw: str) -> str:
     elif _has_control_characters(name):
         v.add(field, "must not contain control characters")
     return name
+
+
+USER_LIST = listing.ListSpec(
+    name="users",
+    model=User,
+    filter_fields={
+        "role": listing.FilterField(
+            User.role, listing.FieldKind.ENUM,
+            enum_values={f"ROLE_{role.value}": role.value for role in USER_ROLES}),
+        "disabled": listing.FilterField(User.disabled, listing.FieldKind.BOOL),
+        "email": listing.FilterField(User.email, listing.FieldKind.STRING, operators=("=",)),
+        "create_time": listing.FilterField(User.create_time, listing.FieldKind.TIMESTAMP),
+    },
+    order_fields={"create_time": User.create_time, "email": User.email},
+    default_order="create_time",
+)
+
+
+def list_(*, page_size: int, page_token: str, filter_text: str, order_by: str,
+          secret: bytes) -> listing.Page[User]:
+    """Returns one page of users matching the filter, in the requested order."""
+    return listing.list_page(USER_LIST, User.select(), page_size=page_size,
+                             page_token=page_token, filter_text=filter_text, order_by=order_by,
+                             secret=secret)
 
 
 def etag(user: User) -> str:

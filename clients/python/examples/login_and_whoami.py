@@ -32,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
             response = client.identity.GetCurrentUser(identity_service_pb2.GetCurrentUserRequest())
         except grpc.RpcError as err:
             reason, _ = error_info(err)
+            code = f"{err.code().name} {reason}".strip()
             print(
-                f"error: {err.code().name} {reason} {err.details()} "
-                f"(request id {request_id(err) or '-'})",
+                f"error: {code}: {err.details()} (request id {request_id(err) or '-'})",
                 file=sys.stderr,
             )
             return 1

@@ -57,7 +57,7 @@ def create_channel(
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     keepalive_seconds: float | None = None,
     options: Sequence[tuple[str, Any]] = (),
-) -> Any:
+) -> grpc.Channel:
     """Returns a grpc.Channel to "host:port"; TLS if `tls` or any certificate is given.
 
     Without `root_certificates` TLS trusts the system roots. `client_certificate` and `client_key`

@@ -60,7 +60,7 @@ class StorefrontClient:
 
     def __init__(
         self,
-        channel: Any,
+        channel: grpc.Channel | str,
         *,
         default_timeout: float = DEFAULT_TIMEOUT_SECONDS,
         retry: RetryPolicy | None = None,
@@ -84,7 +84,7 @@ class StorefrontClient:
         )
 
     @property
-    def channel(self) -> Any:
+    def channel(self) -> grpc.Channel:
         """Returns the grpc.Channel with the client's interceptors, for stubs and raw calls."""
         return self._channel
 

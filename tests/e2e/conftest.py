@@ -1,0 +1,121 @@
+"""A real storefront server on 127.0.0.1:0, with the production interceptor chain, per engine."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import quote
+
+import grpc
+import peewee
+import pytest
+from storefront.v1 import identity_service_pb2 as pb
+from storefront_client import StorefrontClient
+
+from server import db as dbmod
+from server import migrations
+from server.app import App, create_app
+from server.config import Settings
+from server.domain import users
+from server.domain.passwords import PasswordHasher
+from server.domain.principal import Role
+from tests.conftest import POSTGRES_URL, empty_tables
+
+PASSWORD = "correct horse battery staple"
+
+
+def engine_url(engine: str, tmp: Path, schema: str | None) -> str:
+    """Returns a database URL for `engine`; PostgreSQL URLs select the test's private schema."""
+    if engine == "sqlite":
+        return f"sqlite:///{tmp / 'storefront.db'}"
+    assert schema is not None
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    return f"{POSTGRES_URL}{separator}options={quote(f'-c search_path={schema}')}"
+
+
+def make_settings(tmp: Path, database_url: str, **overrides: object) -> Settings:
+    """Returns development settings on free ports, without a metrics endpoint unless asked."""
+    base = Settings(
+        data_dir=tmp, database_url=database_url, grpc_address="127.0.0.1:0",
+        metrics_address="", worker_threads=8, db_pool_size=12,
+        jwt_signing_key_file=tmp / "jwt-signing-key.pem",
+        page_token_secret_file=tmp / "page-token.key", shutdown_grace_seconds=2.0,
+        password_hash_concurrency=4,
+    )
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+@dataclass
+class Running:
+    """A started server and helpers to reach it."""
+
+    app: App
+    db: peewee.Database
+    target: str
+    passwords: PasswordHasher
+
+    def channel(self) -> grpc.Channel:
+        """Returns a new plaintext channel to the server."""
+        return grpc.insecure_channel(self.target)
+
+    def client(self) -> StorefrontClient:
+        """Returns a new SDK client for the server."""
+        return StorefrontClient(self.target)
+
+    def create_user(self, role: Role = Role.CUSTOMER, email: str | None = None) -> str:
+        """Creates a user directly in the database; returns the email (password: PASSWORD)."""
+        email = email or f"{role.value.lower()}-{uuid.uuid4().hex[:8]}@example.com"
+        with self.db.connection_context():
+            users.register(email=email, password=PASSWORD, display_name=role.value.title(),
+                           passwords=self.passwords, role=role)
+        return email
+
+    def login(self, role: Role = Role.CUSTOMER) -> StorefrontClient:
+        """Returns a client signed in as a new user with `role`."""
+        client = self.client()
+        client.login(self.create_user(role), PASSWORD)
+        return client
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def e2e_database_url(request: pytest.FixtureRequest,
+                     tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A migrated database of one engine for the module: (data dir, URL)."""
+    engine: str = request.param
+    schema = request.getfixturevalue("postgres_schema") if engine == "postgres" else None
+    tmp = tmp_path_factory.mktemp(f"e2e-{engine}")
+    url = engine_url(engine, tmp, schema)
+    db = dbmod.connect_url(url, pool_size=1)
+    migrations.migrate(db)
+    close_all = getattr(db, "close_all", None)
+    if close_all:
+        close_all()
+    return tmp, url
+
+
+@pytest.fixture
+def server_factory(e2e_database_url: tuple[Path, str]) -> Iterator[Callable[..., Running]]:
+    """Starts servers on the module's database, emptied first; stops them after the test."""
+    tmp, url = e2e_database_url
+    started: list[App] = []
+
+    def start(**overrides: object) -> Running:
+        settings = make_settings(tmp, url, **overrides)
+        app = create_app(settings)
+        started.append(app)
+        app.start()
+        if len(started) == 1:
+            empty_tables(app.db)
+        return Running(app, app.db, f"127.0.0.1:{app.port}", PasswordHasher(concurrency=4))
+
+    yield start
+    for app in reversed(started):
+        app.stop(grace=0)
+
+
+@pytest.fixture
+def running(server_factory: Callable[..., Running]) -> Running:
+    """A started server with default settings on an empty database."""
+    return server_factory()
