@@ -67,6 +67,16 @@ def is_sqlite() -> bool:
     return isinstance(database.obj, peewee.SqliteDatabase)
 
 
+def lock_transaction_on(key: str) -> None:
+    """Serialises transactions that name the same key, until the current transaction ends.
+
+    PostgreSQL takes an advisory lock on the key; SQLite needs nothing, as its IMMEDIATE
+    transactions already run one at a time.
+    """
+    if not is_sqlite():
+        database.execute_sql("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+
+
 def close_database() -> None:
     """Closes this thread's connection and, for a pool, every idle pooled connection."""
     db = database.obj

@@ -79,5 +79,6 @@ def db(engine_db: peewee.Database) -> Iterator[peewee.Database]:
     """The shared proxy pointed at an empty, migrated database (SQLite, then PostgreSQL)."""
     empty_tables(engine_db)
     dbmod.database.initialize(engine_db)
-    with engine_db.connection_context():
-        yield engine_db
+    yield engine_db  # connects on first query (peewee autoconnect)
+    if not engine_db.is_closed():
+        engine_db.close()

@@ -8,7 +8,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 
-from server.db import database, utcnow
+from server.db import database, lock_transaction_on, utcnow
 from server.domain import users
 from server.domain.passwords import PasswordHasher
 from server.domain.principal import Principal, Role
@@ -76,18 +76,20 @@ def _start_session(user: User, policy: SessionPolicy, now: dt.datetime) -> Sessi
 def _throttled_attempt(email: str, now: dt.datetime) -> None:
     """Counts an attempt for `email` as failed until it succeeds; raises if over the limit.
 
-    The attempt is recorded before the password is checked, so concurrent guesses cannot all
-    slip under the limit: the k-th recorded attempt sees at least k failures.
+    Count and record happen in one transaction serialised per email, so concurrent guesses
+    cannot slip past the limit together: exactly LOGIN_FAILURE_LIMIT get their password checked.
     """
     since = now - LOGIN_FAILURE_WINDOW
-    user_model.clear_failures(email, before=since)
-    user_model.record_failure(email)
-    if user_model.count_recent_failures(email, since=since) > LOGIN_FAILURE_LIMIT:
-        # A refused attempt is not a guess; not counting it lets the window close on time.
-        user_model.forget_newest_failure(email)
-        raise ResourceExhausted(
-            "Too many failed sign-in attempts; try again later.", reason="LOGIN_THROTTLED",
-            metadata={"retry_after_seconds": str(int(LOGIN_FAILURE_WINDOW.total_seconds()))})
+    with database.atomic():
+        lock_transaction_on(f"login:{email}")
+        user_model.clear_failures(email, before=since)
+        if user_model.count_recent_failures(email, since=since) >= LOGIN_FAILURE_LIMIT:
+            # Refused attempts are not recorded: the window closes on time, however hard an
+            # attacker keeps trying.
+            raise ResourceExhausted(
+                "Too many failed sign-in attempts; try again later.", reason="LOGIN_THROTTLED",
+                metadata={"retry_after_seconds": str(int(LOGIN_FAILURE_WINDOW.total_seconds()))})
+        user_model.record_failure(email)
 
 
 def login(*, email: str, password: str, policy: SessionPolicy) -> tuple[User, SessionTokens]:

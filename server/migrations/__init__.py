@@ -39,13 +39,20 @@ class Migration:
     up: Callable[[peewee.Database], None]
 
 
-class _AppliedMigration(peewee.Model):
-    version = peewee.IntegerField(primary_key=True)
-    name = peewee.TextField()
-    applied_time = peewee.DateTimeField()
+def _history_model(db: peewee.Database) -> type[peewee.Model]:
+    """Returns the migration-history model bound to `db` (a class per call: bind_ctx is not
+    thread-safe, and several migrators may run at once)."""
 
-    class Meta:
-        table_name = "schema_migrations"
+    class AppliedMigration(peewee.Model):
+        version = peewee.IntegerField(primary_key=True)
+        name = peewee.TextField()
+        applied_time = peewee.DateTimeField()
+
+        class Meta:
+            database = db
+            table_name = "schema_migrations"
+
+    return AppliedMigration
 
 
 def discover() -> list[Migration]:
@@ -74,10 +81,10 @@ def table_exists(db: peewee.Database, name: str) -> bool:
 
 def applied_versions(db: peewee.Database) -> set[int]:
     """Returns the versions recorded as applied in `db`."""
-    with _AppliedMigration.bind_ctx(db):
-        if not table_exists(db, "schema_migrations"):
-            return set()
-        return {row.version for row in _AppliedMigration.select(_AppliedMigration.version)}
+    if not table_exists(db, "schema_migrations"):
+        return set()
+    history = _history_model(db)
+    return {row.version for row in history.select(history.version)}
 
 
 def migrate(db: peewee.Database) -> list[str]:
@@ -87,19 +94,26 @@ def migrate(db: peewee.Database) -> list[str]:
     find nothing left to do.
     """
     applied: list[str] = []
-    with db.connection_context(), _AppliedMigration.bind_ctx(db):
-        db.create_tables([_AppliedMigration], safe=True)
-        for migration in discover():
-            with db.atomic():  # BEGIN IMMEDIATE on SQLite: one migrator at a time
-                if isinstance(db, peewee.PostgresqlDatabase):
-                    db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_PG_ADVISORY_LOCK_KEY,))
-                if _AppliedMigration.get_or_none(version=migration.version) is not None:
-                    continue
-                log.info("applying migration %s", migration.name)
-                migration.up(db)
-                _AppliedMigration.create(version=migration.version, name=migration.name,
-                                         applied_time=utcnow())
-                applied.append(migration.name)
+    history = _history_model(db)
+    postgres = isinstance(db, peewee.PostgresqlDatabase)
+    with db.connection_context():
+        if postgres:
+            # Held for the whole run: even CREATE TABLE IF NOT EXISTS races on PostgreSQL.
+            db.execute_sql("SELECT pg_advisory_lock(%s)", (_PG_ADVISORY_LOCK_KEY,))
+        try:
+            db.create_tables([history], safe=True)
+            for migration in discover():
+                with db.atomic():  # BEGIN IMMEDIATE on SQLite: one migrator at a time
+                    if history.get_or_none(version=migration.version) is not None:
+                        continue
+                    log.info("applying migration %s", migration.name)
+                    migration.up(db)
+                    history.create(version=migration.version, name=migration.name,
+                                   applied_time=utcnow())
+                    applied.append(migration.name)
+        finally:
+            if postgres:
+                db.execute_sql("SELECT pg_advisory_unlock(%s)", (_PG_ADVISORY_LOCK_KEY,))
     return applied
 
 

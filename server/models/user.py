@@ -73,9 +73,3 @@ def clear_failures(email: str, *, before: dt.datetime | None = None) -> None:
         condition &= LoginFailure.attempt_time < before
     LoginFailure.delete().where(condition).execute()
 
-
-def forget_newest_failure(email: str) -> None:
-    """Deletes the most recent failed sign-in recorded for `email`."""
-    newest = (LoginFailure.select(LoginFailure.id).where(LoginFailure.email == email)
-              .order_by(LoginFailure.id.desc()).limit(1))
-    LoginFailure.delete().where(LoginFailure.id.in_(newest)).execute()

@@ -1,0 +1,105 @@
+"""Session rules under concurrency, on both engines, through the domain functions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable
+
+import peewee
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from server.db import database
+from server.domain import sessions, users
+from server.domain.passwords import PasswordHasher
+from server.domain.sessions import SessionPolicy
+from server.domain.tokens import Keyring, TokenService
+from server.errors import DomainError, ResourceExhausted, Unauthenticated
+from server.models.session import Session
+from server.models.user import LoginFailure
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="module")
+def policy() -> SessionPolicy:
+    tokens = TokenService(Keyring.of(Ed25519PrivateKey.generate()), issuer="i", audience="a")
+    # Cheap argon2 parameters: these tests are about the rules, not the hash strength.
+    return SessionPolicy(tokens=tokens,
+                         passwords=PasswordHasher(concurrency=8, memory_cost_kib=1024,
+                                                  time_cost=1),
+                         refresh_ttl=dt.timedelta(days=1))
+
+
+def run_concurrently(db: peewee.Database, count: int, work: Callable[[], object]
+                     ) -> list[object | DomainError]:
+    """Runs `work` in `count` threads at once, each with its own connection; returns outcomes."""
+    outcomes: list[object | DomainError] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(count)
+
+    def run() -> None:
+        with db.connection_context():
+            barrier.wait()
+            try:
+                result: object | DomainError = work()
+            except DomainError as exc:
+                result = exc
+        with lock:
+            outcomes.append(result)
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return outcomes
+
+
+def test_concurrent_refreshes_of_one_token_let_at_most_one_through(
+        db: peewee.Database, policy: SessionPolicy) -> None:
+    users.register(email="a@example.com", password=PASSWORD, display_name="",
+                   passwords=policy.passwords)
+    _, first = sessions.login(email="a@example.com", password=PASSWORD, policy=policy)
+
+    outcomes = run_concurrently(db, 8, lambda: sessions.refresh(
+        refresh_token=first.refresh_token, policy=policy))
+    winners = [o for o in outcomes if isinstance(o, sessions.SessionTokens)]
+    assert len(winners) <= 1
+    assert all(isinstance(o, Unauthenticated) for o in outcomes if o not in winners)
+    # Every loser was a reuse: the session is revoked, and with it the winner's new token.
+    with db.connection_context():
+        assert Session.select().where(Session.revoke_time.is_null()).count() == 0
+    for winner in winners:
+        assert isinstance(winner, sessions.SessionTokens)
+        with db.connection_context(), pytest.raises(Unauthenticated):
+            sessions.refresh(refresh_token=winner.refresh_token, policy=policy)
+
+
+def test_concurrent_wrong_guesses_get_exactly_five_verifications(
+        db: peewee.Database, policy: SessionPolicy) -> None:
+    users.register(email="b@example.com", password=PASSWORD, display_name="",
+                   passwords=policy.passwords)
+    outcomes = run_concurrently(db, 12, lambda: sessions.login(
+        email="b@example.com", password="wrong password!", policy=policy))
+    rejected = [o for o in outcomes if isinstance(o, Unauthenticated)]
+    throttled = [o for o in outcomes if isinstance(o, ResourceExhausted)]
+    assert (len(rejected), len(throttled)) == (5, 7)
+    with db.connection_context():
+        # Refused attempts are not counted, so the window closes 15 minutes after the guesses.
+        assert LoginFailure.select().count() == len(rejected)
+        with pytest.raises(ResourceExhausted):
+            sessions.login(email="b@example.com", password=PASSWORD, policy=policy)
+
+
+def test_throttle_window_expires(db: peewee.Database, policy: SessionPolicy) -> None:
+    users.register(email="c@example.com", password=PASSWORD, display_name="",
+                   passwords=policy.passwords)
+    long_ago = dt.datetime(2020, 1, 1)
+    with database.atomic():
+        for _ in range(10):
+            LoginFailure.create(email="c@example.com", attempt_time=long_ago)
+    user, _ = sessions.login(email="c@example.com", password=PASSWORD, policy=policy)
+    assert user.email == "c@example.com"
+    assert LoginFailure.select().count() == 0
