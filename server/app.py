@@ -7,8 +7,8 @@ import logging
 import secrets
 import threading
 import time
-from concurrent import futures
 from collections.abc import Callable
+from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,11 +60,11 @@ class App:
         self.server.start()
         if self.settings.metrics_address:
             host, _, port = self.settings.metrics_address.rpartition(":")
-            self._metrics_httpd, _ = start_http_server(int(port), host.strip("[]"),
-                                                       registry=self.metrics.registry)
+            self._metrics_httpd, _ = start_http_server(
+                int(port), host.strip("[]"), registry=self.metrics.registry
+            )
             self.metrics_port = self._metrics_httpd.server_port
-        self._watcher = threading.Thread(target=self._watch_database, name="db-health",
-                                         daemon=True)
+        self._watcher = threading.Thread(target=self._watch_database, name="db-health", daemon=True)
         self._watcher.start()
 
     def stop(self, grace: float | None = None) -> None:
@@ -91,8 +91,11 @@ class App:
         self.server.wait_for_termination()
 
     def _set_serving(self, serving: bool) -> None:
-        status = (health_pb2.HealthCheckResponse.SERVING if serving
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ("", *self.service_names):
             self.health.set(name, status)
 
@@ -118,11 +121,13 @@ def load_page_token_secret(settings: Settings) -> bytes:
     if settings.is_production:
         secret = settings.page_token_secret_file.read_bytes().strip()
     else:
-        secret = key_files.load_or_create(settings.page_token_secret_file,
-                                          lambda: secrets.token_bytes(32))
+        secret = key_files.load_or_create(
+            settings.page_token_secret_file, lambda: secrets.token_bytes(32)
+        )
     if len(secret) < MIN_PAGE_TOKEN_SECRET_BYTES:
-        raise ValueError(f"STOREFRONT_PAGE_TOKEN_SECRET_FILE: needs at least "
-                         f"{MIN_PAGE_TOKEN_SECRET_BYTES} bytes")
+        raise ValueError(
+            f"STOREFRONT_PAGE_TOKEN_SECRET_FILE: needs at least {MIN_PAGE_TOKEN_SECRET_BYTES} bytes"
+        )
     return secret
 
 
@@ -133,7 +138,9 @@ def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
     return grpc.ssl_server_credentials(
         [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
-        root_certificates=client_ca, require_client_auth=client_ca is not None)
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
 
 
 def create_app(settings: Settings) -> App:
@@ -145,23 +152,33 @@ def create_app(settings: Settings) -> App:
     migrations.check_schema(db)
 
     assert settings.jwt_signing_key_file is not None
-    keyring = tokens.load_keyring(settings.jwt_signing_key_file, settings.jwt_verify_key_files,
-                                  generate_if_missing=not settings.is_production)
-    token_service = tokens.TokenService(keyring, issuer=settings.jwt_issuer,
-                                        audience=settings.jwt_audience,
-                                        ttl_seconds=settings.access_token_ttl_seconds,
-                                        leeway_seconds=settings.token_leeway_seconds)
-    policy = SessionPolicy(tokens=token_service,
-                           passwords=PasswordHasher(
-                               concurrency=settings.password_hash_concurrency),
-                           refresh_ttl=dt.timedelta(seconds=settings.refresh_token_ttl_seconds))
+    keyring = tokens.load_keyring(
+        settings.jwt_signing_key_file,
+        settings.jwt_verify_key_files,
+        generate_if_missing=not settings.is_production,
+    )
+    token_service = tokens.TokenService(
+        keyring,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        ttl_seconds=settings.access_token_ttl_seconds,
+        leeway_seconds=settings.token_leeway_seconds,
+    )
+    policy = SessionPolicy(
+        tokens=token_service,
+        passwords=PasswordHasher(concurrency=settings.password_hash_concurrency),
+        refresh_ttl=dt.timedelta(seconds=settings.refresh_token_ttl_seconds),
+    )
     page_token_secret = load_page_token_secret(settings)
 
     # Each entry: the service descriptor (its access rules), and how to register the servicer.
     services: list[tuple[ServiceDescriptor, Callable[[grpc.Server], None]]] = [
-        (identity_service_pb2.DESCRIPTOR.services_by_name["IdentityService"],
-         lambda server: identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
-             IdentityServicer(policy, page_token_secret), server)),
+        (
+            identity_service_pb2.DESCRIPTOR.services_by_name["IdentityService"],
+            lambda server: identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
+                IdentityServicer(policy, page_token_secret), server
+            ),
+        ),
     ]
     rules = access_rules(descriptor for descriptor, _ in services)
 
@@ -176,8 +193,7 @@ def create_app(settings: Settings) -> App:
         AuthInterceptor(rules, token_service, sessions.authorize),
     ]
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.worker_threads,
-                                   thread_name_prefix="rpc"),
+        futures.ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="rpc"),
         interceptors=interceptors,
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=[
@@ -195,7 +211,8 @@ def create_app(settings: Settings) -> App:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
         reflection.enable_server_reflection(
-            [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+            [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
 
     credentials = _server_credentials(settings)
     if credentials is None:
@@ -203,7 +220,14 @@ def create_app(settings: Settings) -> App:
     else:
         port = server.add_secure_port(settings.grpc_address, credentials)
 
-    app = App(server=server, port=port, settings=settings, db=db, health=health_servicer,
-              service_names=service_names, metrics=metrics)
+    app = App(
+        server=server,
+        port=port,
+        settings=settings,
+        db=db,
+        health=health_servicer,
+        service_names=service_names,
+        metrics=metrics,
+    )
     app._set_serving(True)
     return app

@@ -18,7 +18,8 @@ class CallContext:
 
 
 _current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
-    "storefront_call", default=None)
+    "storefront_call", default=None
+)
 
 
 def set_current(call: CallContext | None) -> contextvars.Token[CallContext | None]:

@@ -49,16 +49,29 @@ def _serve(settings: Settings) -> int:
     host = settings.grpc_address.rpartition(":")[0]
     target = f"{host}:{app.port}"
     scheme = "https" if settings.tls_enabled else "http"
-    log.info("serving", extra={"grpc.address": target, "metrics.port": app.metrics_port,
-                               "database": settings.database_url.split("@")[-1]})
+    log.info(
+        "serving",
+        extra={
+            "grpc.address": target,
+            "metrics.port": app.metrics_port,
+            "database": settings.database_url.split("@")[-1],
+        },
+    )
     print(
         f"\nstorefront is serving gRPC on {target}"
-        + (f", metrics on http://{settings.metrics_address.rpartition(':')[0]}:"
-           f"{app.metrics_port}/metrics" if app.metrics_port else "")
+        + (
+            f", metrics on http://{settings.metrics_address.rpartition(':')[0]}:"
+            f"{app.metrics_port}/metrics"
+            if app.metrics_port
+            else ""
+        )
         + f"\n\nTry it:\n  .venv/bin/buf curl --protocol grpc --http2-prior-knowledge "
         f"{scheme}://{target}/storefront.v1.IdentityService/ListSigningKeys\n"
         f"  .venv/bin/buf curl --protocol grpc --http2-prior-knowledge --list-methods "
-        f"{scheme}://{target}\n", file=sys.stderr, flush=True)
+        f"{scheme}://{target}\n",
+        file=sys.stderr,
+        flush=True,
+    )
     app.wait()
     return 0
 
@@ -66,8 +79,11 @@ def _serve(settings: Settings) -> int:
 def _migrate(settings: Settings) -> int:
     db = init_database(settings.database_url, pool_size=2)
     applied = migrations.migrate(db)
-    print(f"storefront: applied {len(applied)} migration(s){': ' if applied else ''}"
-          f"{', '.join(applied)}", file=sys.stderr)
+    print(
+        f"storefront: applied {len(applied)} migration(s){': ' if applied else ''}"
+        f"{', '.join(applied)}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -82,15 +98,20 @@ def _seed(settings: Settings) -> int:
     credentials = settings.data_dir / "demo-admin-credentials.txt"
     with db.connection_context():
         if User.select().exists():
-            print(f"storefront: database already has users; demo admin credentials (if this "
-                  f"machine made them) are in {credentials}", file=sys.stderr)
+            print(
+                f"storefront: database already has users; demo admin credentials (if this "
+                f"machine made them) are in {credentials}",
+                file=sys.stderr,
+            )
             return 0
         user, password = users.create_admin(email=DEMO_ADMIN_EMAIL, passwords=PasswordHasher())
     credentials.parent.mkdir(parents=True, exist_ok=True)
     credentials.touch(mode=0o600)
     credentials.write_text(f"email: {user.email}\npassword: {password}\n")
-    print(f"storefront: created demo admin {user.email}; password written to {credentials}",
-          file=sys.stderr)
+    print(
+        f"storefront: created demo admin {user.email}; password written to {credentials}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -115,12 +136,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the storefront command line."""
     parser = argparse.ArgumentParser(prog="storefront", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="serve gRPC (and metrics) until SIGTERM/SIGINT",
-                        epilog=_variables_help(),
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands.add_parser("migrate", help="apply pending schema migrations",
-                        epilog=_variables_help(),
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands.add_parser(
+        "serve",
+        help="serve gRPC (and metrics) until SIGTERM/SIGINT",
+        epilog=_variables_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands.add_parser(
+        "migrate",
+        help="apply pending schema migrations",
+        epilog=_variables_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands.add_parser("seed", help="create the demo admin on an empty database")
     admin = commands.add_parser("create-admin", help="create an administrator, print its password")
     admin.add_argument("--email", required=True)

@@ -24,46 +24,89 @@ class Variable:
 
 # The documented variables, in the order `storefront serve --help` and the README list them.
 VARIABLES: tuple[Variable, ...] = (
-    Variable("STOREFRONT_ENVIRONMENT", "development",
-             "development or production; production requires explicit keys and secrets."),
-    Variable("STOREFRONT_DATA_DIR", "./var",
-             "Directory for the SQLite database and development keys."),
-    Variable("STOREFRONT_DATABASE_URL", "sqlite:///<data dir>/storefront.db",
-             "sqlite:///path or psycopg3+pool://user:pass@host:port/db."),
-    Variable("STOREFRONT_DB_POOL_SIZE", "<worker threads + 4>",
-             "Maximum PostgreSQL connections per process."),
+    Variable(
+        "STOREFRONT_ENVIRONMENT",
+        "development",
+        "development or production; production requires explicit keys and secrets.",
+    ),
+    Variable(
+        "STOREFRONT_DATA_DIR", "./var", "Directory for the SQLite database and development keys."
+    ),
+    Variable(
+        "STOREFRONT_DATABASE_URL",
+        "sqlite:///<data dir>/storefront.db",
+        "sqlite:///path or psycopg3+pool://user:pass@host:port/db.",
+    ),
+    Variable(
+        "STOREFRONT_DB_POOL_SIZE",
+        "<worker threads + 4>",
+        "Maximum PostgreSQL connections per process.",
+    ),
     Variable("STOREFRONT_GRPC_ADDRESS", "127.0.0.1:50051", "host:port the gRPC server listens on."),
-    Variable("STOREFRONT_METRICS_ADDRESS", "127.0.0.1:9464",
-             "host:port of the Prometheus /metrics endpoint; empty disables it."),
+    Variable(
+        "STOREFRONT_METRICS_ADDRESS",
+        "127.0.0.1:9464",
+        "host:port of the Prometheus /metrics endpoint; empty disables it.",
+    ),
     Variable("STOREFRONT_REFLECTION", "true", "Serve gRPC server reflection (v1alpha)."),
     Variable("STOREFRONT_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR."),
     Variable("STOREFRONT_WORKER_THREADS", "16", "Threads serving RPCs in each process."),
-    Variable("STOREFRONT_MAX_CONCURRENT_RPCS", "64",
-             "RPCs in progress per process before new ones get RESOURCE_EXHAUSTED."),
-    Variable("STOREFRONT_MAX_MESSAGE_BYTES", "4194304",
-             "Largest request or response message; larger is RESOURCE_EXHAUSTED."),
-    Variable("STOREFRONT_DRAIN_SECONDS", "0",
-             "On SIGTERM, seconds health reports NOT_SERVING before the server stops accepting."),
-    Variable("STOREFRONT_SHUTDOWN_GRACE_SECONDS", "10",
-             "On SIGTERM, seconds in-flight RPCs get to finish."),
+    Variable(
+        "STOREFRONT_MAX_CONCURRENT_RPCS",
+        "64",
+        "RPCs in progress per process before new ones get RESOURCE_EXHAUSTED.",
+    ),
+    Variable(
+        "STOREFRONT_MAX_MESSAGE_BYTES",
+        "4194304",
+        "Largest request or response message; larger is RESOURCE_EXHAUSTED.",
+    ),
+    Variable(
+        "STOREFRONT_DRAIN_SECONDS",
+        "0",
+        "On SIGTERM, seconds health reports NOT_SERVING before the server stops accepting.",
+    ),
+    Variable(
+        "STOREFRONT_SHUTDOWN_GRACE_SECONDS",
+        "10",
+        "On SIGTERM, seconds in-flight RPCs get to finish.",
+    ),
     Variable("STOREFRONT_JWT_ISSUER", "storefront", "iss claim of access tokens."),
     Variable("STOREFRONT_JWT_AUDIENCE", "storefront", "aud claim of access tokens."),
-    Variable("STOREFRONT_JWT_SIGNING_KEY_FILE", "<data dir>/jwt-signing-key.pem",
-             "Ed25519 private key (PEM) signing access tokens; generated in development only."),
-    Variable("STOREFRONT_JWT_VERIFY_KEY_FILES", "",
-             "Comma-separated Ed25519 public keys (PEM) still accepted during a key rotation."),
+    Variable(
+        "STOREFRONT_JWT_SIGNING_KEY_FILE",
+        "<data dir>/jwt-signing-key.pem",
+        "Ed25519 private key (PEM) signing access tokens; generated in development only.",
+    ),
+    Variable(
+        "STOREFRONT_JWT_VERIFY_KEY_FILES",
+        "",
+        "Comma-separated Ed25519 public keys (PEM) still accepted during a key rotation.",
+    ),
     Variable("STOREFRONT_ACCESS_TOKEN_TTL_SECONDS", "900", "Access token lifetime, 60..900."),
-    Variable("STOREFRONT_REFRESH_TOKEN_TTL_SECONDS", "2592000",
-             "Refresh token (session) lifetime, 3600..7776000."),
+    Variable(
+        "STOREFRONT_REFRESH_TOKEN_TTL_SECONDS",
+        "2592000",
+        "Refresh token (session) lifetime, 3600..7776000.",
+    ),
     Variable("STOREFRONT_TOKEN_LEEWAY_SECONDS", "10", "Clock skew allowed on exp/iat, 0..30."),
-    Variable("STOREFRONT_PAGE_TOKEN_SECRET_FILE", "<data dir>/page-token.key",
-             "Secret (32+ bytes) signing page tokens; generated in development only."),
-    Variable("STOREFRONT_PASSWORD_HASH_CONCURRENCY", "2",
-             "Password hashes computed at once per process (argon2id uses 19 MiB each)."),
+    Variable(
+        "STOREFRONT_PAGE_TOKEN_SECRET_FILE",
+        "<data dir>/page-token.key",
+        "Secret (32+ bytes) signing page tokens; generated in development only.",
+    ),
+    Variable(
+        "STOREFRONT_PASSWORD_HASH_CONCURRENCY",
+        "2",
+        "Password hashes computed at once per process (argon2id uses 19 MiB each).",
+    ),
     Variable("STOREFRONT_TLS_CERT_FILE", "", "Server certificate (PEM); enables TLS with the key."),
     Variable("STOREFRONT_TLS_KEY_FILE", "", "Server private key (PEM)."),
-    Variable("STOREFRONT_TLS_CLIENT_CA_FILE", "",
-             "CA bundle (PEM); when set, clients must present a certificate it signed (mTLS)."),
+    Variable(
+        "STOREFRONT_TLS_CLIENT_CA_FILE",
+        "",
+        "CA bundle (PEM); when set, clients must present a certificate it signed (mTLS).",
+    ),
 )
 
 _KNOWN_NAMES = frozenset(v.name for v in VARIABLES)
@@ -114,20 +157,28 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Reads and validates settings; raises ConfigError naming the first bad variable."""
         env = os.environ if env is None else env
-        unknown = sorted(k for k in env if k.startswith("STOREFRONT_") and k not in _KNOWN_NAMES
-                         and not k.startswith("STOREFRONT_TEST_"))
+        unknown = sorted(
+            k
+            for k in env
+            if k.startswith("STOREFRONT_")
+            and k not in _KNOWN_NAMES
+            and not k.startswith("STOREFRONT_TEST_")
+        )
         if unknown:
             raise ConfigError(f"{unknown[0]}: unknown setting (see `storefront serve --help`)")
         r = _Reader(env)
-        environment = r.choice("STOREFRONT_ENVIRONMENT", "development",
-                               ("development", "production"))
+        environment = r.choice(
+            "STOREFRONT_ENVIRONMENT", "development", ("development", "production")
+        )
         data_dir = Path(r.text("STOREFRONT_DATA_DIR", "./var"))
         worker_threads = r.integer("STOREFRONT_WORKER_THREADS", 16, 1, 512)
         database_url = r.text("STOREFRONT_DATABASE_URL", f"sqlite:///{data_dir / 'storefront.db'}")
-        if not database_url.startswith(("sqlite:", "psycopg3+pool:", "psycopg3:", "postgresql:",
-                                        "postgres:")):
-            raise ConfigError("STOREFRONT_DATABASE_URL: scheme must be sqlite:// or "
-                              "psycopg3+pool://")
+        if not database_url.startswith(
+            ("sqlite:", "psycopg3+pool:", "psycopg3:", "postgresql:", "postgres:")
+        ):
+            raise ConfigError(
+                "STOREFRONT_DATABASE_URL: scheme must be sqlite:// or psycopg3+pool://"
+            )
         production = environment == "production"
         signing_key = r.path("STOREFRONT_JWT_SIGNING_KEY_FILE")
         if signing_key is None and production:
@@ -138,22 +189,30 @@ class Settings:
         tls_cert = r.path("STOREFRONT_TLS_CERT_FILE")
         tls_key = r.path("STOREFRONT_TLS_KEY_FILE")
         if (tls_cert is None) != (tls_key is None):
-            raise ConfigError("STOREFRONT_TLS_KEY_FILE: set both STOREFRONT_TLS_CERT_FILE and "
-                              "STOREFRONT_TLS_KEY_FILE, or neither")
+            raise ConfigError(
+                "STOREFRONT_TLS_KEY_FILE: set both STOREFRONT_TLS_CERT_FILE and "
+                "STOREFRONT_TLS_KEY_FILE, or neither"
+            )
         client_ca = r.path("STOREFRONT_TLS_CLIENT_CA_FILE")
         if client_ca is not None and tls_cert is None:
-            raise ConfigError("STOREFRONT_TLS_CLIENT_CA_FILE: mutual TLS needs "
-                              "STOREFRONT_TLS_CERT_FILE and STOREFRONT_TLS_KEY_FILE")
-        for name, path in (("STOREFRONT_TLS_CERT_FILE", tls_cert),
-                           ("STOREFRONT_TLS_KEY_FILE", tls_key),
-                           ("STOREFRONT_TLS_CLIENT_CA_FILE", client_ca),
-                           ("STOREFRONT_JWT_SIGNING_KEY_FILE", signing_key if production else None),
-                           ("STOREFRONT_PAGE_TOKEN_SECRET_FILE", page_secret if production
-                            else None)):
+            raise ConfigError(
+                "STOREFRONT_TLS_CLIENT_CA_FILE: mutual TLS needs "
+                "STOREFRONT_TLS_CERT_FILE and STOREFRONT_TLS_KEY_FILE"
+            )
+        for name, path in (
+            ("STOREFRONT_TLS_CERT_FILE", tls_cert),
+            ("STOREFRONT_TLS_KEY_FILE", tls_key),
+            ("STOREFRONT_TLS_CLIENT_CA_FILE", client_ca),
+            ("STOREFRONT_JWT_SIGNING_KEY_FILE", signing_key if production else None),
+            ("STOREFRONT_PAGE_TOKEN_SECRET_FILE", page_secret if production else None),
+        ):
             if path is not None and not path.is_file():
                 raise ConfigError(f"{name}: file not found: {path}")
-        verify_files = tuple(Path(p.strip()) for p in
-                             r.text("STOREFRONT_JWT_VERIFY_KEY_FILES", "").split(",") if p.strip())
+        verify_files = tuple(
+            Path(p.strip())
+            for p in r.text("STOREFRONT_JWT_VERIFY_KEY_FILES", "").split(",")
+            if p.strip()
+        )
         for path in verify_files:
             if not path.is_file():
                 raise ConfigError(f"STOREFRONT_JWT_VERIFY_KEY_FILES: file not found: {path}")
@@ -163,15 +222,18 @@ class Settings:
             database_url=database_url,
             db_pool_size=r.integer("STOREFRONT_DB_POOL_SIZE", worker_threads + 4, 1, 1000),
             grpc_address=r.address("STOREFRONT_GRPC_ADDRESS", "127.0.0.1:50051"),
-            metrics_address=r.address("STOREFRONT_METRICS_ADDRESS", "127.0.0.1:9464",
-                                      allow_empty=True),
+            metrics_address=r.address(
+                "STOREFRONT_METRICS_ADDRESS", "127.0.0.1:9464", allow_empty=True
+            ),
             reflection=r.boolean("STOREFRONT_REFLECTION", True),
-            log_level=r.choice("STOREFRONT_LOG_LEVEL", "INFO",
-                               ("DEBUG", "INFO", "WARNING", "ERROR"), upper=True),
+            log_level=r.choice(
+                "STOREFRONT_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"), upper=True
+            ),
             worker_threads=worker_threads,
             max_concurrent_rpcs=r.integer("STOREFRONT_MAX_CONCURRENT_RPCS", 64, 1, 100_000),
-            max_message_bytes=r.integer("STOREFRONT_MAX_MESSAGE_BYTES", 4 * 1024 * 1024,
-                                        1024, 64 * 1024 * 1024),
+            max_message_bytes=r.integer(
+                "STOREFRONT_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, 1024, 64 * 1024 * 1024
+            ),
             drain_seconds=r.number("STOREFRONT_DRAIN_SECONDS", 0.0, 0.0, 300.0),
             shutdown_grace_seconds=r.number("STOREFRONT_SHUTDOWN_GRACE_SECONDS", 10.0, 0.0, 600.0),
             jwt_issuer=r.text("STOREFRONT_JWT_ISSUER", "storefront", required=True),
@@ -179,8 +241,9 @@ class Settings:
             jwt_signing_key_file=signing_key or data_dir / "jwt-signing-key.pem",
             jwt_verify_key_files=verify_files,
             access_token_ttl_seconds=r.integer("STOREFRONT_ACCESS_TOKEN_TTL_SECONDS", 900, 60, 900),
-            refresh_token_ttl_seconds=r.integer("STOREFRONT_REFRESH_TOKEN_TTL_SECONDS",
-                                                30 * 24 * 3600, 3600, 90 * 24 * 3600),
+            refresh_token_ttl_seconds=r.integer(
+                "STOREFRONT_REFRESH_TOKEN_TTL_SECONDS", 30 * 24 * 3600, 3600, 90 * 24 * 3600
+            ),
             token_leeway_seconds=r.integer("STOREFRONT_TOKEN_LEEWAY_SECONDS", 10, 0, 30),
             page_token_secret_file=page_secret or data_dir / "page-token.key",
             password_hash_concurrency=r.integer("STOREFRONT_PASSWORD_HASH_CONCURRENCY", 2, 1, 64),
@@ -239,8 +302,9 @@ class _Reader:
         result: bool = self._parse(name, default, parse, "true or false")
         return result
 
-    def choice(self, name: str, default: str, allowed: tuple[str, ...], *,
-               upper: bool = False) -> str:
+    def choice(
+        self, name: str, default: str, allowed: tuple[str, ...], *, upper: bool = False
+    ) -> str:
         value = self.env.get(name, "").strip() or default
         if upper:
             value = value.upper()

@@ -44,14 +44,16 @@ def connect_url(url: str, *, pool_size: int = 20, **connect_params: object) -> p
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # IMMEDIATE: every explicit transaction takes the write lock at BEGIN, so a read-then-write
         # transaction never fails with "database is locked" when it upgrades to a write.
-        return peewee.SqliteDatabase(path, pragmas=SQLITE_PRAGMAS, timeout=10,
-                                     lock_type="IMMEDIATE", check_same_thread=False)
+        return peewee.SqliteDatabase(
+            path, pragmas=SQLITE_PRAGMAS, timeout=10, lock_type="IMMEDIATE", check_same_thread=False
+        )
     if scheme in ("postgres", "postgresql", "psycopg3"):
-        url = "psycopg3+pool" + url[len(scheme):]
+        url = "psycopg3+pool" + url[len(scheme) :]
     if url.startswith("psycopg3+pool:"):
         # timeout: how long an RPC waits for a free pooled connection before failing.
-        return db_url.connect(url, max_connections=pool_size, stale_timeout=300, timeout=10,
-                              **connect_params)
+        return db_url.connect(
+            url, max_connections=pool_size, stale_timeout=300, timeout=10, **connect_params
+        )
     raise ValueError(f"unsupported database URL scheme: {scheme}")
 
 

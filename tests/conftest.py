@@ -34,8 +34,9 @@ def postgres_schema() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session", params=ENGINES)
-def engine_db(request: pytest.FixtureRequest,
-              tmp_path_factory: pytest.TempPathFactory) -> Iterator[peewee.Database]:
+def engine_db(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[peewee.Database]:
     """A migrated database per engine, shared by the session; tests get it emptied."""
     engine: str = request.param
     schema: str | None = None

@@ -17,10 +17,12 @@ class PasswordHasher:
     per process; a burst of logins queues instead of exhausting memory and starving other RPCs.
     """
 
-    def __init__(self, *, concurrency: int = 2, time_cost: int = 2,
-                 memory_cost_kib: int = 19 * 1024) -> None:
-        self._hasher = argon2.PasswordHasher(time_cost=time_cost, memory_cost=memory_cost_kib,
-                                             parallelism=1, type=argon2.Type.ID)
+    def __init__(
+        self, *, concurrency: int = 2, time_cost: int = 2, memory_cost_kib: int = 19 * 1024
+    ) -> None:
+        self._hasher = argon2.PasswordHasher(
+            time_cost=time_cost, memory_cost=memory_cost_kib, parallelism=1, type=argon2.Type.ID
+        )
         self._slots = threading.BoundedSemaphore(concurrency)
         self._dummy_hash: str | None = None
 

@@ -30,15 +30,22 @@ def create(*, actor: Principal, display_name: str) -> tuple[ServiceAccount, str]
     name = display_name.strip()
     v = Validator()
     v.check(bool(name), "display_name", "is required")
-    v.check(len(name) <= DISPLAY_NAME_MAX_LENGTH, "display_name",
-            f"must be at most {DISPLAY_NAME_MAX_LENGTH} characters")
+    v.check(
+        len(name) <= DISPLAY_NAME_MAX_LENGTH,
+        "display_name",
+        f"must be at most {DISPLAY_NAME_MAX_LENGTH} characters",
+    )
     v.raise_if_any()
     secret = secrets.token_urlsafe(32)
     with database.atomic():
         account = ServiceAccount.create(
-            id=str(uuid.uuid4()), client_id=f"sa-{secrets.token_hex(12)}",
-            secret_hash=_hash_secret(secret), display_name=name, created_by=actor.subject,
-            create_time=utcnow())
+            id=str(uuid.uuid4()),
+            client_id=f"sa-{secrets.token_hex(12)}",
+            secret_hash=_hash_secret(secret),
+            display_name=name,
+            created_by=actor.subject,
+            create_time=utcnow(),
+        )
     return account, secret
 
 

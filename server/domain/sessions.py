@@ -66,8 +66,9 @@ def _new_refresh_token(session_id: str, now: dt.datetime) -> str:
 
 def _start_session(user: User, policy: SessionPolicy, now: dt.datetime) -> SessionTokens:
     """Creates a session with its first refresh token; call inside a transaction."""
-    session = Session.create(id=str(uuid.uuid4()), user=user.id, create_time=now,
-                             expire_time=now + policy.refresh_ttl)
+    session = Session.create(
+        id=str(uuid.uuid4()), user=user.id, create_time=now, expire_time=now + policy.refresh_ttl
+    )
     refresh = _new_refresh_token(session.id, now)
     access = policy.tokens.issue(subject=user.id, role=Role(user.role), session_id=session.id)
     return SessionTokens(access, refresh, session.expire_time)
@@ -87,8 +88,10 @@ def _throttled_attempt(email: str, now: dt.datetime) -> None:
             # Refused attempts are not recorded: the window closes on time, however hard an
             # attacker keeps trying.
             raise ResourceExhausted(
-                "Too many failed sign-in attempts; try again later.", reason="LOGIN_THROTTLED",
-                metadata={"retry_after_seconds": str(int(LOGIN_FAILURE_WINDOW.total_seconds()))})
+                "Too many failed sign-in attempts; try again later.",
+                reason="LOGIN_THROTTLED",
+                metadata={"retry_after_seconds": str(int(LOGIN_FAILURE_WINDOW.total_seconds()))},
+            )
         user_model.record_failure(email)
 
 
@@ -112,8 +115,11 @@ def login(*, email: str, password: str, policy: SessionPolicy) -> tuple[User, Se
     now = utcnow()
     with database.atomic():
         if policy.passwords.needs_rehash(user.password_hash):
-            (User.update(password_hash=policy.passwords.hash(password))
-             .where(User.id == user.id).execute())
+            (
+                User.update(password_hash=policy.passwords.hash(password))
+                .where(User.id == user.id)
+                .execute()
+            )
         return user, _start_session(user, policy, now)
 
 
@@ -130,35 +136,42 @@ def refresh(*, refresh_token: str, policy: SessionPolicy) -> SessionTokens:
         if stored is None:
             raise Unauthenticated(INVALID_SESSION, reason="INVALID_REFRESH_TOKEN")
         # Guarded update: of two concurrent exchanges of one token exactly one wins.
-        first_use = (RefreshToken.update(use_time=now)
-                     .where((RefreshToken.token_hash == token_hash)
-                            & RefreshToken.use_time.is_null())
-                     .execute()) == 1
+        first_use = (
+            RefreshToken.update(use_time=now)
+            .where((RefreshToken.token_hash == token_hash) & RefreshToken.use_time.is_null())
+            .execute()
+        ) == 1
         if first_use:
             session = session_model.live_session(session_id=stored.session_id, now=now)
             if session is not None:
                 next_token = _new_refresh_token(session.id, now)
-                access = policy.tokens.issue(subject=session.user.id,
-                                             role=Role(session.user.role), session_id=session.id)
+                access = policy.tokens.issue(
+                    subject=session.user.id, role=Role(session.user.role), session_id=session.id
+                )
                 return SessionTokens(access, next_token, session.expire_time)
         else:
             # A second use means the token was copied: end the session for every holder.
-            session_model.revoke(Session.id == stored.session_id, reason="REFRESH_TOKEN_REUSE",
-                                 now=now)
+            session_model.revoke(
+                Session.id == stored.session_id, reason="REFRESH_TOKEN_REUSE", now=now
+            )
     # Raised outside the transaction so the reuse revocation above is committed.
     raise Unauthenticated(INVALID_SESSION, reason="INVALID_REFRESH_TOKEN")
 
 
 def logout(*, principal: Principal, all_sessions: bool) -> int:
     """Ends the caller's current session, or all of them; returns how many were live."""
-    condition = (Session.user == principal.subject) if all_sessions else (
-        Session.id == principal.session_id)
+    condition = (
+        (Session.user == principal.subject)
+        if all_sessions
+        else (Session.id == principal.session_id)
+    )
     with database.atomic():
         return session_model.revoke(condition, reason="LOGOUT", now=utcnow())
 
 
-def change_password(*, principal: Principal, current_password: str, new_password: str,
-                    policy: SessionPolicy) -> SessionTokens:
+def change_password(
+    *, principal: Principal, current_password: str, new_password: str, policy: SessionPolicy
+) -> SessionTokens:
     """Replaces the caller's password, ends every session and starts a new one."""
     v = Validator()
     v.check(bool(current_password), "current_password", "is required")
@@ -170,15 +183,20 @@ def change_password(*, principal: Principal, current_password: str, new_password
     # token cannot be used to guess the password either.
     _throttled_attempt(user.email, utcnow())
     if not policy.passwords.verify(user.password_hash, current_password):
-        raise InvalidArgument("The current password is incorrect.",
-                              reason="INVALID_CURRENT_PASSWORD",
-                              violations=[FieldViolation("current_password", "is incorrect")])
+        raise InvalidArgument(
+            "The current password is incorrect.",
+            reason="INVALID_CURRENT_PASSWORD",
+            violations=[FieldViolation("current_password", "is incorrect")],
+        )
     user_model.clear_failures(user.email)
     new_hash = policy.passwords.hash(new_password)
     now = utcnow()
     with database.atomic():
-        (User.update(password_hash=new_hash, version=User.version + 1, update_time=now)
-         .where(User.id == user.id).execute())
+        (
+            User.update(password_hash=new_hash, version=User.version + 1, update_time=now)
+            .where(User.id == user.id)
+            .execute()
+        )
         session_model.revoke(Session.user == user.id, reason="PASSWORD_CHANGED", now=now)
         return _start_session(user, policy, now)
 
@@ -194,12 +212,17 @@ def authorize(principal: Principal) -> Principal:
             raise Unauthenticated(INVALID_SESSION, reason="SESSION_REVOKED")
         return principal
     assert principal.session_id is not None
-    session = session_model.live_session(session_id=principal.session_id,
-                                         user_id=principal.subject, now=utcnow())
+    session = session_model.live_session(
+        session_id=principal.session_id, user_id=principal.subject, now=utcnow()
+    )
     if session is None:
         raise Unauthenticated(INVALID_SESSION, reason="SESSION_REVOKED")
     role = Role(session.user.role)
     if role is principal.role:
         return principal
-    return Principal(subject=principal.subject, role=role, token_id=principal.token_id,
-                     session_id=principal.session_id)
+    return Principal(
+        subject=principal.subject,
+        role=role,
+        token_id=principal.token_id,
+        session_id=principal.session_id,
+    )

@@ -43,16 +43,26 @@ class VerificationKey:
     def of(cls, public_key: Ed25519PublicKey) -> VerificationKey:
         """Wraps `public_key`, deriving its key id."""
         raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        canonical = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": _b64url(raw)},
-                               separators=(",", ":"), sort_keys=True)
+        canonical = json.dumps(
+            {"crv": "Ed25519", "kty": "OKP", "x": _b64url(raw)},
+            separators=(",", ":"),
+            sort_keys=True,
+        )
         return cls(_b64url(hashlib.sha256(canonical.encode()).digest()), public_key)
 
     def jwk(self) -> dict[str, str]:
         """Returns the key as a public JSON Web Key."""
-        raw = self.public_key.public_bytes(serialization.Encoding.Raw,
-                                           serialization.PublicFormat.Raw)
-        return {"kty": "OKP", "crv": "Ed25519", "x": _b64url(raw), "kid": self.kid,
-                "alg": ALGORITHM, "use": "sig"}
+        raw = self.public_key.public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        return {
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": _b64url(raw),
+            "kid": self.kid,
+            "alg": ALGORITHM,
+            "use": "sig",
+        }
 
 
 @dataclass(frozen=True)
@@ -64,8 +74,9 @@ class Keyring:
     verification_keys: dict[str, VerificationKey]
 
     @classmethod
-    def of(cls, signing_key: Ed25519PrivateKey,
-           extra_public_keys: tuple[Ed25519PublicKey, ...] = ()) -> Keyring:
+    def of(
+        cls, signing_key: Ed25519PrivateKey, extra_public_keys: tuple[Ed25519PublicKey, ...] = ()
+    ) -> Keyring:
         """Builds a keyring signing with `signing_key` and also accepting `extra_public_keys`."""
         own = VerificationKey.of(signing_key.public_key())
         keys = {own.kid: own}
@@ -78,12 +89,13 @@ class Keyring:
 def generate_private_key_pem() -> bytes:
     """Returns a new Ed25519 private key as unencrypted PKCS#8 PEM."""
     return Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption())
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
-def load_keyring(signing_key_file: Path, verify_key_files: tuple[Path, ...] = (), *,
-                 generate_if_missing: bool) -> Keyring:
+def load_keyring(
+    signing_key_file: Path, verify_key_files: tuple[Path, ...] = (), *, generate_if_missing: bool
+) -> Keyring:
     """Loads the signing key (generating it in development) and the extra verification keys."""
     if generate_if_missing:
         pem = key_files.load_or_create(signing_key_file, generate_private_key_pem)
@@ -112,8 +124,15 @@ class IssuedToken:
 class TokenService:
     """Issues and verifies access tokens for one issuer and audience."""
 
-    def __init__(self, keyring: Keyring, *, issuer: str, audience: str,
-                 ttl_seconds: int = MAX_ACCESS_TOKEN_TTL_SECONDS, leeway_seconds: int = 10) -> None:
+    def __init__(
+        self,
+        keyring: Keyring,
+        *,
+        issuer: str,
+        audience: str,
+        ttl_seconds: int = MAX_ACCESS_TOKEN_TTL_SECONDS,
+        leeway_seconds: int = 10,
+    ) -> None:
         if not 0 < ttl_seconds <= MAX_ACCESS_TOKEN_TTL_SECONDS:
             raise ValueError(f"access token TTL must be 1..{MAX_ACCESS_TOKEN_TTL_SECONDS} s")
         if not 0 <= leeway_seconds <= MAX_LEEWAY_SECONDS:
@@ -124,20 +143,30 @@ class TokenService:
         self.ttl_seconds = ttl_seconds
         self.leeway_seconds = leeway_seconds
 
-    def issue(self, *, subject: str, role: Role, session_id: str | None = None,
-              now: float | None = None) -> IssuedToken:
+    def issue(
+        self, *, subject: str, role: Role, session_id: str | None = None, now: float | None = None
+    ) -> IssuedToken:
         """Returns a new signed access token for the subject."""
         issued_at = int(time.time() if now is None else now)
         expires = issued_at + self.ttl_seconds
         claims: dict[str, Any] = {
-            "iss": self.issuer, "aud": self.audience, "sub": subject,
-            "iat": issued_at, "nbf": issued_at, "exp": expires,
-            "jti": str(uuid.uuid4()), "role": role.value,
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": subject,
+            "iat": issued_at,
+            "nbf": issued_at,
+            "exp": expires,
+            "jti": str(uuid.uuid4()),
+            "role": role.value,
         }
         if session_id is not None:
             claims["sid"] = session_id
-        token = jwt.encode(claims, self.keyring.signing_key, algorithm=ALGORITHM,
-                           headers={"kid": self.keyring.signing_kid, "typ": "at+jwt"})
+        token = jwt.encode(
+            claims,
+            self.keyring.signing_key,
+            algorithm=ALGORITHM,
+            headers={"kid": self.keyring.signing_kid, "typ": "at+jwt"},
+        )
         return IssuedToken(token, dt.datetime.fromtimestamp(expires, dt.UTC).replace(tzinfo=None))
 
     def verify(self, token: str) -> Principal:
@@ -155,8 +184,12 @@ class TokenService:
             raise Unauthenticated(INVALID_TOKEN, reason="INVALID_TOKEN")
         try:
             claims = jwt.decode(
-                token, key.public_key, algorithms=[ALGORITHM], audience=self.audience,
-                issuer=self.issuer, leeway=self.leeway_seconds,
+                token,
+                key.public_key,
+                algorithms=[ALGORITHM],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway_seconds,
                 options={"require": list(REQUIRED_CLAIMS), "verify_signature": True},
             )
         except jwt.ExpiredSignatureError:
@@ -168,23 +201,31 @@ class TokenService:
     def _principal(self, claims: dict[str, Any]) -> Principal:
         exp, iat = claims.get("exp"), claims.get("iat")
         # A token living longer than our maximum was not minted by us, whatever its signature.
-        if not isinstance(exp, int) or not isinstance(iat, int) or \
-                exp - iat > MAX_ACCESS_TOKEN_TTL_SECONDS:
+        if (
+            not isinstance(exp, int)
+            or not isinstance(iat, int)
+            or exp - iat > MAX_ACCESS_TOKEN_TTL_SECONDS
+        ):
             raise Unauthenticated(INVALID_TOKEN, reason="INVALID_TOKEN")
         try:
             role = Role(str(claims.get("role")))
         except ValueError:
             raise Unauthenticated(INVALID_TOKEN, reason="INVALID_TOKEN") from None
         session_id = claims.get("sid")
-        if (role is Role.SERVICE) != (session_id is None) or \
-                not isinstance(claims["sub"], str) or not isinstance(claims["jti"], str):
+        if (
+            (role is Role.SERVICE) != (session_id is None)
+            or not isinstance(claims["sub"], str)
+            or not isinstance(claims["jti"], str)
+        ):
             raise Unauthenticated(INVALID_TOKEN, reason="INVALID_TOKEN")
-        return Principal(subject=claims["sub"], role=role, token_id=claims["jti"],
-                         session_id=session_id)
+        return Principal(
+            subject=claims["sub"], role=role, token_id=claims["jti"], session_id=session_id
+        )
 
     def jwks(self) -> list[dict[str, str]]:
         """Returns every accepted public key as a JWK, the signing key first."""
         keys = self.keyring.verification_keys
         ordered = [keys[self.keyring.signing_kid]] + [
-            k for kid, k in keys.items() if kid != self.keyring.signing_kid]
+            k for kid, k in keys.items() if kid != self.keyring.signing_kid
+        ]
         return [k.jwk() for k in ordered]

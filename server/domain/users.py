@@ -52,8 +52,11 @@ def validate_email(v: Validator, field: str, raw: str) -> str:
 def validate_password(v: Validator, field: str, password: str) -> None:
     """Checks a new password's length, recording violations in `v`."""
     if not passwords_mod.MIN_PASSWORD_LENGTH <= len(password) <= passwords_mod.MAX_PASSWORD_LENGTH:
-        v.add(field, f"must be {passwords_mod.MIN_PASSWORD_LENGTH} to "
-                     f"{passwords_mod.MAX_PASSWORD_LENGTH} characters")
+        v.add(
+            field,
+            f"must be {passwords_mod.MIN_PASSWORD_LENGTH} to "
+            f"{passwords_mod.MAX_PASSWORD_LENGTH} characters",
+        )
 
 
 def validate_display_name(v: Validator, field: str, raw: str) -> str:
@@ -71,8 +74,10 @@ USER_LIST = listing.ListSpec(
     model=User,
     filter_fields={
         "role": listing.FilterField(
-            User.role, listing.FieldKind.ENUM,
-            enum_values={f"ROLE_{role.value}": role.value for role in USER_ROLES}),
+            User.role,
+            listing.FieldKind.ENUM,
+            enum_values={f"ROLE_{role.value}": role.value for role in USER_ROLES},
+        ),
         "disabled": listing.FilterField(User.disabled, listing.FieldKind.BOOL),
         "email": listing.FilterField(User.email, listing.FieldKind.STRING, operators=("=",)),
         "create_time": listing.FilterField(User.create_time, listing.FieldKind.TIMESTAMP),
@@ -82,12 +87,19 @@ USER_LIST = listing.ListSpec(
 )
 
 
-def list_(*, page_size: int, page_token: str, filter_text: str, order_by: str,
-          secret: bytes) -> listing.Page[User]:
+def list_(
+    *, page_size: int, page_token: str, filter_text: str, order_by: str, secret: bytes
+) -> listing.Page[User]:
     """Returns one page of users matching the filter, in the requested order."""
-    return listing.list_page(USER_LIST, User.select(), page_size=page_size,
-                             page_token=page_token, filter_text=filter_text, order_by=order_by,
-                             secret=secret)
+    return listing.list_page(
+        USER_LIST,
+        User.select(),
+        page_size=page_size,
+        page_token=page_token,
+        filter_text=filter_text,
+        order_by=order_by,
+        secret=secret,
+    )
 
 
 def etag(user: User) -> str:
@@ -95,8 +107,14 @@ def etag(user: User) -> str:
     return f'W/"{user.version}"'
 
 
-def register(*, email: str, password: str, display_name: str, passwords: PasswordHasher,
-             role: Role = Role.CUSTOMER) -> User:
+def register(
+    *,
+    email: str,
+    password: str,
+    display_name: str,
+    passwords: PasswordHasher,
+    role: Role = Role.CUSTOMER,
+) -> User:
     """Creates an account; raises AlreadyExists if the email is taken."""
     v = Validator()
     email = validate_email(v, "email", email)
@@ -109,19 +127,31 @@ def register(*, email: str, password: str, display_name: str, passwords: Passwor
     now = utcnow()
     try:
         with database.atomic():
-            return User.create(id=str(uuid.uuid4()), email=email, display_name=display_name,
-                               role=role.value, password_hash=password_hash,
-                               create_time=now, update_time=now)
+            return User.create(
+                id=str(uuid.uuid4()),
+                email=email,
+                display_name=display_name,
+                role=role.value,
+                password_hash=password_hash,
+                create_time=now,
+                update_time=now,
+            )
     except peewee.IntegrityError:
-        raise AlreadyExists("An account with this email already exists.",
-                            reason="EMAIL_TAKEN") from None
+        raise AlreadyExists(
+            "An account with this email already exists.", reason="EMAIL_TAKEN"
+        ) from None
 
 
 def create_admin(*, email: str, passwords: PasswordHasher) -> tuple[User, str]:
     """Creates an administrator with a generated password; returns both."""
     password = secrets.token_urlsafe(18)
-    user = register(email=email, password=password, display_name="Administrator",
-                    passwords=passwords, role=Role.ADMIN)
+    user = register(
+        email=email,
+        password=password,
+        display_name="Administrator",
+        passwords=passwords,
+        role=Role.ADMIN,
+    )
     return user, password
 
 
@@ -146,8 +176,9 @@ def _check_user_id(user_id: str) -> None:
     v.raise_if_any()
 
 
-def update_current(*, principal: Principal, paths: Sequence[str], display_name: str,
-                   expected_etag: str) -> User:
+def update_current(
+    *, principal: Principal, paths: Sequence[str], display_name: str, expected_etag: str
+) -> User:
     """Updates the caller's profile fields named in `paths`; raises Aborted on a stale etag."""
     v = Validator()
     if not paths:
@@ -158,17 +189,20 @@ def update_current(*, principal: Principal, paths: Sequence[str], display_name: 
     display_name = validate_display_name(v, "user.display_name", display_name)
     v.raise_if_any()
     with database.atomic():
-        query = User.update(display_name=display_name, version=User.version + 1,
-                            update_time=utcnow()).where(User.id == principal.subject)
+        query = User.update(
+            display_name=display_name, version=User.version + 1, update_time=utcnow()
+        ).where(User.id == principal.subject)
         if expected_etag:
             user = get_or_raise(principal.subject)
             if etag(user) != expected_etag:
-                raise Aborted("The user was changed since it was read; read it again.",
-                              reason="ETAG_MISMATCH")
+                raise Aborted(
+                    "The user was changed since it was read; read it again.", reason="ETAG_MISMATCH"
+                )
             query = query.where(User.version == user.version)
         if query.execute() == 0:
-            raise Aborted("The user was changed since it was read; read it again.",
-                          reason="ETAG_MISMATCH")
+            raise Aborted(
+                "The user was changed since it was read; read it again.", reason="ETAG_MISMATCH"
+            )
     return get_or_raise(principal.subject)
 
 
@@ -180,12 +214,16 @@ def set_role(*, actor: Principal, user_id: str, role: Role | None) -> User:
     v.raise_if_any()
     assert role is not None
     if user_id == actor.subject:
-        raise FailedPrecondition("Administrators cannot change their own role.",
-                                 reason="SELF_MODIFICATION")
+        raise FailedPrecondition(
+            "Administrators cannot change their own role.", reason="SELF_MODIFICATION"
+        )
     with database.atomic():
         # Setting the role a user already has is a successful no-op, not a new version.
-        (User.update(role=role.value, version=User.version + 1, update_time=utcnow())
-         .where((User.id == user_id) & (User.role != role.value)).execute())
+        (
+            User.update(role=role.value, version=User.version + 1, update_time=utcnow())
+            .where((User.id == user_id) & (User.role != role.value))
+            .execute()
+        )
         return get_or_raise(user_id)
 
 
@@ -193,14 +231,17 @@ def disable(*, actor: Principal, user_id: str) -> User:
     """Disables a user and ends all their sessions; administrators cannot disable themselves."""
     _check_user_id(user_id)
     if user_id == actor.subject:
-        raise FailedPrecondition("Administrators cannot disable themselves.",
-                                 reason="SELF_MODIFICATION")
+        raise FailedPrecondition(
+            "Administrators cannot disable themselves.", reason="SELF_MODIFICATION"
+        )
     now = utcnow()
     with database.atomic():
         user = get_or_raise(user_id)
         if not user.disabled:
-            (User.update(disabled=True, version=User.version + 1, update_time=now)
-             .where(User.id == user_id).execute())
+            (
+                User.update(disabled=True, version=User.version + 1, update_time=now)
+                .where(User.id == user_id)
+                .execute()
+            )
             session_model.revoke(Session.user == user_id, reason="USER_DISABLED", now=now)
         return get_or_raise(user_id)
-

@@ -17,14 +17,20 @@ from server.errors import PermissionDenied, Unauthenticated
 from server.interceptors.base import MethodInfo, ScopeInterceptor
 
 # Infrastructure every operator tool calls without a token; listed here, in one visible place.
-PUBLIC_INFRASTRUCTURE_SERVICES = frozenset({
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1alpha.ServerReflection",
-})
+PUBLIC_INFRASTRUCTURE_SERVICES = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+)
 MAX_AUTHORIZATION_LENGTH = 8192
 
-_ROLES = {access_pb2.ROLE_CUSTOMER: Role.CUSTOMER, access_pb2.ROLE_STAFF: Role.STAFF,
-          access_pb2.ROLE_ADMIN: Role.ADMIN, access_pb2.ROLE_SERVICE: Role.SERVICE}
+_ROLES = {
+    access_pb2.ROLE_CUSTOMER: Role.CUSTOMER,
+    access_pb2.ROLE_STAFF: Role.STAFF,
+    access_pb2.ROLE_ADMIN: Role.ADMIN,
+    access_pb2.ROLE_SERVICE: Role.SERVICE,
+}
 
 
 class MissingAccessRule(Exception):
@@ -52,14 +58,17 @@ def access_rules(services: Iterable[ServiceDescriptor]) -> dict[str, AccessRule]
             options = method.GetOptions()
             if not options.HasExtension(access_pb2.access):
                 raise MissingAccessRule(
-                    f"{service.full_name}.{method.name} has no (storefront.v1.access) option")
+                    f"{service.full_name}.{method.name} has no (storefront.v1.access) option"
+                )
             rule = options.Extensions[access_pb2.access]
             roles = frozenset(_ROLES[r] for r in rule.roles if r in _ROLES)
             if not rule.public and not roles:
                 raise MissingAccessRule(
-                    f"{service.full_name}.{method.name} is neither public nor open to any role")
-            rules[f"/{service.full_name}/{method.name}"] = AccessRule(rule.public, roles,
-                                                                      rule.owner_only)
+                    f"{service.full_name}.{method.name} is neither public nor open to any role"
+                )
+            rules[f"/{service.full_name}/{method.name}"] = AccessRule(
+                rule.public, roles, rule.owner_only
+            )
     return rules
 
 
@@ -69,12 +78,12 @@ def bearer_token(context: grpc.ServicerContext) -> str | None:
         if key != "authorization":
             continue
         if not isinstance(value, str) or len(value) > MAX_AUTHORIZATION_LENGTH:
-            raise Unauthenticated("The authorization header is malformed.",
-                                  reason="INVALID_TOKEN")
+            raise Unauthenticated("The authorization header is malformed.", reason="INVALID_TOKEN")
         scheme, _, token = value.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthenticated("The authorization header must be 'Bearer <token>'.",
-                                  reason="INVALID_TOKEN")
+            raise Unauthenticated(
+                "The authorization header must be 'Bearer <token>'.", reason="INVALID_TOKEN"
+            )
         return token.strip()
     return None
 
@@ -85,8 +94,12 @@ class AuthInterceptor(ScopeInterceptor):
     Deny by default: an RPC with no rule is refused, whatever the token.
     """
 
-    def __init__(self, rules: Mapping[str, AccessRule], tokens: TokenService,
-                 authorize: Callable[[Principal], Principal]) -> None:
+    def __init__(
+        self,
+        rules: Mapping[str, AccessRule],
+        tokens: TokenService,
+        authorize: Callable[[Principal], Principal],
+    ) -> None:
         self.rules = rules
         self.tokens = tokens
         self.authorize = authorize
@@ -106,8 +119,7 @@ class AuthInterceptor(ScopeInterceptor):
         elif not rule.public:
             raise Unauthenticated("This call needs an access token.", reason="MISSING_TOKEN")
         if not rule.allows(principal):
-            raise PermissionDenied("Your role may not call this method.",
-                                   reason="ROLE_NOT_ALLOWED")
+            raise PermissionDenied("Your role may not call this method.", reason="ROLE_NOT_ALLOWED")
         call = call_context.current()
         if call is not None:
             call.principal = principal

@@ -26,9 +26,12 @@ class MethodInfo:
 def method_info(full_name: str, client_streaming: bool, server_streaming: bool) -> MethodInfo:
     """Parses "/package.Service/Method" into its parts (cached: called on every RPC)."""
     service, _, method = full_name.lstrip("/").rpartition("/")
-    rpc_type = {(False, False): "unary", (True, False): "client_stream",
-                (False, True): "server_stream", (True, True): "bidi_stream"}[
-        (client_streaming, server_streaming)]
+    rpc_type = {
+        (False, False): "unary",
+        (True, False): "client_stream",
+        (False, True): "server_stream",
+        (True, True): "bidi_stream",
+    }[(client_streaming, server_streaming)]
     return MethodInfo(full_name, service, method, rpc_type)
 
 
@@ -40,45 +43,52 @@ class ScopeInterceptor(grpc.ServerInterceptor, abc.ABC):  # type: ignore[misc]
     """
 
     @abc.abstractmethod
-    def scope(self, method: MethodInfo, context: grpc.ServicerContext
-              ) -> contextlib.AbstractContextManager[None]:
+    def scope(
+        self, method: MethodInfo, context: grpc.ServicerContext
+    ) -> contextlib.AbstractContextManager[None]:
         """Returns the context manager to run the call inside."""
 
-    def intercept_service(self, continuation: Callable[[Any], Any],
-                          handler_call_details: Any) -> Any:
+    def intercept_service(
+        self, continuation: Callable[[Any], Any], handler_call_details: Any
+    ) -> Any:
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        info = method_info(handler_call_details.method, handler.request_streaming,
-                           handler.response_streaming)
+        info = method_info(
+            handler_call_details.method, handler.request_streaming, handler.response_streaming
+        )
         return _wrap(handler, info, self.scope)
 
 
-def _wrap(handler: Any, info: MethodInfo,
-          scope: Callable[[MethodInfo, grpc.ServicerContext],
-                          contextlib.AbstractContextManager[None]]) -> Any:
+def _wrap(
+    handler: Any,
+    info: MethodInfo,
+    scope: Callable[[MethodInfo, grpc.ServicerContext], contextlib.AbstractContextManager[None]],
+) -> Any:
     def unary_response(inner: Callable[..., Any]) -> Callable[..., Any]:
         def behavior(request: Any, context: grpc.ServicerContext) -> Any:
             with scope(info, context):
                 return inner(request, context)
+
         return behavior
 
     def stream_response(inner: Callable[..., Any]) -> Callable[..., Any]:
         def behavior(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             with scope(info, context):
                 yield from inner(request, context)
+
         return behavior
 
-    kwargs = {"request_deserializer": handler.request_deserializer,
-              "response_serializer": handler.response_serializer}
+    kwargs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(unary_response(handler.unary_unary), **kwargs)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(stream_response(handler.unary_stream),
-                                                    **kwargs)
+        return grpc.unary_stream_rpc_method_handler(stream_response(handler.unary_stream), **kwargs)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary_response(handler.stream_unary),
-                                                    **kwargs)
+        return grpc.stream_unary_rpc_method_handler(unary_response(handler.stream_unary), **kwargs)
     return grpc.stream_stream_rpc_method_handler(stream_response(handler.stream_stream), **kwargs)
 
 

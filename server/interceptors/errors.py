@@ -35,8 +35,12 @@ _CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
 
 
 class _Status(grpc.Status):  # type: ignore[misc]
-    def __init__(self, code: grpc.StatusCode, details: str,
-                 trailing_metadata: tuple[tuple[str, str | bytes], ...]) -> None:
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        trailing_metadata: tuple[tuple[str, str | bytes], ...],
+    ) -> None:
         self.code = code
         self.details = details
         self.trailing_metadata = trailing_metadata
@@ -50,24 +54,40 @@ def _pack(message: Message) -> any_pb2.Any:
 
 def build_status(code: grpc.StatusCode, error: errors.DomainError, request_id: str) -> _Status:
     """Returns the status for `error`: message, ErrorInfo, field violations and the request id."""
-    details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN,
-                                                 metadata=error.metadata)),
-               _pack(error_details_pb2.RequestInfo(request_id=request_id))]
+    details = [
+        _pack(
+            error_details_pb2.ErrorInfo(
+                reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+            )
+        ),
+        _pack(error_details_pb2.RequestInfo(request_id=request_id)),
+    ]
     if isinstance(error, errors.InvalidArgument) and error.violations:
-        details.append(_pack(error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-            for v in error.violations])))
+        details.append(
+            _pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description
+                        )
+                        for v in error.violations
+                    ]
+                )
+            )
+        )
     status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
     converted = rpc_status.to_status(status)
-    return _Status(code, error.message,
-                   (*converted.trailing_metadata, (REQUEST_ID_HEADER, request_id)))
+    return _Status(
+        code, error.message, (*converted.trailing_metadata, (REQUEST_ID_HEADER, request_id))
+    )
 
 
 def _infrastructure_error(exc: BaseException) -> errors.DomainError | None:
     """Maps failures of the database (not bugs) to retryable errors."""
     if isinstance(exc, peewee.OperationalError | peewee.InterfaceError):
-        return errors.Unavailable("The database is unavailable; retry later.",
-                                  reason="DATABASE_UNAVAILABLE")
+        return errors.Unavailable(
+            "The database is unavailable; retry later.", reason="DATABASE_UNAVAILABLE"
+        )
     if isinstance(exc, MaxConnectionsExceeded):
         return errors.Unavailable("The server is busy; retry later.", reason="POOL_EXHAUSTED")
     return None
@@ -88,23 +108,37 @@ class ErrorInterceptor(ScopeInterceptor):
             mapped = _infrastructure_error(exc)
             request_id = _request_id()
             if mapped is not None:
-                log.warning("dependency failure", exc_info=True,
-                            extra={"request_id": request_id, "grpc.method": method.method})
+                log.warning(
+                    "dependency failure",
+                    exc_info=True,
+                    extra={"request_id": request_id, "grpc.method": method.method},
+                )
                 self._abort(context, grpc.StatusCode.UNAVAILABLE, mapped)
-            log.error("unhandled exception", exc_info=True,
-                      extra={"request_id": request_id, "grpc.service": method.service,
-                             "grpc.method": method.method})
-            self._abort(context, grpc.StatusCode.INTERNAL, errors.DomainError(
-                f"Internal error. Quote request id {request_id} when reporting it.",
-                reason="INTERNAL"))
+            log.error(
+                "unhandled exception",
+                exc_info=True,
+                extra={
+                    "request_id": request_id,
+                    "grpc.service": method.service,
+                    "grpc.method": method.method,
+                },
+            )
+            self._abort(
+                context,
+                grpc.StatusCode.INTERNAL,
+                errors.DomainError(
+                    f"Internal error. Quote request id {request_id} when reporting it.",
+                    reason="INTERNAL",
+                ),
+            )
 
     @staticmethod
-    def _abort(context: grpc.ServicerContext, code: grpc.StatusCode,
-               error: errors.DomainError) -> None:
+    def _abort(
+        context: grpc.ServicerContext, code: grpc.StatusCode, error: errors.DomainError
+    ) -> None:
         context.abort_with_status(build_status(code, error, _request_id()))
 
 
 def _request_id() -> str:
     call = call_context.current()
     return call.request_id if call else "-"
-

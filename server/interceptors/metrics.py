@@ -21,16 +21,26 @@ class ServerMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.started = Counter("grpc_server_started_total",
-                               "Total number of RPCs started on the server.", _LABELS,
-                               registry=registry)
-        self.handled = Counter("grpc_server_handled_total",
-                               "Total number of RPCs completed on the server, regardless of "
-                               "success or failure.", (*_LABELS, "grpc_code"), registry=registry)
+        self.started = Counter(
+            "grpc_server_started_total",
+            "Total number of RPCs started on the server.",
+            _LABELS,
+            registry=registry,
+        )
+        self.handled = Counter(
+            "grpc_server_handled_total",
+            "Total number of RPCs completed on the server, regardless of success or failure.",
+            (*_LABELS, "grpc_code"),
+            registry=registry,
+        )
         self.handling_seconds = Histogram(
             "grpc_server_handling_seconds",
             "Histogram of response latency (seconds) of gRPC that had been application-level "
-            "handled by the server.", _LABELS, buckets=_BUCKETS, registry=registry)
+            "handled by the server.",
+            _LABELS,
+            buckets=_BUCKETS,
+            registry=registry,
+        )
 
 
 class MetricsInterceptor(ScopeInterceptor):

@@ -24,8 +24,11 @@ access_log = logging.getLogger("storefront.access")
 def request_id_from(context: grpc.ServicerContext) -> str:
     """Returns the caller's x-request-id if acceptable, else a new UUID."""
     for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_HEADER and isinstance(value, str) and \
-                _ACCEPTABLE_REQUEST_ID.match(value):
+        if (
+            key == REQUEST_ID_HEADER
+            and isinstance(value, str)
+            and _ACCEPTABLE_REQUEST_ID.match(value)
+        ):
             return value
     return str(uuid.uuid4())
 
@@ -65,5 +68,6 @@ class RequestLogInterceptor(ScopeInterceptor):
             call_context.reset(token)
 
 
-_SERVER_FAULTS = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
-                            grpc.StatusCode.DATA_LOSS})
+_SERVER_FAULTS = frozenset(
+    {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS}
+)

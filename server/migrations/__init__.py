@@ -83,8 +83,7 @@ def applied_versions(db: peewee.Database) -> set[int]:
     """Returns the versions recorded as applied in `db`."""
     if not table_exists(db, "schema_migrations"):
         return set()
-    history = _history_model(db)
-    return {row.version for row in history.select(history.version)}
+    return {row[0] for row in db.execute_sql("SELECT version FROM schema_migrations")}
 
 
 def migrate(db: peewee.Database) -> list[str]:
@@ -108,8 +107,9 @@ def migrate(db: peewee.Database) -> list[str]:
                         continue
                     log.info("applying migration %s", migration.name)
                     migration.up(db)
-                    history.create(version=migration.version, name=migration.name,
-                                   applied_time=utcnow())
+                    history.create(
+                        version=migration.version, name=migration.name, applied_time=utcnow()
+                    )
                     applied.append(migration.name)
         finally:
             if postgres:
@@ -127,7 +127,9 @@ def check_schema(db: peewee.Database) -> None:
     if current - expected:
         raise SchemaOutOfDate(
             f"the database schema (version {max(current)}) is newer than this code "
-            f"(version {max(expected, default=0)}): deploy the newer code")
+            f"(version {max(expected, default=0)}): deploy the newer code"
+        )
     raise SchemaOutOfDate(
         f"the database schema is at version {max(current, default=0)}, this code needs version "
-        f"{max(expected, default=0)}: run `storefront migrate` first")
+        f"{max(expected, default=0)}: run `storefront migrate` first"
+    )

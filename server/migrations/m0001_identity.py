@@ -14,8 +14,9 @@ class User(_Frozen):
     id = peewee.CharField(max_length=36, primary_key=True)
     email = peewee.CharField(max_length=254, unique=True)
     display_name = peewee.CharField(max_length=100, default="")
-    role = peewee.CharField(max_length=16,
-                            constraints=[peewee.Check("role IN ('CUSTOMER', 'STAFF', 'ADMIN')")])
+    role = peewee.CharField(
+        max_length=16, constraints=[peewee.Check("role IN ('CUSTOMER', 'STAFF', 'ADMIN')")]
+    )
     password_hash = peewee.TextField()
     disabled = peewee.BooleanField(default=False)
     email_verified = peewee.BooleanField(default=False)

@@ -29,8 +29,9 @@ class RefreshToken(BaseModel):
     """A refresh token, stored only as its SHA-256; use_time is set when it is exchanged."""
 
     token_hash = peewee.CharField(max_length=64, primary_key=True)
-    session = peewee.ForeignKeyField(Session, backref="refresh_tokens", on_delete="CASCADE",
-                                     index=True)
+    session = peewee.ForeignKeyField(
+        Session, backref="refresh_tokens", on_delete="CASCADE", index=True
+    )
     create_time = peewee.DateTimeField(default=utcnow)
     use_time = peewee.DateTimeField(null=True)
     session_id: str  # the foreign key's raw value, set by peewee
@@ -48,8 +49,9 @@ def revoke(condition: peewee.Expression, *, reason: str, now: dt.datetime) -> in
     )
 
 
-def live_session(*, session_id: str, now: dt.datetime, user_id: str | None = None
-                 ) -> Session | None:
+def live_session(
+    *, session_id: str, now: dt.datetime, user_id: str | None = None
+) -> Session | None:
     """Returns the session, with its user loaded, if it is live and the user enabled, else None."""
     condition = (
         (Session.id == session_id)

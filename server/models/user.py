@@ -72,4 +72,3 @@ def clear_failures(email: str, *, before: dt.datetime | None = None) -> None:
     if before is not None:
         condition &= LoginFailure.attempt_time < before
     LoginFailure.delete().where(condition).execute()
-

@@ -11,7 +11,6 @@ from urllib.parse import quote
 import grpc
 import peewee
 import pytest
-from storefront.v1 import identity_service_pb2 as pb
 from storefront_client import StorefrontClient
 
 from server import db as dbmod
@@ -38,10 +37,15 @@ def engine_url(engine: str, tmp: Path, schema: str | None) -> str:
 def make_settings(tmp: Path, database_url: str, **overrides: object) -> Settings:
     """Returns development settings on free ports, without a metrics endpoint unless asked."""
     base = Settings(
-        data_dir=tmp, database_url=database_url, grpc_address="127.0.0.1:0",
-        metrics_address="", worker_threads=8, db_pool_size=12,
+        data_dir=tmp,
+        database_url=database_url,
+        grpc_address="127.0.0.1:0",
+        metrics_address="",
+        worker_threads=8,
+        db_pool_size=12,
         jwt_signing_key_file=tmp / "jwt-signing-key.pem",
-        page_token_secret_file=tmp / "page-token.key", shutdown_grace_seconds=2.0,
+        page_token_secret_file=tmp / "page-token.key",
+        shutdown_grace_seconds=2.0,
         password_hash_concurrency=4,
     )
     return replace(base, **overrides)  # type: ignore[arg-type]
@@ -68,8 +72,13 @@ class Running:
         """Creates a user directly in the database; returns the email (password: PASSWORD)."""
         email = email or f"{role.value.lower()}-{uuid.uuid4().hex[:8]}@example.com"
         with self.db.connection_context():
-            users.register(email=email, password=PASSWORD, display_name=role.value.title(),
-                           passwords=self.passwords, role=role)
+            users.register(
+                email=email,
+                password=PASSWORD,
+                display_name=role.value.title(),
+                passwords=self.passwords,
+                role=role,
+            )
         return email
 
     def login(self, role: Role = Role.CUSTOMER) -> StorefrontClient:
@@ -80,8 +89,9 @@ class Running:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def e2e_database_url(request: pytest.FixtureRequest,
-                     tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def e2e_database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str]:
     """A migrated database of one engine for the module: (data dir, URL)."""
     engine: str = request.param
     schema = request.getfixturevalue("postgres_schema") if engine == "postgres" else None

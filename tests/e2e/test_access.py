@@ -38,8 +38,11 @@ EXPECTED: dict[str, str | frozenset[Role]] = {
 
 def discovered_methods() -> dict[str, MethodDescriptor]:
     """Returns every RPC the server registers, by full path."""
-    return {f"/{service.full_name}/{method.name}": method
-            for service in SERVICES for method in service.methods}
+    return {
+        f"/{service.full_name}/{method.name}": method
+        for service in SERVICES
+        for method in service.methods
+    }
 
 
 def test_every_rpc_has_a_row() -> None:
@@ -62,11 +65,13 @@ def _token_for(running: Running, caller: str | Role) -> str | None:
     if caller is Role.SERVICE:
         admin = running.login(Role.ADMIN)
         created = admin.identity.CreateServiceAccount(
-            identity_service_pb2.CreateServiceAccountRequest(display_name="access-test"))
+            identity_service_pb2.CreateServiceAccountRequest(display_name="access-test")
+        )
         issued = running.client().identity.IssueServiceToken(
             identity_service_pb2.IssueServiceTokenRequest(
-                client_id=created.service_account.client_id,
-                client_secret=created.client_secret))
+                client_id=created.service_account.client_id, client_secret=created.client_secret
+            )
+        )
         return issued.session.access_token
     client = running.login(Role(caller))
     assert client.session is not None
@@ -79,12 +84,16 @@ def test_each_caller_gets_what_the_contract_says(running: Running, caller: str |
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     channel = running.channel()
     # Logout last: it ends the session the token belongs to.
-    for path, method in sorted(discovered_methods().items(),
-                               key=lambda item: item[0].endswith("/Logout")):
+    for path, method in sorted(
+        discovered_methods().items(), key=lambda item: item[0].endswith("/Logout")
+    ):
         request_class = message_factory.GetMessageClass(method.input_type)
         response_class = message_factory.GetMessageClass(method.output_type)
-        call = channel.unary_unary(path, request_serializer=request_class.SerializeToString,
-                                   response_deserializer=response_class.FromString)
+        call = channel.unary_unary(
+            path,
+            request_serializer=request_class.SerializeToString,
+            response_deserializer=response_class.FromString,
+        )
         expected = EXPECTED[path]
         allowed = expected == PUBLIC or (caller != ANONYMOUS and caller in expected)
         try:
@@ -94,8 +103,10 @@ def test_each_caller_gets_what_the_contract_says(running: Running, caller: str |
             code = err.code()
         if allowed:
             # Empty requests may be invalid, but never refused for who the caller is.
-            assert code not in (grpc.StatusCode.UNAUTHENTICATED,
-                                grpc.StatusCode.PERMISSION_DENIED), (path, caller, code)
+            assert code not in (
+                grpc.StatusCode.UNAUTHENTICATED,
+                grpc.StatusCode.PERMISSION_DENIED,
+            ), (path, caller, code)
         elif caller == ANONYMOUS:
             assert code == grpc.StatusCode.UNAUTHENTICATED, (path, code)
         else:

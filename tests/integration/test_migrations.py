@@ -29,10 +29,10 @@ def blank_db(request: pytest.FixtureRequest, tmp_path: Path):
         admin.execute_sql(f'CREATE SCHEMA "{schema}"')
     db = dbmod.connect_url(POSTGRES_URL, pool_size=8, options=f"-c search_path={schema}")
     yield db
-    db.close_all()
+    db.close_all()  # type: ignore[attr-defined]
     with admin.connection_context():
         admin.execute_sql(f'DROP SCHEMA "{schema}" CASCADE')
-    admin.close_all()
+    admin.close_all()  # type: ignore[attr-defined]
 
 
 def test_check_schema_refuses_an_unmigrated_database_and_says_what_to_run(blank_db) -> None:
@@ -74,8 +74,10 @@ def test_concurrent_migrators_apply_each_migration_exactly_once(blank_db) -> Non
 def test_a_database_newer_than_the_code_is_refused(blank_db) -> None:
     migrations.migrate(blank_db)
     with blank_db.connection_context():
-        blank_db.execute_sql("INSERT INTO schema_migrations (version, name, applied_time) "
-                             "VALUES (999, 'm0999_future', CURRENT_TIMESTAMP)")
+        blank_db.execute_sql(
+            "INSERT INTO schema_migrations (version, name, applied_time) "
+            "VALUES (999, 'm0999_future', CURRENT_TIMESTAMP)"
+        )
     with pytest.raises(migrations.SchemaOutOfDate, match="newer than this code"):
         migrations.check_schema(blank_db)
 
@@ -87,4 +89,5 @@ def test_role_check_constraint_is_enforced(blank_db) -> None:
             "INSERT INTO users (id, email, display_name, role, password_hash, disabled, "
             "email_verified, version, create_time, update_time) VALUES "
             "('x', 'a@b.c', '', 'ROOT', 'h', false, false, 1, CURRENT_TIMESTAMP, "
-            "CURRENT_TIMESTAMP)")
+            "CURRENT_TIMESTAMP)"
+        )

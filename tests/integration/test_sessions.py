@@ -26,14 +26,16 @@ PASSWORD = "correct horse battery staple"
 def policy() -> SessionPolicy:
     tokens = TokenService(Keyring.of(Ed25519PrivateKey.generate()), issuer="i", audience="a")
     # Cheap argon2 parameters: these tests are about the rules, not the hash strength.
-    return SessionPolicy(tokens=tokens,
-                         passwords=PasswordHasher(concurrency=8, memory_cost_kib=1024,
-                                                  time_cost=1),
-                         refresh_ttl=dt.timedelta(days=1))
+    return SessionPolicy(
+        tokens=tokens,
+        passwords=PasswordHasher(concurrency=8, memory_cost_kib=1024, time_cost=1),
+        refresh_ttl=dt.timedelta(days=1),
+    )
 
 
-def run_concurrently(db: peewee.Database, count: int, work: Callable[[], object]
-                     ) -> list[object | DomainError]:
+def run_concurrently(
+    db: peewee.Database, count: int, work: Callable[[], object]
+) -> list[object | DomainError]:
     """Runs `work` in `count` threads at once, each with its own connection; returns outcomes."""
     outcomes: list[object | DomainError] = []
     lock = threading.Lock()
@@ -58,13 +60,16 @@ def run_concurrently(db: peewee.Database, count: int, work: Callable[[], object]
 
 
 def test_concurrent_refreshes_of_one_token_let_at_most_one_through(
-        db: peewee.Database, policy: SessionPolicy) -> None:
-    users.register(email="a@example.com", password=PASSWORD, display_name="",
-                   passwords=policy.passwords)
+    db: peewee.Database, policy: SessionPolicy
+) -> None:
+    users.register(
+        email="a@example.com", password=PASSWORD, display_name="", passwords=policy.passwords
+    )
     _, first = sessions.login(email="a@example.com", password=PASSWORD, policy=policy)
 
-    outcomes = run_concurrently(db, 8, lambda: sessions.refresh(
-        refresh_token=first.refresh_token, policy=policy))
+    outcomes = run_concurrently(
+        db, 8, lambda: sessions.refresh(refresh_token=first.refresh_token, policy=policy)
+    )
     winners = [o for o in outcomes if isinstance(o, sessions.SessionTokens)]
     assert len(winners) <= 1
     assert all(isinstance(o, Unauthenticated) for o in outcomes if o not in winners)
@@ -78,11 +83,16 @@ def test_concurrent_refreshes_of_one_token_let_at_most_one_through(
 
 
 def test_concurrent_wrong_guesses_get_exactly_five_verifications(
-        db: peewee.Database, policy: SessionPolicy) -> None:
-    users.register(email="b@example.com", password=PASSWORD, display_name="",
-                   passwords=policy.passwords)
-    outcomes = run_concurrently(db, 12, lambda: sessions.login(
-        email="b@example.com", password="wrong password!", policy=policy))
+    db: peewee.Database, policy: SessionPolicy
+) -> None:
+    users.register(
+        email="b@example.com", password=PASSWORD, display_name="", passwords=policy.passwords
+    )
+    outcomes = run_concurrently(
+        db,
+        12,
+        lambda: sessions.login(email="b@example.com", password="wrong password!", policy=policy),
+    )
     rejected = [o for o in outcomes if isinstance(o, Unauthenticated)]
     throttled = [o for o in outcomes if isinstance(o, ResourceExhausted)]
     assert (len(rejected), len(throttled)) == (5, 7)
@@ -94,8 +104,9 @@ def test_concurrent_wrong_guesses_get_exactly_five_verifications(
 
 
 def test_throttle_window_expires(db: peewee.Database, policy: SessionPolicy) -> None:
-    users.register(email="c@example.com", password=PASSWORD, display_name="",
-                   passwords=policy.passwords)
+    users.register(
+        email="c@example.com", password=PASSWORD, display_name="", passwords=policy.passwords
+    )
     long_ago = dt.datetime(2020, 1, 1)
     with database.atomic():
         for _ in range(10):

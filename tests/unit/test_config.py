@@ -21,24 +21,29 @@ def test_defaults_serve_development_on_sqlite_in_var() -> None:
     assert not settings.tls_enabled
 
 
-@pytest.mark.parametrize(("env", "variable"), [
-    ({"STOREFRONT_ACCESS_TOKEN_TTL_SECONDS": "5000"}, "STOREFRONT_ACCESS_TOKEN_TTL_SECONDS"),
-    ({"STOREFRONT_ACCESS_TOKEN_TTL_SECONDS": "soon"}, "STOREFRONT_ACCESS_TOKEN_TTL_SECONDS"),
-    ({"STOREFRONT_TOKEN_LEEWAY_SECONDS": "31"}, "STOREFRONT_TOKEN_LEEWAY_SECONDS"),
-    ({"STOREFRONT_GRPC_ADDRESS": "nonsense"}, "STOREFRONT_GRPC_ADDRESS"),
-    ({"STOREFRONT_GRPC_ADDRESS": "127.0.0.1:99999"}, "STOREFRONT_GRPC_ADDRESS"),
-    ({"STOREFRONT_REFLECTION": "maybe"}, "STOREFRONT_REFLECTION"),
-    ({"STOREFRONT_LOG_LEVEL": "LOUD"}, "STOREFRONT_LOG_LEVEL"),
-    ({"STOREFRONT_ENVIRONMENT": "staging"}, "STOREFRONT_ENVIRONMENT"),
-    ({"STOREFRONT_DATABASE_URL": "mysql://x/y"}, "STOREFRONT_DATABASE_URL"),
-    ({"STOREFRONT_WORKER_THREADS": "0"}, "STOREFRONT_WORKER_THREADS"),
-    ({"STOREFRONT_ENVIRONMENT": "production"}, "STOREFRONT_JWT_SIGNING_KEY_FILE"),
-    ({"STOREFRONT_TLS_CERT_FILE": "/tmp/cert.pem"}, "STOREFRONT_TLS_KEY_FILE"),
-    ({"STOREFRONT_TLS_CLIENT_CA_FILE": "/tmp/ca.pem"}, "STOREFRONT_TLS_CLIENT_CA_FILE"),
-    ({"STOREFRONT_JWT_VERIFY_KEY_FILES": "/nonexistent.pem"},
-     "STOREFRONT_JWT_VERIFY_KEY_FILES"),
-    ({"STOREFRONT_TYPO": "1"}, "STOREFRONT_TYPO"),
-])
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"STOREFRONT_ACCESS_TOKEN_TTL_SECONDS": "5000"}, "STOREFRONT_ACCESS_TOKEN_TTL_SECONDS"),
+        ({"STOREFRONT_ACCESS_TOKEN_TTL_SECONDS": "soon"}, "STOREFRONT_ACCESS_TOKEN_TTL_SECONDS"),
+        ({"STOREFRONT_TOKEN_LEEWAY_SECONDS": "31"}, "STOREFRONT_TOKEN_LEEWAY_SECONDS"),
+        ({"STOREFRONT_GRPC_ADDRESS": "nonsense"}, "STOREFRONT_GRPC_ADDRESS"),
+        ({"STOREFRONT_GRPC_ADDRESS": "127.0.0.1:99999"}, "STOREFRONT_GRPC_ADDRESS"),
+        ({"STOREFRONT_REFLECTION": "maybe"}, "STOREFRONT_REFLECTION"),
+        ({"STOREFRONT_LOG_LEVEL": "LOUD"}, "STOREFRONT_LOG_LEVEL"),
+        ({"STOREFRONT_ENVIRONMENT": "staging"}, "STOREFRONT_ENVIRONMENT"),
+        ({"STOREFRONT_DATABASE_URL": "mysql://x/y"}, "STOREFRONT_DATABASE_URL"),
+        ({"STOREFRONT_WORKER_THREADS": "0"}, "STOREFRONT_WORKER_THREADS"),
+        ({"STOREFRONT_ENVIRONMENT": "production"}, "STOREFRONT_JWT_SIGNING_KEY_FILE"),
+        ({"STOREFRONT_TLS_CERT_FILE": "/tmp/cert.pem"}, "STOREFRONT_TLS_KEY_FILE"),
+        ({"STOREFRONT_TLS_CLIENT_CA_FILE": "/tmp/ca.pem"}, "STOREFRONT_TLS_CLIENT_CA_FILE"),
+        (
+            {"STOREFRONT_JWT_VERIFY_KEY_FILES": "/nonexistent.pem"},
+            "STOREFRONT_JWT_VERIFY_KEY_FILES",
+        ),
+        ({"STOREFRONT_TYPO": "1"}, "STOREFRONT_TYPO"),
+    ],
+)
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
     with pytest.raises(ConfigError) as caught:
         Settings.from_env(env)
@@ -50,9 +55,11 @@ def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> Non
 def test_production_needs_existing_key_files(tmp_path: Path) -> None:
     key = tmp_path / "jwt.pem"
     secret = tmp_path / "page.key"
-    env = {"STOREFRONT_ENVIRONMENT": "production",
-           "STOREFRONT_JWT_SIGNING_KEY_FILE": str(key),
-           "STOREFRONT_PAGE_TOKEN_SECRET_FILE": str(secret)}
+    env = {
+        "STOREFRONT_ENVIRONMENT": "production",
+        "STOREFRONT_JWT_SIGNING_KEY_FILE": str(key),
+        "STOREFRONT_PAGE_TOKEN_SECRET_FILE": str(secret),
+    }
     with pytest.raises(ConfigError, match="STOREFRONT_JWT_SIGNING_KEY_FILE: file not found"):
         Settings.from_env(env)
     key.write_text("x")

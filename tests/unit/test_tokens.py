@@ -12,16 +12,20 @@ from server.errors import Unauthenticated
 
 
 def service(**kwargs: int) -> TokenService:
-    return TokenService(Keyring.of(Ed25519PrivateKey.generate()), issuer="iss", audience="aud",
-                        **kwargs)
+    return TokenService(
+        Keyring.of(Ed25519PrivateKey.generate()), issuer="iss", audience="aud", **kwargs
+    )
 
 
 def test_issued_token_round_trips_to_its_principal() -> None:
     tokens = service()
     issued = tokens.issue(subject="user-1", role=Role.STAFF, session_id="s-1")
     principal = tokens.verify(issued.token)
-    assert (principal.subject, principal.role, principal.session_id) == ("user-1", Role.STAFF,
-                                                                         "s-1")
+    assert (principal.subject, principal.role, principal.session_id) == (
+        "user-1",
+        Role.STAFF,
+        "s-1",
+    )
     header = jwt.get_unverified_header(issued.token)
     assert header["alg"] == "EdDSA" and header["kid"] == tokens.keyring.signing_kid
 
@@ -47,8 +51,10 @@ def test_expiry_respects_the_leeway() -> None:
     assert caught.value.reason == "TOKEN_EXPIRED"
 
 
-@pytest.mark.parametrize("kwargs", [{"ttl_seconds": 901}, {"ttl_seconds": 0},
-                                    {"leeway_seconds": 31}, {"leeway_seconds": -1}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"ttl_seconds": 901}, {"ttl_seconds": 0}, {"leeway_seconds": 31}, {"leeway_seconds": -1}],
+)
 def test_limits_cannot_be_configured_away(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError):
         service(**kwargs)
@@ -56,10 +62,10 @@ def test_limits_cannot_be_configured_away(kwargs: dict[str, int]) -> None:
 
 def test_jwks_lists_the_signing_key_first_then_rotation_keys() -> None:
     old = Ed25519PrivateKey.generate()
-    tokens = TokenService(Keyring.of(Ed25519PrivateKey.generate(), (old.public_key(),)),
-                          issuer="i", audience="a")
+    tokens = TokenService(
+        Keyring.of(Ed25519PrivateKey.generate(), (old.public_key(),)), issuer="i", audience="a"
+    )
     jwks = tokens.jwks()
-    assert [k["kid"] for k in jwks][0] == tokens.keyring.signing_kid
+    assert jwks[0]["kid"] == tokens.keyring.signing_kid
     assert len(jwks) == 2
-    assert all(k["kty"] == "OKP" and k["crv"] == "Ed25519" and k["alg"] == "EdDSA"
-               for k in jwks)
+    assert all(k["kty"] == "OKP" and k["crv"] == "Ed25519" and k["alg"] == "EdDSA" for k in jwks)
