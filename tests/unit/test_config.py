@@ -73,3 +73,9 @@ def test_every_setting_field_read_from_the_environment_is_documented() -> None:
     source = Path("server/config.py").read_text()
     read = {word.strip('"') for word in source.split() if word.startswith('"STOREFRONT_')}
     assert {r.rstrip('",):') for r in read} <= names
+
+
+def test_the_readme_documents_every_variable() -> None:
+    readme = Path("README.md").read_text()
+    missing = [v.name for v in VARIABLES if f"`{v.name}`" not in readme]
+    assert not missing
