@@ -35,7 +35,6 @@ from server.services.identity_service import IdentityServicer
 
 log = logging.getLogger("storefront")
 
-HEALTH_CHECK_INTERVAL_SECONDS = 5.0
 MIN_PAGE_TOKEN_SECRET_BYTES = 32
 
 
@@ -80,7 +79,7 @@ class App:
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         self.server.stop(grace).wait()
         if self._watcher is not None:
-            self._watcher.join(timeout=HEALTH_CHECK_INTERVAL_SECONDS + 1)
+            self._watcher.join(timeout=self.settings.health_check_seconds + 1)
         if self._metrics_httpd is not None:
             self._metrics_httpd.shutdown()
             self._metrics_httpd.server_close()
@@ -102,7 +101,7 @@ class App:
     def _watch_database(self) -> None:
         """Reports NOT_SERVING while the database is unreachable, SERVING when it is back."""
         serving = True
-        while not self._stopping.wait(HEALTH_CHECK_INTERVAL_SECONDS):
+        while not self._stopping.wait(self.settings.health_check_seconds):
             try:
                 with self.db.connection_context():
                     self.db.execute_sql("SELECT 1")

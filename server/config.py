@@ -71,6 +71,11 @@ VARIABLES: tuple[Variable, ...] = (
         "10",
         "On SIGTERM, seconds in-flight RPCs get to finish.",
     ),
+    Variable(
+        "STOREFRONT_HEALTH_CHECK_SECONDS",
+        "5",
+        "How often the database is pinged; health is NOT_SERVING while it is unreachable.",
+    ),
     Variable("STOREFRONT_JWT_ISSUER", "storefront", "iss claim of access tokens."),
     Variable("STOREFRONT_JWT_AUDIENCE", "storefront", "aud claim of access tokens."),
     Variable(
@@ -129,6 +134,7 @@ class Settings:
     max_message_bytes: int = 4 * 1024 * 1024
     drain_seconds: float = 0.0
     shutdown_grace_seconds: float = 10.0
+    health_check_seconds: float = 5.0
     jwt_issuer: str = "storefront"
     jwt_audience: str = "storefront"
     jwt_signing_key_file: Path | None = None
@@ -236,6 +242,7 @@ class Settings:
             ),
             drain_seconds=r.number("STOREFRONT_DRAIN_SECONDS", 0.0, 0.0, 300.0),
             shutdown_grace_seconds=r.number("STOREFRONT_SHUTDOWN_GRACE_SECONDS", 10.0, 0.0, 600.0),
+            health_check_seconds=r.number("STOREFRONT_HEALTH_CHECK_SECONDS", 5.0, 0.05, 300.0),
             jwt_issuer=r.text("STOREFRONT_JWT_ISSUER", "storefront", required=True),
             jwt_audience=r.text("STOREFRONT_JWT_AUDIENCE", "storefront", required=True),
             jwt_signing_key_file=signing_key or data_dir / "jwt-signing-key.pem",

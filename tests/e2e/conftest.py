@@ -112,7 +112,7 @@ def server_factory(e2e_database_url: tuple[Path, str]) -> Iterator[Callable[...,
     started: list[App] = []
 
     def start(**overrides: object) -> Running:
-        settings = make_settings(tmp, url, **overrides)
+        settings = make_settings(tmp, str(overrides.pop("database_url", url)), **overrides)
         app = create_app(settings)
         started.append(app)
         app.start()
