@@ -17,7 +17,7 @@ import peewee
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
 from storefront.v1 import identity_service_pb2, identity_service_pb2_grpc
 
 from server import migrations
@@ -181,6 +181,8 @@ def create_app(settings: Settings) -> App:
     ]
     rules = access_rules(descriptor for descriptor, _ in services)
 
+    # The *_created series have no counterpart in go-grpc-middleware's metrics.
+    disable_created_metrics()
     metrics = ServerMetrics(CollectorRegistry())
     # Outermost first. The database scope wraps auth because auth checks, with one indexed
     # query, that the token's session is still live.

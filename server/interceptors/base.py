@@ -42,11 +42,21 @@ class ScopeInterceptor(grpc.ServerInterceptor, abc.ABC):  # type: ignore[misc]
     the scope runs when the call does, and for streamed responses it spans the whole stream.
     """
 
+    # Set by interceptors that override message_received/message_sent (metrics); the others
+    # leave request and response iterators unwrapped.
+    observes_messages = False
+
     @abc.abstractmethod
     def scope(
         self, method: MethodInfo, context: grpc.ServicerContext
     ) -> contextlib.AbstractContextManager[None]:
         """Returns the context manager to run the call inside."""
+
+    def message_received(self, method: MethodInfo) -> None:
+        """Called for every request message the handler reads."""
+
+    def message_sent(self, method: MethodInfo) -> None:
+        """Called for every response message the handler produces."""
 
     def intercept_service(
         self, continuation: Callable[[Any], Any], handler_call_details: Any
@@ -57,25 +67,38 @@ class ScopeInterceptor(grpc.ServerInterceptor, abc.ABC):  # type: ignore[misc]
         info = method_info(
             handler_call_details.method, handler.request_streaming, handler.response_streaming
         )
-        return _wrap(handler, info, self.scope)
+        return _wrap(handler, info, self)
 
 
-def _wrap(
-    handler: Any,
-    info: MethodInfo,
-    scope: Callable[[MethodInfo, grpc.ServicerContext], contextlib.AbstractContextManager[None]],
-) -> Any:
+def _wrap(handler: Any, info: MethodInfo, interceptor: ScopeInterceptor) -> Any:
+    scope = interceptor.scope
+    observe = interceptor.observes_messages
+
+    def requests(request: Any) -> Any:
+        if not observe:
+            return request
+        if not handler.request_streaming:
+            interceptor.message_received(info)
+            return request
+        return _observed(request, lambda: interceptor.message_received(info))
+
     def unary_response(inner: Callable[..., Any]) -> Callable[..., Any]:
         def behavior(request: Any, context: grpc.ServicerContext) -> Any:
             with scope(info, context):
-                return inner(request, context)
+                response = inner(requests(request), context)
+                if observe:
+                    interceptor.message_sent(info)
+                return response
 
         return behavior
 
     def stream_response(inner: Callable[..., Any]) -> Callable[..., Any]:
         def behavior(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             with scope(info, context):
-                yield from inner(request, context)
+                responses = inner(requests(request), context)
+                if observe:
+                    responses = _observed(responses, lambda: interceptor.message_sent(info))
+                yield from responses
 
         return behavior
 
@@ -90,6 +113,12 @@ def _wrap(
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(unary_response(handler.stream_unary), **kwargs)
     return grpc.stream_stream_rpc_method_handler(stream_response(handler.stream_stream), **kwargs)
+
+
+def _observed(items: Iterator[Any], seen: Callable[[], None]) -> Iterator[Any]:
+    for item in items:
+        seen()
+        yield item
 
 
 def status_code_of(context: grpc.ServicerContext, error: BaseException | None) -> grpc.StatusCode:

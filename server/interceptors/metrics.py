@@ -33,6 +33,18 @@ class ServerMetrics:
             (*_LABELS, "grpc_code"),
             registry=registry,
         )
+        self.msg_received = Counter(
+            "grpc_server_msg_received_total",
+            "Total number of RPC stream messages received on the server.",
+            _LABELS,
+            registry=registry,
+        )
+        self.msg_sent = Counter(
+            "grpc_server_msg_sent_total",
+            "Total number of gRPC stream messages sent by the server.",
+            _LABELS,
+            registry=registry,
+        )
         self.handling_seconds = Histogram(
             "grpc_server_handling_seconds",
             "Histogram of response latency (seconds) of gRPC that had been application-level "
@@ -44,10 +56,18 @@ class ServerMetrics:
 
 
 class MetricsInterceptor(ScopeInterceptor):
-    """Counts started and handled RPCs by code and times them."""
+    """Counts started and handled RPCs by code, and messages each way, and times them."""
+
+    observes_messages = True
 
     def __init__(self, metrics: ServerMetrics) -> None:
         self.metrics = metrics
+
+    def message_received(self, method: MethodInfo) -> None:
+        self.metrics.msg_received.labels(method.rpc_type, method.service, method.method).inc()
+
+    def message_sent(self, method: MethodInfo) -> None:
+        self.metrics.msg_sent.labels(method.rpc_type, method.service, method.method).inc()
 
     @contextlib.contextmanager
     def scope(self, method: MethodInfo, context: grpc.ServicerContext) -> Iterator[None]:

@@ -25,7 +25,6 @@ from storefront.v1 import identity_service_pb2 as pb
 from storefront.v1 import identity_service_pb2_grpc
 from storefront_client import RetryPolicy, StorefrontClient, error_info, request_id, status_of
 
-import server.app
 from server import db as dbmod
 from server import migrations
 from server.app import create_app
@@ -96,7 +95,9 @@ def test_reflection_lists_services_and_describes_methods(running: Running) -> No
     services = set(database.get_services())
     assert {IDENTITY, "grpc.health.v1.Health"} <= services
     pool = DescriptorPool(database)
-    login = pool.FindMethodByName(f"{IDENTITY}.Login")
+    # grpcio's reflection server resolves services, not method names, as symbols.
+    login = pool.FindServiceByName(IDENTITY).methods_by_name["Login"]
+    assert login.full_name == f"{IDENTITY}.Login"
     assert login.input_type.full_name == "storefront.v1.LoginRequest"
     assert login.output_type.full_name == "storefront.v1.LoginResponse"
 
@@ -283,12 +284,10 @@ def sqlite_outside_data_dir(tmp_path: Path) -> Iterator[tuple[Path, str]]:
 
 
 def test_sqlite_database_gone_is_unavailable_and_not_serving_until_it_returns(
-        tmp_path: Path, sqlite_outside_data_dir: tuple[Path, str],
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """SQLite only: moving the database's directory away makes every new connection fail."""
+        tmp_path: Path, sqlite_outside_data_dir: tuple[Path, str]) -> None:
+    """SQLite only (tests/e2e/test_database_outage.py covers PostgreSQL): moving the database's directory away makes every new connection fail."""
     directory, url = sqlite_outside_data_dir
-    monkeypatch.setattr(server.app, "HEALTH_CHECK_INTERVAL_SECONDS", 0.02)
-    app = create_app(make_settings(tmp_path / "data", url))
+    app = create_app(make_settings(tmp_path / "data", url, health_check_seconds=0.05))
     app.start()
     try:
         target = f"127.0.0.1:{app.port}"
