@@ -89,7 +89,8 @@ class App:
         """Blocks until the server has stopped."""
         self.server.wait_for_termination()
 
-    def _set_serving(self, serving: bool) -> None:
+    def set_serving(self, serving: bool) -> None:
+        """Reports SERVING (or NOT_SERVING) for "" and every storefront service."""
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
@@ -110,7 +111,7 @@ class App:
                 healthy = False
             if healthy != serving and not self._stopping.is_set():
                 log.warning("database %s", "reachable again" if healthy else "unreachable")
-                self._set_serving(healthy)
+                self.set_serving(healthy)
                 serving = healthy
 
 
@@ -230,5 +231,5 @@ def create_app(settings: Settings) -> App:
         service_names=service_names,
         metrics=metrics,
     )
-    app._set_serving(True)
+    app.set_serving(True)
     return app
