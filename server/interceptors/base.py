@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import functools
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -127,6 +128,30 @@ def status_code_of(context: grpc.ServicerContext, error: BaseException | None) -
     if code is not None:
         return code  # type: ignore[no-any-return,unused-ignore]
     return grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
+
+
+@dataclass
+class Outcome:
+    """How a call ended: its status code and how long it took. Filled in when the call ends."""
+
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    seconds: float = 0.0
+
+
+@contextlib.contextmanager
+def call_outcome(context: grpc.ServicerContext) -> Iterator[Outcome]:
+    """Times the enclosed call and records its final status code in the yielded Outcome."""
+    outcome = Outcome()
+    started = time.perf_counter()
+    error: BaseException | None = None
+    try:
+        yield outcome
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        outcome.code = status_code_of(context, error)
+        outcome.seconds = time.perf_counter() - started
 
 
 def go_code_name(code: grpc.StatusCode) -> str:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from server.interceptors.base import MethodInfo, ScopeInterceptor, go_code_name, status_code_of
+from server.interceptors.base import MethodInfo, ScopeInterceptor, call_outcome, go_code_name
 
 _LABELS = ("grpc_type", "grpc_service", "grpc_method")
 # go-grpc-middleware's default buckets (prometheus.DefBuckets), in seconds.
@@ -73,14 +72,9 @@ class MetricsInterceptor(ScopeInterceptor):
     def scope(self, method: MethodInfo, context: grpc.ServicerContext) -> Iterator[None]:
         labels = (method.rpc_type, method.service, method.method)
         self.metrics.started.labels(*labels).inc()
-        started = time.perf_counter()
-        error: BaseException | None = None
         try:
-            yield
-        except BaseException as exc:
-            error = exc
-            raise
+            with call_outcome(context) as outcome:
+                yield
         finally:
-            code = go_code_name(status_code_of(context, error))
-            self.metrics.handled.labels(*labels, code).inc()
-            self.metrics.handling_seconds.labels(*labels).observe(time.perf_counter() - started)
+            self.metrics.handled.labels(*labels, go_code_name(outcome.code)).inc()
+            self.metrics.handling_seconds.labels(*labels).observe(outcome.seconds)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import time
 import uuid
 from collections.abc import Iterator
 
 import grpc
 
 from server import call_context
-from server.interceptors.base import MethodInfo, ScopeInterceptor, go_code_name, status_code_of
+from server.interceptors.base import MethodInfo, ScopeInterceptor, call_outcome, go_code_name
 
 REQUEST_ID_HEADER = "x-request-id"
 # A caller's id is kept only if it is short and plain, so it is safe to log and echo back.
@@ -41,29 +40,24 @@ class RequestLogInterceptor(ScopeInterceptor):
         call = call_context.CallContext(request_id=request_id_from(context))
         token = call_context.set_current(call)
         context.set_trailing_metadata(((REQUEST_ID_HEADER, call.request_id),))
-        started = time.perf_counter()
-        error: BaseException | None = None
         try:
-            yield
-        except BaseException as exc:
-            error = exc
-            raise
+            with call_outcome(context) as outcome:
+                yield
         finally:
-            code = status_code_of(context, error)
             principal = call.principal
             fields = {
                 "grpc.component": "server",
                 "grpc.service": method.service,
                 "grpc.method": method.method,
                 "grpc.method_type": method.rpc_type,
-                "grpc.code": go_code_name(code),
-                "grpc.time_ms": round((time.perf_counter() - started) * 1000, 3),
+                "grpc.code": go_code_name(outcome.code),
+                "grpc.time_ms": round(outcome.seconds * 1000, 3),
                 "peer.address": context.peer(),
                 "request_id": call.request_id,
                 "principal": principal.subject if principal else None,
                 "principal.role": principal.role.value if principal else None,
             }
-            level = logging.ERROR if code in _SERVER_FAULTS else logging.INFO
+            level = logging.ERROR if outcome.code in _SERVER_FAULTS else logging.INFO
             access_log.log(level, "finished call", extra=fields)
             call_context.reset(token)
 

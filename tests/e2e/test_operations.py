@@ -303,8 +303,8 @@ def test_sqlite_database_gone_is_unavailable_and_not_serving_until_it_returns(
         assert "storefront.db" not in (err.details() or "")
         assert poll(lambda: health_status(channel) == ServingStatus.NOT_SERVING)
         assert health_status(channel, IDENTITY) == ServingStatus.NOT_SERVING
-        # Calls that need no database still work.
-        client.identity.ListSigningKeys(pb.ListSigningKeysRequest())
+        # Anonymous calls that need no database still work.
+        assert identity_stub(channel).ListSigningKeys(pb.ListSigningKeysRequest(), timeout=5).keys
 
         moved.rename(directory)
         assert poll(lambda: health_status(channel) == ServingStatus.SERVING)
@@ -401,3 +401,37 @@ def test_shutdown_drains_then_finishes_in_flight_calls_then_refuses(
     err = rpc_error(lambda: identity_stub(running.channel()).ListSigningKeys(
         pb.ListSigningKeysRequest(), timeout=5))
     assert err.code() == StatusCode.UNAVAILABLE
+
+
+# --- cancelled streams ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("half_close", [True, False], ids=["half-closed", "open"])
+def test_a_stream_the_client_cancels_is_logged_and_counted_as_canceled(
+        server_factory: Callable[..., Running], caplog: pytest.LogCaptureFixture,
+        half_close: bool) -> None:
+    running = server_factory(metrics_address="127.0.0.1:0")
+    stub = reflection_pb2_grpc.ServerReflectionStub(running.channel())
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    more = threading.Event()
+
+    def requests() -> Iterator[reflection_pb2.ServerReflectionRequest]:
+        yield request
+        if not half_close:
+            more.wait(WAIT_SECONDS)  # keeps the request stream open until the test ends
+
+    with caplog.at_level(logging.INFO, logger="storefront.access"):
+        call = stub.ServerReflectionInfo(requests(), timeout=WAIT_SECONDS)
+        assert next(call).list_services_response.service
+        call.cancel()
+        assert poll(lambda: bool(access_records(caplog)))
+    more.set()
+    (record,) = access_records(caplog)
+    entry = as_json(record)
+    assert entry["grpc.method"] == "ServerReflectionInfo"
+    assert entry["grpc.code"] == "Canceled"
+    assert record.levelno < logging.ERROR  # the client's choice, not a server fault
+    assert running.app.metrics_port
+    samples = scrape(running.app.metrics_port)
+    labels = {"grpc_type": "bidi_stream", "grpc_method": "ServerReflectionInfo",
+              "grpc_service": "grpc.reflection.v1alpha.ServerReflection"}
+    assert value_of(samples, "grpc_server_handled_total", **labels, grpc_code="Canceled") == 1.0
