@@ -65,6 +65,17 @@ class ScopeInterceptor(grpc.ServerInterceptor, abc.ABC):  # type: ignore[misc]
         handler = continuation(handler_call_details)
         if handler is None:
             return None
+        behavior = (
+            handler.unary_unary
+            or handler.unary_stream
+            or handler.stream_unary
+            or handler.stream_stream
+        )
+        if getattr(behavior, "experimental_non_blocking", False):
+            # Health.Watch answers through callbacks without holding a worker thread; wrapping it
+            # would make every watcher pin a thread for its lifetime. It is public infrastructure
+            # that needs no auth, database or error mapping.
+            return handler
         info = method_info(
             handler_call_details.method, handler.request_streaming, handler.response_streaming
         )
@@ -127,6 +138,11 @@ def status_code_of(context: grpc.ServicerContext, error: BaseException | None) -
     code = context.code()
     if code is not None:
         return code  # type: ignore[no-any-return,unused-ignore]
+    if not context.is_active():
+        # The client went away before the handler finished: it cancelled or its deadline passed.
+        if context.time_remaining() <= 0:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        return grpc.StatusCode.CANCELLED
     return grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
 
 

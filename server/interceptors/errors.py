@@ -105,6 +105,8 @@ class ErrorInterceptor(ScopeInterceptor):
         except Exception as exc:
             if context.code() not in (None, grpc.StatusCode.OK):
                 raise  # grpc's own abort (e.g. from a handler calling context.abort)
+            if not context.is_active():
+                raise  # the client cancelled; reading its stream failed, nobody is listening
             mapped = _infrastructure_error(exc)
             request_id = _request_id()
             if mapped is not None:

@@ -1,0 +1,231 @@
+"""The `storefront` command as operators run it: real subprocesses on SQLite."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from storefront.v1 import access_pb2
+from storefront.v1 import identity_service_pb2 as pb
+from storefront_client import StorefrontClient
+
+from server import db as dbmod
+from server.config import VARIABLES
+from server.domain.passwords import PasswordHasher
+from server.models.user import User
+
+STOREFRONT = Path(sys.executable).with_name("storefront")
+SERVING = "storefront is serving gRPC on "
+START_SECONDS = 20.0
+COMMAND_SECONDS = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def cli_env(data_dir: Path, **variables: str) -> dict[str, str]:
+    """The parent's environment without any STOREFRONT_* variable, plus `variables`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOREFRONT_")}
+    env.update(
+        STOREFRONT_DATA_DIR=str(data_dir),
+        STOREFRONT_GRPC_ADDRESS=f"127.0.0.1:{free_port()}",
+        STOREFRONT_METRICS_ADDRESS=f"127.0.0.1:{free_port()}",
+        STOREFRONT_SHUTDOWN_GRACE_SECONDS="2",
+    )
+    env.update(variables)
+    return env
+
+
+def storefront(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(STOREFRONT), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_SECONDS,
+        check=False,
+    )
+
+
+class Serving:
+    """`storefront serve` in the background, its stderr collected line by line."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [str(STOREFRONT), "serve"],
+            env=env,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.stderr: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.stderr.append(line)
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_for(self, text: str, timeout: float) -> str:
+        """Returns the first stderr line containing `text`; fails after `timeout` seconds."""
+        try:
+            while (line := self.lines.get(timeout=timeout)) is not None:
+                if text in line:
+                    return line
+        except queue.Empty:
+            pass
+        pytest.fail(f"no {text!r} on stderr within {timeout}s:\n{''.join(self.stderr)}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=COMMAND_SECONDS)
+        self._reader.join(timeout=COMMAND_SECONDS)
+
+
+@pytest.fixture
+def serving() -> Iterator[list[Serving]]:
+    """Servers the test started; killed at the end if still running."""
+    started: list[Serving] = []
+    yield started
+    for server in started:
+        server.stop()
+
+
+def read_credentials(path: Path) -> dict[str, str]:
+    fields = dict(line.split(": ", 1) for line in path.read_text().splitlines() if line)
+    return fields
+
+
+def test_migrate_seed_serve_call_scrape_and_sigterm(tmp_path: Path, serving: list[Serving]) -> None:
+    env = cli_env(tmp_path)
+    migrated = storefront("migrate", env=env)
+    assert migrated.returncode == 0, migrated.stderr
+    assert "applied" in migrated.stderr
+    again = storefront("migrate", env=env)
+    assert again.returncode == 0 and "applied 0 migration(s)" in again.stderr
+
+    seeded = storefront("seed", env=env)
+    assert seeded.returncode == 0, seeded.stderr
+    credentials_file = tmp_path / "demo-admin-credentials.txt"
+    assert credentials_file.stat().st_mode & 0o077 == 0  # readable by the owner only
+    credentials = read_credentials(credentials_file)
+    assert credentials["password"] not in seeded.stderr + seeded.stdout
+    reseeded = storefront("seed", env=env)
+    assert reseeded.returncode == 0
+    assert read_credentials(credentials_file) == credentials
+
+    server = Serving(env)
+    serving.append(server)
+    line = server.wait_for(SERVING, START_SECONDS)
+    match = re.search(r"serving gRPC on (\S+?), metrics on (http://\S+/metrics)", line)
+    assert match, line
+    target, metrics_url = match.groups()
+    assert target == env["STOREFRONT_GRPC_ADDRESS"]
+    assert metrics_url == f"http://{env['STOREFRONT_METRICS_ADDRESS']}/metrics"
+
+    with StorefrontClient(target) as client:
+        user = client.login(credentials["email"], credentials["password"])
+        assert user.role == access_pb2.ROLE_ADMIN
+        current = client.identity.GetCurrentUser(pb.GetCurrentUserRequest()).user
+        assert current.email == credentials["email"] and current.role == access_pb2.ROLE_ADMIN
+
+    metrics_address = env["STOREFRONT_METRICS_ADDRESS"]
+    with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    handled = {
+        (s.labels["grpc_method"], s.labels["grpc_code"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "grpc_server_handled_total"
+    }
+    assert handled[("Login", "OK")] == 1.0
+    assert handled[("GetCurrentUser", "OK")] == 1.0
+
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=COMMAND_SECONDS) == 0
+    server.stop()  # joins the stderr reader
+    log = "".join(server.stderr)
+    assert "SIGTERM: draining" in log
+    assert credentials["password"] not in log
+
+
+def test_serve_on_an_unmigrated_database_says_to_migrate(tmp_path: Path) -> None:
+    result = storefront("serve", env=cli_env(tmp_path))
+    assert result.returncode == 1
+    assert "storefront migrate" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("STOREFRONT_ACCESS_TOKEN_TTL_SECONDS", "5000"),
+        ("STOREFRONT_GRPC_ADDRESS", "nonsense"),
+        ("STOREFRONT_REFLECTION", "maybe"),
+    ],
+)
+def test_a_bad_setting_exits_2_with_one_line_naming_it(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    result = storefront("serve", env=cli_env(tmp_path, **{variable: value}))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert variable in lines[0] and value in lines[0]
+
+
+def test_an_unknown_setting_is_refused(tmp_path: Path) -> None:
+    result = storefront("serve", env=cli_env(tmp_path, STOREFRONT_GRPC_ADRESS="127.0.0.1:1"))
+    assert result.returncode == 2
+    assert "STOREFRONT_GRPC_ADRESS" in result.stderr
+
+
+def test_serve_help_lists_every_variable(tmp_path: Path) -> None:
+    result = storefront("serve", "--help", env=cli_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    for variable in VARIABLES:
+        assert variable.name in result.stdout
+
+
+def test_create_admin_prints_the_password_once_and_refuses_a_duplicate(tmp_path: Path) -> None:
+    env = cli_env(tmp_path)
+    assert storefront("migrate", env=env).returncode == 0
+    created = storefront("create-admin", "--email", "x@example.com", env=env)
+    assert created.returncode == 0, created.stderr
+    match = re.search(r"password \(shown once\): (\S+)", created.stdout)
+    assert match, created.stdout
+    password = match.group(1)
+    assert created.stdout.count(password) == 1
+    assert password not in created.stderr
+
+    db = dbmod.connect_url(f"sqlite:///{tmp_path / 'storefront.db'}")
+    with db.bind_ctx([User]), db.connection_context():
+        admin = User.get(User.email == "x@example.com")
+    assert admin.role == "ADMIN"
+    assert PasswordHasher().verify(admin.password_hash, password)
+
+    duplicate = storefront("create-admin", "--email", "X@example.com", env=env)
+    assert duplicate.returncode == 1
+    assert "already exists" in duplicate.stderr
+    assert "Traceback" not in duplicate.stderr
