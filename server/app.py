@@ -18,7 +18,14 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
-from storefront.v1 import identity_service_pb2, identity_service_pb2_grpc
+from storefront.v1 import (
+    catalog_service_pb2,
+    catalog_service_pb2_grpc,
+    identity_service_pb2,
+    identity_service_pb2_grpc,
+    inventory_service_pb2,
+    inventory_service_pb2_grpc,
+)
 
 from server import migrations
 from server.config import Settings
@@ -31,7 +38,9 @@ from server.interceptors.db_scope import DatabaseScopeInterceptor
 from server.interceptors.errors import ErrorInterceptor
 from server.interceptors.metrics import MetricsInterceptor, ServerMetrics
 from server.interceptors.request_log import RequestLogInterceptor
+from server.services.catalog_service import CatalogServicer
 from server.services.identity_service import IdentityServicer
+from server.services.inventory_service import InventoryServicer
 
 log = logging.getLogger("storefront")
 
@@ -177,6 +186,18 @@ def create_app(settings: Settings) -> App:
             identity_service_pb2.DESCRIPTOR.services_by_name["IdentityService"],
             lambda server: identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
                 IdentityServicer(policy, page_token_secret), server
+            ),
+        ),
+        (
+            catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"],
+            lambda server: catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(
+                CatalogServicer(page_token_secret), server
+            ),
+        ),
+        (
+            inventory_service_pb2.DESCRIPTOR.services_by_name["InventoryService"],
+            lambda server: inventory_service_pb2_grpc.add_InventoryServiceServicer_to_server(
+                InventoryServicer(page_token_secret), server
             ),
         ),
     ]

@@ -6,16 +6,21 @@ import grpc
 import pytest
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
-from storefront.v1 import identity_service_pb2
+from storefront.v1 import catalog_service_pb2, identity_service_pb2, inventory_service_pb2
 
 from server.domain.principal import Role
 from server.interceptors.auth import access_rules
 from tests.e2e.conftest import Running
 
-SERVICES = [identity_service_pb2.DESCRIPTOR.services_by_name["IdentityService"]]
+SERVICES = [
+    identity_service_pb2.DESCRIPTOR.services_by_name["IdentityService"],
+    catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"],
+    inventory_service_pb2.DESCRIPTOR.services_by_name["InventoryService"],
+]
 ANONYMOUS = "anonymous"
 CALLERS = [ANONYMOUS, Role.CUSTOMER, Role.STAFF, Role.ADMIN, Role.SERVICE]
 USERS = frozenset({Role.CUSTOMER, Role.STAFF, Role.ADMIN})
+STAFF = frozenset({Role.STAFF, Role.ADMIN})
 PUBLIC = "public"
 
 # Who may call each RPC. A new RPC without a row here fails test_every_rpc_has_a_row.
@@ -33,6 +38,20 @@ EXPECTED: dict[str, str | frozenset[Role]] = {
     "/storefront.v1.IdentityService/CreateServiceAccount": frozenset({Role.ADMIN}),
     "/storefront.v1.IdentityService/IssueServiceToken": PUBLIC,
     "/storefront.v1.IdentityService/ListSigningKeys": PUBLIC,
+    "/storefront.v1.CatalogService/CreateProduct": STAFF,
+    "/storefront.v1.CatalogService/GetProduct": PUBLIC,
+    "/storefront.v1.CatalogService/BatchGetProducts": PUBLIC,
+    "/storefront.v1.CatalogService/ListProducts": PUBLIC,
+    "/storefront.v1.CatalogService/SearchProducts": PUBLIC,
+    "/storefront.v1.CatalogService/UpdateProduct": STAFF,
+    "/storefront.v1.CatalogService/ArchiveProduct": STAFF,
+    "/storefront.v1.CatalogService/RestoreProduct": STAFF,
+    "/storefront.v1.CatalogService/ListCategories": PUBLIC,
+    "/storefront.v1.CatalogService/ImportProducts": STAFF,
+    "/storefront.v1.InventoryService/GetStockLevel": PUBLIC,
+    "/storefront.v1.InventoryService/BatchGetStockLevels": PUBLIC,
+    "/storefront.v1.InventoryService/AdjustStock": STAFF,
+    "/storefront.v1.InventoryService/ListStockMovements": STAFF,
 }
 
 
@@ -89,15 +108,19 @@ def test_each_caller_gets_what_the_contract_says(running: Running, caller: str |
     ):
         request_class = message_factory.GetMessageClass(method.input_type)
         response_class = message_factory.GetMessageClass(method.output_type)
-        call = channel.unary_unary(
-            path,
-            request_serializer=request_class.SerializeToString,
-            response_deserializer=response_class.FromString,
-        )
+        codec = {
+            "request_serializer": request_class.SerializeToString,
+            "response_deserializer": response_class.FromString,
+        }
         expected = EXPECTED[path]
         allowed = expected == PUBLIC or (caller != ANONYMOUS and caller in expected)
         try:
-            call(request_class(), metadata=metadata, timeout=10)
+            if method.client_streaming:
+                channel.stream_unary(path, **codec)(
+                    iter([request_class()]), metadata=metadata, timeout=10
+                )
+            else:
+                channel.unary_unary(path, **codec)(request_class(), metadata=metadata, timeout=10)
             code = grpc.StatusCode.OK
         except grpc.RpcError as err:
             code = err.code()
