@@ -57,7 +57,7 @@ lint: $(STAMP)
 	fi
 
 typecheck: $(STAMP)
-	$(BIN)/mypy server clients/python tests
+	$(BIN)/mypy server clients/python tests bench
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
@@ -77,6 +77,11 @@ run: $(STAMP)
 	$(BIN)/storefront migrate
 	$(BIN)/storefront seed
 	$(BIN)/storefront serve
+
+# Throughput, latency, CPU and memory per RPC next to a bare grpcio echo ceiling (README
+# "Benchmarks"); BENCH_ARGS="--duration 5 --rpc GetProduct" and so on, see bench/run.py --help.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import peewee
 from google.protobuf.descriptor import ServiceDescriptor
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
 from storefront.v1 import (
@@ -32,6 +32,7 @@ from server.config import Settings
 from server.db import close_database, init_database
 from server.domain import key_files, sessions, tokens
 from server.domain.passwords import PasswordHasher
+from server.domain.product_cache import ProductCache
 from server.domain.sessions import SessionPolicy
 from server.interceptors.auth import AuthInterceptor, access_rules
 from server.interceptors.db_scope import DatabaseScopeInterceptor
@@ -39,12 +40,14 @@ from server.interceptors.errors import ErrorInterceptor
 from server.interceptors.metrics import MetricsInterceptor, ServerMetrics
 from server.interceptors.request_log import RequestLogInterceptor
 from server.services.catalog_service import CatalogServicer
+from server.services.health_service import HealthServicer
 from server.services.identity_service import IdentityServicer
 from server.services.inventory_service import InventoryServicer
 
 log = logging.getLogger("storefront")
 
 MIN_PAGE_TOKEN_SECRET_BYTES = 32
+HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
 @dataclass
@@ -55,7 +58,7 @@ class App:
     port: int
     settings: Settings
     db: peewee.Database
-    health: health.HealthServicer
+    health: HealthServicer
     service_names: list[str]
     metrics: ServerMetrics
     metrics_port: int | None = None
@@ -191,7 +194,7 @@ def create_app(settings: Settings) -> App:
         (
             catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"],
             lambda server: catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(
-                CatalogServicer(page_token_secret), server
+                CatalogServicer(page_token_secret, ProductCache(metrics.registry)), server
             ),
         ),
         (
@@ -230,11 +233,16 @@ def create_app(settings: Settings) -> App:
         register(server)
 
     service_names = [descriptor.full_name for descriptor, _ in services]
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
         reflection.enable_server_reflection(
-            [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+            [
+                *service_names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
         )
 
     credentials = _server_credentials(settings)

@@ -1,20 +1,40 @@
-"""The `storefront` command: serve, migrate, seed, create-admin."""
+"""The `storefront` command: serve, migrate, seed, create-admin, import-products."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
+import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, TextIO
 
-from server import logs, migrations
+from server import catalog_files, logs, migrations
 from server.config import VARIABLES, ConfigError, Settings
 from server.db import init_database
 
+if TYPE_CHECKING:
+    import grpc
+    from storefront.v1 import catalog_service_pb2
+    from storefront_client import StorefrontClient
+
 DEMO_ADMIN_EMAIL = "admin@storefront.local"
+# The demo catalog `storefront seed` loads into a database without products.
+DEMO_CATALOG = Path(__file__).resolve().parent.parent / "data" / "catalog.jsonl"
+# Credentials of `storefront import-products`. Not STOREFRONT_*: those are server settings, and
+# the server refuses to start with a STOREFRONT_ variable it does not know.
+IMPORT_EMAIL_VARIABLE = "SF_IMPORT_EMAIL"
+IMPORT_PASSWORD_VARIABLE = "SF_IMPORT_PASSWORD"  # noqa: S105 (a variable's name)
+IMPORT_TIMEOUT_SECONDS = 600.0
+ERRORS_SHOWN = 10
 log = logging.getLogger("storefront")
 
 
@@ -87,24 +107,31 @@ def _migrate(settings: Settings) -> int:
     return 0
 
 
-def _seed(settings: Settings) -> int:
-    """Creates the demo administrator on an empty database and says where its password is."""
+def _seed(settings: Settings, catalog: Path) -> int:
+    """Creates the demo admin on a database without users; loads `catalog` into one without
+    products."""
+    db = init_database(settings.database_url, pool_size=2)
+    migrations.check_schema(db)
+    with db.connection_context():
+        _seed_admin(settings)
+        return _seed_catalog(catalog)
+
+
+def _seed_admin(settings: Settings) -> None:
+    """Creates the demo administrator on a database without users and says where its password is."""
     from server.domain import users
     from server.domain.passwords import PasswordHasher
     from server.models.user import User
 
-    db = init_database(settings.database_url, pool_size=2)
-    migrations.check_schema(db)
     credentials = settings.data_dir / "demo-admin-credentials.txt"
-    with db.connection_context():
-        if User.select().exists():
-            print(
-                f"storefront: database already has users; demo admin credentials (if this "
-                f"machine made them) are in {credentials}",
-                file=sys.stderr,
-            )
-            return 0
-        user, password = users.create_admin(email=DEMO_ADMIN_EMAIL, passwords=PasswordHasher())
+    if User.select().exists():
+        print(
+            f"storefront: database already has users; demo admin credentials (if this "
+            f"machine made them) are in {credentials}",
+            file=sys.stderr,
+        )
+        return
+    user, password = users.create_admin(email=DEMO_ADMIN_EMAIL, passwords=PasswordHasher())
     credentials.parent.mkdir(parents=True, exist_ok=True)
     credentials.touch(mode=0o600)
     credentials.write_text(f"email: {user.email}\npassword: {password}\n")
@@ -112,7 +139,52 @@ def _seed(settings: Settings) -> int:
         f"storefront: created demo admin {user.email}; password written to {credentials}",
         file=sys.stderr,
     )
+
+
+def _seed_catalog(catalog: Path) -> int:
+    """Loads the catalog's products and stock through the domain, all or nothing."""
+    from google.protobuf.json_format import ParseDict, ParseError
+    from storefront.v1 import catalog_service_pb2
+
+    from server.db import database
+    from server.domain import inventory, products
+    from server.errors import DomainError
+    from server.models.product import Product
+    from server.services.catalog_service import fields_from_proto
+
+    if Product.select().exists():
+        print("storefront: database already has products; catalog not loaded", file=sys.stderr)
+        return 0
+    rows = list(catalog_files.read_rows(catalog))
+    for row in rows:
+        if row.error:
+            print(f"storefront: {catalog}: line {row.line}: {row.error}", file=sys.stderr)
+            return 1
+
+    try:
+        with database.atomic():
+            for row in rows:
+                # The proto3 JSON mapping read the way ImportProducts reads its messages.
+                message = ParseDict(row.product, catalog_service_pb2.Product())
+                product = products.upsert_by_sku(fields_from_proto(message))
+                if row.stock:
+                    inventory.adjust(
+                        product_id=product.id, delta=row.stock, reason="demo catalog", actor="seed"
+                    )
+    except (DomainError, ParseError, ValueError) as exc:
+        print(f"storefront: {catalog}: line {row.line}: {_describe(exc)}", file=sys.stderr)
+        return 1
+    print(f"storefront: seeded {len(rows)} products from {catalog}", file=sys.stderr)
     return 0
+
+
+def _describe(exc: Exception) -> str:
+    """Returns an error's message with its field violations, for one line of output."""
+    from server.errors import DomainError, InvalidArgument
+
+    if isinstance(exc, InvalidArgument) and exc.violations:
+        return "; ".join(f"{v.field}: {v.description}" for v in exc.violations)
+    return exc.message if isinstance(exc, DomainError) else str(exc)
 
 
 def _create_admin(settings: Settings, email: str) -> int:
@@ -132,6 +204,236 @@ def _create_admin(settings: Settings, email: str) -> int:
     return 0
 
 
+class _Progress:
+    """Rows sent out of the total, on stderr: a bar redrawn in place on a terminal, else lines."""
+
+    BAR_WIDTH = 30
+    REDRAW_SECONDS = 0.1
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total = total
+        self.sent = 0
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._drawn_at = 0.0
+        self._next_line_percent = 10
+
+    def advance(self) -> None:
+        """Counts one more row sent."""
+        self.sent += 1
+        if self._tty:
+            now = time.monotonic()
+            if now - self._drawn_at >= self.REDRAW_SECONDS or self.sent == self.total:
+                self._drawn_at = now
+                self._stream.write("\r" + self._bar())
+                self._stream.flush()
+        elif self.sent * 100 >= self._next_line_percent * self.total:
+            # A line per 10% at most, so the logs of big imports stay short.
+            while self._next_line_percent * self.total <= self.sent * 100:
+                self._next_line_percent += 10
+            print(f"storefront: sent {self.sent}/{self.total} rows", file=self._stream, flush=True)
+
+    def finish(self) -> None:
+        """Ends the bar's line on a terminal."""
+        if self._tty and self.total:
+            self._stream.write("\r" + self._bar() + "\n")
+            self._stream.flush()
+
+    def _bar(self) -> str:
+        done = self.BAR_WIDTH * self.sent // self.total if self.total else self.BAR_WIDTH
+        return f"importing [{'#' * done}{'.' * (self.BAR_WIDTH - done)}] {self.sent}/{self.total}"
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """A row that failed, where it is in the file and why."""
+
+    line: int
+    sku: str
+    message: str
+
+
+@dataclass(frozen=True)
+class _Outgoing:
+    """A row ready to send: where it came from and its request."""
+
+    row: catalog_files.Row
+    request: catalog_service_pb2.ImportProductsRequest
+
+
+def _rpc_failure(exc: grpc.RpcError) -> str:
+    code = exc.code()
+    return f"{code.name if code else 'UNKNOWN'}: {exc.details()}"
+
+
+def _parse_rows(path: Path, file_format: str | None) -> tuple[list[_Outgoing], list[_Failure]]:
+    """Reads the file; returns the rows to send and the rows that cannot be sent."""
+    from google.protobuf.json_format import ParseDict, ParseError
+    from storefront.v1 import catalog_service_pb2
+
+    outgoing: list[_Outgoing] = []
+    failed: list[_Failure] = []
+    for row in catalog_files.read_rows(path, format=file_format):
+        if row.error:
+            failed.append(_Failure(row.line, row.sku, row.error))
+            continue
+        try:
+            product = ParseDict(row.product, catalog_service_pb2.Product())
+        except ParseError as exc:
+            failed.append(_Failure(row.line, row.sku, str(exc)))
+            continue
+        outgoing.append(_Outgoing(row, catalog_service_pb2.ImportProductsRequest(product=product)))
+    return outgoing, failed
+
+
+def _product_ids_by_sku(client: StorefrontClient) -> dict[str, str]:
+    """Returns the id of every product, archived or not, by sku."""
+    from storefront.v1 import catalog_service_pb2
+
+    ids: dict[str, str] = {}
+    page_token = ""
+    while True:
+        page = client.catalog.ListProducts(
+            catalog_service_pb2.ListProductsRequest(
+                page_size=100, page_token=page_token, show_archived=True
+            )
+        )
+        ids.update((product.sku, product.id) for product in page.products)
+        page_token = page.next_page_token
+        if not page_token:
+            return ids
+
+
+def _set_stock(
+    client: StorefrontClient, wanted: dict[str, tuple[int, int]], reason: str
+) -> tuple[int, int, list[_Failure]]:
+    """Adjusts on-hand stock to `wanted` (upper-case sku -> (line, stock)).
+
+    Returns how many products were adjusted, how many already had that stock, and the failures.
+    """
+    import grpc
+    from storefront.v1 import inventory_service_pb2
+
+    ids = _product_ids_by_sku(client)
+    failed: list[_Failure] = []
+    targets: list[tuple[str, int, str, int]] = []  # (product id, line, sku, stock)
+    for sku, (line, stock) in wanted.items():
+        if sku in ids:
+            targets.append((ids[sku], line, sku, stock))
+        else:
+            failed.append(_Failure(line, sku, "stock: no product has this sku after the import"))
+    on_hand: dict[str, int] = {}
+    for start in range(0, len(targets), 100):
+        levels = client.inventory.BatchGetStockLevels(
+            inventory_service_pb2.BatchGetStockLevelsRequest(
+                product_ids=[product_id for product_id, *_ in targets[start : start + 100]]
+            )
+        )
+        on_hand.update((level.product_id, level.on_hand) for level in levels.stock_levels)
+    adjusted = unchanged = 0
+    for product_id, line, sku, stock in targets:
+        delta = stock - on_hand.get(product_id, 0)
+        if delta == 0:
+            unchanged += 1
+            continue
+        try:
+            client.inventory.AdjustStock(
+                inventory_service_pb2.AdjustStockRequest(
+                    product_id=product_id,
+                    delta=delta,
+                    reason=reason,
+                    # A fresh key per adjustment; the SDK's retries of this call reuse it.
+                    request_id=str(uuid.uuid4()),
+                )
+            )
+        except grpc.RpcError as exc:
+            failed.append(_Failure(line, sku, f"stock: {_rpc_failure(exc)}"))
+            continue
+        adjusted += 1
+    return adjusted, unchanged, failed
+
+
+def _import_credentials(email: str | None, password: str | None) -> tuple[str, str]:
+    """Returns the sign-in email and password from flags, environment or a prompt."""
+    email = email or os.environ.get(IMPORT_EMAIL_VARIABLE, "")
+    password = password or os.environ.get(IMPORT_PASSWORD_VARIABLE, "")
+    if not email:
+        raise ValueError(f"sign-in email needed: --email or {IMPORT_EMAIL_VARIABLE}")
+    if not password:
+        if not sys.stdin.isatty():
+            raise ValueError(f"password needed: --password or {IMPORT_PASSWORD_VARIABLE}")
+        password = getpass.getpass(f"password for {email}: ")
+    return email, password
+
+
+def _import_products(args: argparse.Namespace) -> int:
+    """Streams a JSONL or CSV file to ImportProducts, then sets the stock the rows give."""
+    import grpc
+    from storefront_client import StorefrontClient
+
+    path: Path = args.file
+    try:
+        email, password = _import_credentials(args.email, args.password)
+        outgoing, failed = _parse_rows(path, args.format)
+    except (OSError, ValueError) as exc:  # CatalogFileError is a ValueError
+        print(f"storefront: {exc}", file=sys.stderr)
+        return 2
+    progress = _Progress(len(outgoing), sys.stderr)
+
+    def requests() -> Iterator[catalog_service_pb2.ImportProductsRequest]:
+        for item in outgoing:
+            yield item.request
+            progress.advance()
+
+    with StorefrontClient(args.target) as client:
+        try:
+            client.login(email, password)
+        except grpc.RpcError as exc:
+            print(f"storefront: sign-in failed: {_rpc_failure(exc)}", file=sys.stderr)
+            return 1
+        try:
+            result = client.catalog.ImportProducts(requests(), timeout=args.timeout)
+        except grpc.RpcError as exc:
+            progress.finish()
+            print(f"storefront: import failed: {_rpc_failure(exc)}", file=sys.stderr)
+            return 1
+        progress.finish()
+        for error in result.errors:
+            source = outgoing[error.row - 1].row if 0 < error.row <= len(outgoing) else None
+            line = source.line if source else 0
+            failed.append(_Failure(line, error.sku, error.message))
+        # Rows beyond the server's error list (it keeps at most 1,000) still count as failed.
+        failed_count = len(failed) + result.failed_count - len(result.errors)
+        print(
+            f"{path}: {result.created_count} created, {result.updated_count} updated, "
+            f"{failed_count} failed"
+        )
+        # The stock of the last good row per sku; rows the server refused get none.
+        refused = {error.row for error in result.errors}
+        wanted: dict[str, tuple[int, int]] = {}
+        for position, item in enumerate(outgoing, start=1):
+            if item.row.stock is not None and position not in refused:
+                wanted[item.request.product.sku.strip().upper()] = (item.row.line, item.row.stock)
+        if wanted:
+            try:
+                adjusted, unchanged, stock_failed = _set_stock(
+                    client, wanted, f"import {path.name}"[:200]
+                )
+            except grpc.RpcError as exc:
+                print(f"storefront: setting stock failed: {_rpc_failure(exc)}", file=sys.stderr)
+                return 1
+            print(f"stock: {adjusted} adjusted, {unchanged} unchanged, {len(stock_failed)} failed")
+            failed += stock_failed
+            failed_count += len(stock_failed)
+    if failed:
+        failed.sort(key=lambda failure: failure.line)
+        print(f"first {min(len(failed), ERRORS_SHOWN)} error(s):")
+        for failure in failed[:ERRORS_SHOWN]:
+            where = f"line {failure.line}" if failure.line else "row"
+            print(f"  {where}{f' ({failure.sku})' if failure.sku else ''}: {failure.message}")
+    return 1 if failed_count else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the storefront command line."""
     parser = argparse.ArgumentParser(prog="storefront", description=__doc__)
@@ -148,11 +450,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog=_variables_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands.add_parser("seed", help="create the demo admin on an empty database")
+    seed = commands.add_parser(
+        "seed",
+        help="create the demo admin on a database without users and load the demo catalog "
+        "into a database without products",
+    )
+    seed.add_argument(
+        "--catalog",
+        type=Path,
+        default=DEMO_CATALOG,
+        help="JSON Lines catalog to load (default: %(default)s)",
+    )
     admin = commands.add_parser("create-admin", help="create an administrator, print its password")
     admin.add_argument("--email", required=True)
+    importer = commands.add_parser(
+        "import-products",
+        help="create or update products from a JSONL or CSV file through a running server",
+        description="Streams the file's rows to CatalogService.ImportProducts, then sets the "
+        "on-hand stock of rows that give one with InventoryService.AdjustStock. Exits 1 if any "
+        "row failed.",
+        epilog=f"CSV columns: {','.join(catalog_files.CSV_COLUMNS)} (categories and image_urls "
+        f"separated by '{catalog_files.CSV_LIST_SEPARATOR}', attributes a JSON object).\n"
+        f"Credentials may come from {IMPORT_EMAIL_VARIABLE} and {IMPORT_PASSWORD_VARIABLE}; "
+        "the account needs the STAFF or ADMIN role.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    importer.add_argument("file", type=Path, help="a .jsonl or .csv file")
+    importer.add_argument(
+        "--format", choices=catalog_files.FORMATS, help="instead of the extension"
+    )
+    importer.add_argument("--target", default="127.0.0.1:50051", help="server host:port")
+    importer.add_argument("--email", help=f"sign-in email [{IMPORT_EMAIL_VARIABLE}]")
+    importer.add_argument("--password", help=f"password [{IMPORT_PASSWORD_VARIABLE}, or asked]")
+    importer.add_argument(
+        "--timeout",
+        type=float,
+        default=IMPORT_TIMEOUT_SECONDS,
+        help="seconds the import call may take (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
 
+    if args.command == "import-products":
+        # A client of a running server: it reads no server settings.
+        logs.configure("WARNING")
+        return _import_products(args)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
@@ -165,7 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "migrate":
             return _migrate(settings)
         if args.command == "seed":
-            return _seed(settings)
+            return _seed(settings, args.catalog)
         return _create_admin(settings, args.email)
     except migrations.SchemaOutOfDate as exc:
         print(f"storefront: {exc}", file=sys.stderr)

@@ -8,7 +8,12 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
 import grpc
-from storefront.v1 import identity_service_pb2, identity_service_pb2_grpc
+from storefront.v1 import (
+    catalog_service_pb2_grpc,
+    identity_service_pb2,
+    identity_service_pb2_grpc,
+    inventory_service_pb2_grpc,
+)
 
 from storefront_client.auth import (
     DEFAULT_REFRESH_BEFORE_SECONDS,
@@ -57,6 +62,8 @@ class StorefrontClient:
 
     # One line per service; every stub goes through the client's interceptors.
     identity = ServiceStub(identity_service_pb2_grpc.IdentityServiceStub)
+    catalog = ServiceStub(catalog_service_pb2_grpc.CatalogServiceStub)
+    inventory = ServiceStub(inventory_service_pb2_grpc.InventoryServiceStub)
 
     def __init__(
         self,

@@ -1,0 +1,207 @@
+"""Load generator: one RPC, closed loop, N concurrent callers on one grpc.aio channel.
+
+Prints one JSON object: calls, errors by status code, latency percentiles, and the CPU time the
+server process (--server-pid, read from /proc) and this process used in the measured window.
+Requests are serialised once up front and responses are not parsed, so the client spends its CPU
+on gRPC itself. The access token for authenticated RPCs comes from BENCH_ACCESS_TOKEN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from storefront.v1 import catalog_service_pb2, identity_service_pb2
+
+ECHO_METHOD = "/bench.v1.EchoService/Echo"
+ECHO_PAYLOAD = bytes(range(64))
+TOKEN_VARIABLE = "BENCH_ACCESS_TOKEN"  # noqa: S105 (a variable's name)
+SEARCH_QUERIES = (
+    "coffee",
+    "pour-over coffee",
+    "stainless steel",
+    "led lamp",
+    "cast iron",
+    "teak",
+    "garden",
+    "cotton towels",
+)
+CALL_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One RPC: its method path, the requests to choose from, and whether it needs a token."""
+
+    method: str
+    requests: list[bytes]
+    authenticated: bool = False
+
+
+def workloads(product_ids: list[str]) -> dict[str, Callable[[], Workload]]:
+    """Returns how to build each workload, by the name used on the command line."""
+    identity = "/storefront.v1.IdentityService/"
+    catalog = "/storefront.v1.CatalogService/"
+    # Unknown ids if the database has none, so the run still reports something (NOT_FOUND).
+    ids = product_ids or ["00000000-0000-4000-8000-000000000000"]
+    return {
+        "echo": lambda: Workload(ECHO_METHOD, [ECHO_PAYLOAD]),
+        "ListSigningKeys": lambda: Workload(
+            identity + "ListSigningKeys",
+            [identity_service_pb2.ListSigningKeysRequest().SerializeToString()],
+        ),
+        "GetCurrentUser": lambda: Workload(
+            identity + "GetCurrentUser",
+            [identity_service_pb2.GetCurrentUserRequest().SerializeToString()],
+            authenticated=True,
+        ),
+        "GetProduct": lambda: Workload(
+            catalog + "GetProduct",
+            [
+                catalog_service_pb2.GetProductRequest(product_id=pid).SerializeToString()
+                for pid in ids
+            ],
+        ),
+        "ListProducts": lambda: Workload(
+            catalog + "ListProducts",
+            [catalog_service_pb2.ListProductsRequest(page_size=50).SerializeToString()],
+        ),
+        "SearchProducts": lambda: Workload(
+            catalog + "SearchProducts",
+            [
+                catalog_service_pb2.SearchProductsRequest(query=q, page_size=20).SerializeToString()
+                for q in SEARCH_QUERIES
+            ],
+        ),
+    }
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """Returns the user + system CPU time of process `pid` (all its threads) from /proc."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # The command name (field 2) may contain spaces; the fields after its ")" are fixed.
+    fields = stat.rpartition(")")[2].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Tally:
+    """What the callers saw in the measured window."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    error_details: dict[str, str] = field(default_factory=dict)
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    """Returns the nearest-rank percentile of already sorted values (0 for none)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, round(fraction * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+async def run(args: argparse.Namespace, workload: Workload) -> dict[str, Any]:
+    """Drives the workload for warmup + duration seconds; returns the measured window's figures."""
+    metadata: tuple[tuple[str, str], ...] = ()
+    if workload.authenticated:
+        token = os.environ.get(TOKEN_VARIABLE, "")
+        if not token:
+            raise SystemExit(f"{TOKEN_VARIABLE} is needed for {args.rpc}")
+        metadata = (("authorization", f"Bearer {token}"),)
+    rng = random.Random(args.seed)
+    tally = Tally()
+    async with grpc.aio.insecure_channel(args.target) as channel:
+        await asyncio.wait_for(channel.channel_ready(), timeout=10)
+        # No (de)serialisers: the requests are bytes already and responses stay bytes.
+        call = channel.unary_unary(workload.method)
+        loop = asyncio.get_running_loop()
+        start = loop.time() + args.warmup
+        end = start + args.duration
+
+        async def caller() -> None:
+            while (began := loop.time()) < end:
+                request = rng.choice(workload.requests)
+                code = "OK"
+                try:
+                    await call(request, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code().name
+                    tally.error_details.setdefault(code, exc.details() or "")
+                finished = loop.time()
+                if began >= start and finished <= end:
+                    if code == "OK":
+                        tally.latencies.append(finished - began)
+                    else:
+                        tally.errors[code] += 1
+
+        async def clock() -> tuple[float, float, float, float]:
+            await asyncio.sleep(max(0.0, start - loop.time()))
+            server_before, client_before = process_cpu_seconds(args.server_pid), time.process_time()
+            await asyncio.sleep(max(0.0, end - loop.time()))
+            server_after, client_after = process_cpu_seconds(args.server_pid), time.process_time()
+            return server_before, server_after, client_before, client_after
+
+        measured = asyncio.create_task(clock())
+        await asyncio.gather(*(caller() for _ in range(args.concurrency)))
+        server_before, server_after, client_before, client_after = await measured
+
+    latencies = sorted(tally.latencies)
+    calls = len(latencies)
+    errors = sum(tally.errors.values())
+    server_cpu = server_after - server_before
+    return {
+        "rpc": args.rpc,
+        "method": workload.method,
+        "calls": calls,
+        "errors": dict(tally.errors),
+        "error_details": tally.error_details,
+        "duration_s": args.duration,
+        "throughput_per_s": calls / args.duration,
+        "latency_ms": {
+            "p50": percentile(latencies, 0.50) * 1000,
+            "p90": percentile(latencies, 0.90) * 1000,
+            "p99": percentile(latencies, 0.99) * 1000,
+            "max": (latencies[-1] if latencies else 0.0) * 1000,
+        },
+        "server_cpu_s": server_cpu,
+        "server_cpu_ms_per_call": server_cpu * 1000 / (calls + errors) if calls + errors else None,
+        "server_cpu_utilisation": server_cpu / args.duration,
+        "client_cpu_utilisation": (client_after - client_before) / args.duration,
+    }
+
+
+def main() -> int:
+    """Runs one workload and prints its figures as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", required=True, help="host:port")
+    parser.add_argument("--rpc", required=True, choices=list(workloads([])))
+    parser.add_argument("--server-pid", type=int, required=True, help="the process to measure")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
+    parser.add_argument("--product-ids", type=Path, help="file with one product id per line")
+    parser.add_argument("--seed", type=int, default=1, help="random seed choosing requests")
+    args = parser.parse_args()
+    product_ids = args.product_ids.read_text().split() if args.product_ids else []
+    workload = workloads(product_ids)[args.rpc]()
+    result = asyncio.run(run(args, workload))
+    json.dump(result, sys.stdout)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

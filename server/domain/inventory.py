@@ -1,0 +1,408 @@
+"""Stock: levels, manual adjustments, the ledger, and the reservations checkout makes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import unicodedata
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from server.db import database, utcnow
+from server.domain import listing
+from server.errors import DomainError, FailedPrecondition, NotFound, Validator
+from server.models.product import Product
+from server.models.stock import StockLevel, StockMovement
+
+MAX_DELTA = 1_000_000
+REASON_MAX_LENGTH = 200
+REFERENCE_MAX_LENGTH = 64
+ACTOR_MAX_LENGTH = 64
+MAX_BATCH_IDS = 100
+MAX_LINES = 100
+SYSTEM_ACTOR = "system"
+
+# (product id, quantity): one line of a reservation, release, sale or restock.
+StockLine: TypeAlias = tuple[str, int]
+
+
+class MovementKind(enum.StrEnum):
+    """What changed the stock, as stored in the ledger."""
+
+    ADJUSTMENT = "ADJUSTMENT"
+    RESERVATION = "RESERVATION"
+    RELEASE = "RELEASE"
+    SALE = "SALE"
+    RESTOCK = "RESTOCK"
+
+
+def available(level: StockLevel) -> int:
+    """Returns the units that can be sold now: on hand minus reserved."""
+    return int(level.on_hand) - int(level.reserved)
+
+
+def _product_not_found() -> NotFound:
+    return NotFound("The product does not exist.", reason="PRODUCT_NOT_FOUND")
+
+
+def _is_product_id(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+def check_product_id(v: Validator, field: str, product_id: str) -> None:
+    """Records a violation unless `product_id` looks like a product id (a lower-case UUID)."""
+    if not product_id:
+        v.add(field, "is required")
+    elif not _is_product_id(product_id):
+        v.add(field, "must be a product id (a lower-case UUID)")
+
+
+def _check_text(v: Validator, field: str, raw: str, max_length: int) -> str:
+    text = raw.strip()
+    if not text:
+        v.add(field, "is required")
+    elif len(text) > max_length:
+        v.add(field, f"must be at most {max_length} characters")
+    elif any(unicodedata.category(ch) in ("Cc", "Cf") for ch in text):
+        v.add(field, "must not contain control characters")
+    return text
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def get_level(product_id: str) -> StockLevel:
+    """Returns the product's stock level; raises NotFound if no product has the id."""
+    v = Validator()
+    check_product_id(v, "product_id", product_id)
+    v.raise_if_any()
+    level = StockLevel.get_or_none(StockLevel.product == product_id)
+    if level is None:
+        raise _product_not_found()
+    return level
+
+
+def batch_get_levels(product_ids: Sequence[str]) -> tuple[list[StockLevel], list[str]]:
+    """Returns the levels of the products found, in the order asked, and the ids not found."""
+    v = Validator()
+    if not product_ids:
+        v.add("product_ids", "must list at least one product id")
+    elif len(product_ids) > MAX_BATCH_IDS:
+        v.add("product_ids", f"must list at most {MAX_BATCH_IDS} product ids")
+    else:
+        for index, product_id in enumerate(product_ids):
+            check_product_id(v, f"product_ids[{index}]", product_id)
+    v.raise_if_any()
+    found = {
+        level.product_id: level
+        for level in StockLevel.select().where(StockLevel.product.in_(list(set(product_ids))))
+    }
+    levels = [found[pid] for pid in product_ids if pid in found]
+    missing = list(dict.fromkeys(pid for pid in product_ids if pid not in found))
+    return levels, missing
+
+
+MOVEMENT_LIST = listing.ListSpec(
+    name="stock_movements",
+    model=StockMovement,
+    filter_fields={},
+    order_fields={"id": StockMovement.id},
+    default_order="id desc",
+)
+
+
+def list_movements(
+    *, product_id: str, page_size: int, page_token: str, secret: bytes
+) -> listing.Page[StockMovement]:
+    """Returns one page of the product's ledger, newest first; raises NotFound."""
+    v = Validator()
+    check_product_id(v, "product_id", product_id)
+    v.raise_if_any()
+    # Bound to the product: a token from one product's ledger is refused for another's.
+    request = listing.parse_list_request(
+        MOVEMENT_LIST,
+        page_size=page_size,
+        page_token=page_token,
+        filter_text="",
+        order_by="",
+        secret=secret,
+        scope=product_id,
+    )
+    if not Product.select().where(Product.id == product_id).exists():
+        raise _product_not_found()
+    return listing.fetch_page(
+        StockMovement.select().where(StockMovement.product == product_id), request
+    )
+
+
+# --- manual adjustment --------------------------------------------------------------------------
+
+
+def check_adjustment(v: Validator, *, product_id: str, delta: int, reason: str) -> str:
+    """Records the violations of an adjustment's fields in `v`; returns the trimmed reason."""
+    check_product_id(v, "product_id", product_id)
+    if delta == 0:
+        v.add("delta", "must not be zero")
+    elif abs(delta) > MAX_DELTA:
+        v.add("delta", f"must be between -{MAX_DELTA:,} and {MAX_DELTA:,}")
+    return _check_text(v, "reason", reason, REASON_MAX_LENGTH)
+
+
+def adjust(
+    *, product_id: str, delta: int, reason: str, actor: str
+) -> tuple[StockLevel, StockMovement]:
+    """Adds `delta` to on-hand stock and records it; INSUFFICIENT_STOCK below reserved."""
+    v = Validator()
+    reason = check_adjustment(v, product_id=product_id, delta=delta, reason=reason)
+    v.raise_if_any()
+    _check_actor(actor)
+    now = utcnow()
+    with database.atomic():
+        # One guarded statement: concurrent adjustments can never take stock below reserved,
+        # and no read-modify-write window exists on either engine.
+        changed = (
+            StockLevel.update(on_hand=StockLevel.on_hand + delta, update_time=now)
+            .where(
+                (StockLevel.product == product_id)
+                & (StockLevel.on_hand - StockLevel.reserved + delta >= 0)
+            )
+            .execute()
+        )
+        if changed != 1:
+            level = StockLevel.get_or_none(StockLevel.product == product_id)
+            if level is None:
+                raise _product_not_found()
+            raise FailedPrecondition(
+                f"Only {available(level)} units are available; cannot remove {-delta}.",
+                reason="INSUFFICIENT_STOCK",
+                metadata={"product_id": product_id, "available": str(available(level))},
+            )
+        return _record(
+            product_id,
+            MovementKind.ADJUSTMENT,
+            on_hand_delta=delta,
+            reserved_delta=0,
+            reason=reason,
+            actor=actor,
+            reference=None,
+            now=now,
+        )
+
+
+def _check_actor(actor: str) -> None:
+    if not actor or len(actor) > ACTOR_MAX_LENGTH:
+        raise ValueError(f"actor must be 1 to {ACTOR_MAX_LENGTH} characters")
+
+
+def _record(
+    product_id: str,
+    kind: MovementKind,
+    *,
+    on_hand_delta: int,
+    reserved_delta: int,
+    reason: str,
+    actor: str,
+    reference: str | None,
+    now: dt.datetime,
+) -> tuple[StockLevel, StockMovement]:
+    """Writes the ledger entry for a change just made; call in the change's transaction."""
+    # The changed row stays locked (PostgreSQL) or the database stays locked (SQLite) until
+    # commit, so the levels read here are exactly those the change produced.
+    level = StockLevel.get(StockLevel.product == product_id)
+    movement = StockMovement.create(
+        product=product_id,
+        kind=kind.value,
+        on_hand_delta=on_hand_delta,
+        reserved_delta=reserved_delta,
+        on_hand_after=level.on_hand,
+        reserved_after=level.reserved,
+        reason=reason,
+        actor=actor,
+        reference=reference,
+        create_time=now,
+    )
+    return level, movement
+
+
+# --- checkout: reserve, release, sell, restock --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _LineChange:
+    """How one kind of line operation changes a level, what guards it and how it fails."""
+
+    kind: MovementKind
+    on_hand_sign: int
+    reserved_sign: int
+    guard: Callable[[str, int], Any] | None  # a condition the row must meet, beyond existing
+    failure: Callable[[list[str]], DomainError]
+    default_reason: str
+
+
+def _active_with_available(product_id: str, quantity: int) -> Any:
+    active = Product.select(Product.id).where(
+        (Product.id == product_id) & (Product.state == "ACTIVE")
+    )
+    return (StockLevel.on_hand - StockLevel.reserved >= quantity) & StockLevel.product.in_(active)
+
+
+def _holds_reserved(product_id: str, quantity: int) -> Any:
+    return StockLevel.reserved >= quantity
+
+
+def _ids(product_ids: list[str]) -> dict[str, str]:
+    return {"product_ids": ",".join(product_ids)}
+
+
+_RESERVE = _LineChange(
+    MovementKind.RESERVATION,
+    on_hand_sign=0,
+    reserved_sign=+1,
+    guard=_active_with_available,
+    failure=lambda ids: FailedPrecondition(
+        "Not enough stock for some products: " + ", ".join(ids) + ".",
+        reason="OUT_OF_STOCK",
+        metadata=_ids(ids),
+    ),
+    default_reason="reserved for checkout",
+)
+_RELEASE = _LineChange(
+    MovementKind.RELEASE,
+    on_hand_sign=0,
+    reserved_sign=-1,
+    guard=_holds_reserved,
+    failure=lambda ids: FailedPrecondition(
+        "Fewer units are reserved than released for: " + ", ".join(ids) + ".",
+        reason="RESERVATION_NOT_HELD",
+        metadata=_ids(ids),
+    ),
+    default_reason="reservation released",
+)
+_SALE = _LineChange(
+    MovementKind.SALE,
+    on_hand_sign=-1,
+    reserved_sign=-1,
+    guard=_holds_reserved,
+    failure=lambda ids: FailedPrecondition(
+        "Fewer units are reserved than sold for: " + ", ".join(ids) + ".",
+        reason="RESERVATION_NOT_HELD",
+        metadata=_ids(ids),
+    ),
+    default_reason="sold",
+)
+_RESTOCK = _LineChange(
+    MovementKind.RESTOCK,
+    on_hand_sign=+1,
+    reserved_sign=0,
+    guard=None,
+    failure=lambda ids: NotFound(
+        "Some products do not exist: " + ", ".join(ids) + ".",
+        reason="PRODUCT_NOT_FOUND",
+        metadata=_ids(ids),
+    ),
+    default_reason="returned to stock",
+)
+
+
+def reserve(
+    lines: Sequence[StockLine], *, reference: str, actor: str, reason: str = ""
+) -> list[StockMovement]:
+    """Reserves every line or none; OUT_OF_STOCK names the products short, archived or missing."""
+    return _apply(_RESERVE, lines, reference=reference, actor=actor, reason=reason)
+
+
+def release(
+    lines: Sequence[StockLine], *, reference: str, actor: str, reason: str = ""
+) -> list[StockMovement]:
+    """Gives reserved units back; RESERVATION_NOT_HELD if fewer are reserved."""
+    return _apply(_RELEASE, lines, reference=reference, actor=actor, reason=reason)
+
+
+def commit_sale(
+    lines: Sequence[StockLine], *, reference: str, actor: str, reason: str = ""
+) -> list[StockMovement]:
+    """Turns reserved units into sold ones; RESERVATION_NOT_HELD if fewer are reserved."""
+    return _apply(_SALE, lines, reference=reference, actor=actor, reason=reason)
+
+
+def restock(
+    lines: Sequence[StockLine], *, reference: str, actor: str, reason: str = ""
+) -> list[StockMovement]:
+    """Puts sold units back on hand (cancellation, refund); NotFound for unknown products."""
+    return _apply(_RESTOCK, lines, reference=reference, actor=actor, reason=reason)
+
+
+def _merged_lines(
+    lines: Sequence[StockLine], reference: str, reason: str
+) -> tuple[list[StockLine], str, str]:
+    """Validates lines, reference and reason; returns the lines merged per product, in id order."""
+    v = Validator()
+    if not lines:
+        v.add("lines", "must have at least one line")
+    elif len(lines) > MAX_LINES:
+        v.add("lines", f"must have at most {MAX_LINES} lines")
+    totals: dict[str, int] = {}
+    for index, (product_id, quantity) in enumerate(lines[:MAX_LINES]):
+        check_product_id(v, f"lines[{index}].product_id", product_id)
+        if not 1 <= quantity <= MAX_DELTA:
+            v.add(f"lines[{index}].quantity", f"must be between 1 and {MAX_DELTA:,}")
+        totals[product_id] = totals.get(product_id, 0) + quantity
+    reference = _check_text(v, "reference", reference, REFERENCE_MAX_LENGTH)
+    if reason:
+        reason = _check_text(v, "reason", reason, REASON_MAX_LENGTH)
+    v.raise_if_any()
+    # One order for every transaction: two checkouts locking rows in opposite orders would
+    # deadlock on PostgreSQL.
+    return sorted(totals.items()), reference, reason
+
+
+def _apply(
+    change: _LineChange, lines: Sequence[StockLine], *, reference: str, actor: str, reason: str
+) -> list[StockMovement]:
+    """Applies `change` to every line in one transaction, or to none."""
+    merged, reference, reason = _merged_lines(lines, reference, reason)
+    _check_actor(actor)
+    reason = reason or f"{change.default_reason} ({reference})"[:REASON_MAX_LENGTH]
+    now = utcnow()
+    with database.atomic():
+        failed: list[str] = []
+        movements: list[StockMovement] = []
+        for product_id, quantity in merged:
+            on_hand_delta = change.on_hand_sign * quantity
+            reserved_delta = change.reserved_sign * quantity
+            changed = (
+                StockLevel.update(
+                    on_hand=StockLevel.on_hand + on_hand_delta,
+                    reserved=StockLevel.reserved + reserved_delta,
+                    update_time=now,
+                )
+                .where(
+                    (StockLevel.product == product_id)
+                    if change.guard is None
+                    else (StockLevel.product == product_id) & change.guard(product_id, quantity)
+                )
+                .execute()
+            )
+            if changed != 1:
+                # Carry on, so the error names every failing line; the rollback undoes the rest.
+                failed.append(product_id)
+                continue
+            _, movement = _record(
+                product_id,
+                change.kind,
+                on_hand_delta=on_hand_delta,
+                reserved_delta=reserved_delta,
+                reason=reason,
+                actor=actor,
+                reference=reference,
+                now=now,
+            )
+            movements.append(movement)
+        if failed:
+            raise change.failure(failed)
+        return movements
