@@ -683,7 +683,12 @@ def import_rows(rows: Iterable[ProductFields], *, actor: Principal) -> ImportRes
             errors.append(ImportRowError(number, fields.sku, message))
     log.info(
         "products imported",
-        extra={"actor": actor.subject, "created": created, "updated": updated, "failed": failed},
+        extra={
+            "actor": actor.subject,
+            "created_count": created,
+            "updated_count": updated,
+            "failed_count": failed,
+        },
     )
     return ImportResult(created, updated, failed, errors)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import logging
 import random
 import threading
 import uuid
@@ -25,6 +26,12 @@ from server.models.stock import StockLevel
 
 SECRET = b"integration-test-page-token-secret"
 ACTOR = Principal(subject="staff-1", role=Role.STAFF, token_id="t")
+
+
+@pytest.fixture(autouse=True)
+def log_writes(caplog: pytest.LogCaptureFixture) -> None:
+    """Formats every write's log record, as a server logging at INFO would."""
+    caplog.set_level(logging.INFO, logger="storefront.catalog")
 
 
 def fields(sku: str, name: str, **overrides: Any) -> ProductFields:
@@ -242,7 +249,9 @@ def test_upsert_by_sku_creates_then_replaces_every_field(db: peewee.Database) ->
     assert not ProductCategory.select().exists()
 
 
-def test_import_counts_rows_and_reports_failures_by_row(db: peewee.Database) -> None:
+def test_import_counts_rows_and_reports_failures_by_row(
+    db: peewee.Database, caplog: pytest.LogCaptureFixture
+) -> None:
     make("KN-001", "Chef Knife")
     rows = [
         fields("KN-001", "Chef Knife v2"),
@@ -256,6 +265,7 @@ def test_import_counts_rows_and_reports_failures_by_row(db: peewee.Database) -> 
     assert "price.currency_code: unknown currency" in result.errors[0].message
     assert "name: is required" in result.errors[0].message
     assert Product.select().count() == 2
+    assert caplog.records[-1].__dict__["created_count"] == 1
 
 
 def test_an_import_over_the_row_limit_writes_nothing(
@@ -644,3 +654,19 @@ def test_times_are_stored_as_naive_utc(db: peewee.Database) -> None:
     stored = Product.get_by_id(product.id)
     assert stored.create_time >= before - dt.timedelta(seconds=1)
     assert stored.create_time.tzinfo is None
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(query=st.text(min_size=1, max_size=40))
+def test_any_search_text_gives_a_page_or_invalid_argument(searchable: None, query: str) -> None:
+    try:
+        page = products.search(
+            query=query, page_size=5, page_token="", show_archived=True, secret=SECRET
+        )
+    except InvalidArgument:
+        return
+    assert len(page.items) <= 5
