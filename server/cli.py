@@ -262,8 +262,12 @@ class _Outgoing:
 
 
 def _rpc_failure(exc: grpc.RpcError) -> str:
+    """Returns the status code and message of a failed call, with its field violations."""
+    from storefront_client import field_violations
+
     code = exc.code()
-    return f"{code.name if code else 'UNKNOWN'}: {exc.details()}"
+    violations = "; ".join(f"{name}: {problem}" for name, problem in field_violations(exc))
+    return f"{code.name if code else 'UNKNOWN'}: {violations or exc.details()}"
 
 
 def _parse_rows(path: Path, file_format: str | None) -> tuple[list[_Outgoing], list[_Failure]]:

@@ -55,6 +55,7 @@ _RFC3339 = re.compile(
     r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
 )
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class FieldKind(enum.StrEnum):
@@ -355,6 +356,9 @@ def parse_filter(spec: ListSpec, text: str) -> tuple[Comparison, ...]:
     # operator (:), OR, NOT and parentheses are refused rather than guessed at.
     if len(text) > MAX_FILTER_LENGTH:
         raise _filter_error(f"must be at most {MAX_FILTER_LENGTH} characters")
+    if _CONTROL_CHARACTERS.search(text):
+        # PostgreSQL cannot even compare text with a NUL byte; no field needs control characters.
+        raise _filter_error("must not contain control characters")
     tokens = _tokenize(text)
     if tokens[0].kind == "end":
         return ()

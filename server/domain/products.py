@@ -921,6 +921,8 @@ def search(
         v.add("query", "is required")
     elif len(query) > SEARCH_QUERY_MAX_LENGTH:
         v.add("query", f"must be at most {SEARCH_QUERY_MAX_LENGTH} characters")
+    elif _has_control_characters(query):
+        v.add("query", "must not contain control characters")
     elif not words:
         v.add("query", "must contain at least one letter or digit")
     elif len(words) > SEARCH_MAX_WORDS:

@@ -53,7 +53,11 @@ def issue_token(*, client_id: str, client_secret: str, tokens: TokenService) -> 
     """Exchanges client credentials for a SERVICE access token."""
     v = Validator()
     v.check(bool(client_id), "client_id", "is required")
-    v.check(len(client_id) <= 64, "client_id", "is too long")
+    v.check(
+        len(client_id) <= 64 and client_id.isascii() and client_id.isprintable(),
+        "client_id",
+        "must be at most 64 printable ASCII characters",
+    )
     v.check(bool(client_secret), "client_secret", "is required")
     v.check(len(client_secret) <= 256, "client_secret", "is too long")
     v.raise_if_any()

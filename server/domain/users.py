@@ -33,7 +33,8 @@ def normalize_email(raw: str) -> str:
     return unicodedata.normalize("NFKC", raw).strip().lower()
 
 
-def _has_control_characters(text: str) -> bool:
+def has_control_characters(text: str) -> bool:
+    """Whether `text` has control or format characters (never valid in names or emails)."""
     return any(unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
 
 
@@ -44,7 +45,7 @@ def validate_email(v: Validator, field: str, raw: str) -> str:
         v.add(field, "is required")
     elif len(email) > EMAIL_MAX_LENGTH:
         v.add(field, f"must be at most {EMAIL_MAX_LENGTH} characters")
-    elif not _EMAIL.match(email) or _has_control_characters(email):
+    elif not _EMAIL.match(email) or has_control_characters(email):
         v.add(field, "must be an email address like name@example.com")
     return email
 
@@ -64,7 +65,7 @@ def validate_display_name(v: Validator, field: str, raw: str) -> str:
     name = raw.strip()
     if len(name) > DISPLAY_NAME_MAX_LENGTH:
         v.add(field, f"must be at most {DISPLAY_NAME_MAX_LENGTH} characters")
-    elif _has_control_characters(name):
+    elif has_control_characters(name):
         v.add(field, "must not contain control characters")
     return name
 

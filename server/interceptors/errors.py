@@ -83,7 +83,13 @@ def build_status(code: grpc.StatusCode, error: errors.DomainError, request_id: s
 
 
 def _infrastructure_error(exc: BaseException) -> errors.DomainError | None:
-    """Maps failures of the database (not bugs) to retryable errors."""
+    """Maps database failures that are not bugs: outages (retryable) and unstorable values."""
+    if isinstance(exc, peewee.DataError):
+        # A value validation let through that the database cannot store (a NUL byte in text on
+        # PostgreSQL, an out-of-range number): the request's fault, not the server's.
+        return errors.InvalidArgument(
+            "A value in the request cannot be stored.", reason="UNSTORABLE_VALUE"
+        )
     if isinstance(exc, peewee.OperationalError | peewee.InterfaceError):
         return errors.Unavailable(
             "The database is unavailable; retry later.", reason="DATABASE_UNAVAILABLE"
@@ -111,11 +117,11 @@ class ErrorInterceptor(ScopeInterceptor):
             request_id = _request_id()
             if mapped is not None:
                 log.warning(
-                    "dependency failure",
+                    "database refused the call",
                     exc_info=True,
                     extra={"request_id": request_id, "grpc.method": method.method},
                 )
-                self._abort(context, grpc.StatusCode.UNAVAILABLE, mapped)
+                self._abort(context, _CODES[type(mapped)], mapped)
             log.error(
                 "unhandled exception",
                 exc_info=True,

@@ -614,3 +614,17 @@ def test_list_users_page_token_is_bound_to_its_query(running: Running) -> None:
     )
     assert err.code() == StatusCode.INVALID_ARGUMENT
     assert violated_fields(err) == {"page_token"}
+
+
+def test_nul_bytes_are_invalid_argument_on_every_engine(running: Running) -> None:
+    """PostgreSQL cannot store or compare text with NUL: such input is refused up front."""
+    stub = running.client().identity
+    admin = running.login(Role.ADMIN)
+    for call in (
+        lambda: stub.Login(pb.LoginRequest(email="a\x00@example.com", password=PASSWORD)),
+        lambda: stub.IssueServiceToken(
+            pb.IssueServiceTokenRequest(client_id="sa-\x00", client_secret="x")
+        ),
+        lambda: admin.identity.ListUsers(pb.ListUsersRequest(filter='email = "a\x00"')),
+    ):
+        assert rpc_error(call).code() == StatusCode.INVALID_ARGUMENT
