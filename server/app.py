@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import peewee
 from google.protobuf.descriptor import ServiceDescriptor
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
 from storefront.v1 import identity_service_pb2, identity_service_pb2_grpc
@@ -31,11 +31,13 @@ from server.interceptors.db_scope import DatabaseScopeInterceptor
 from server.interceptors.errors import ErrorInterceptor
 from server.interceptors.metrics import MetricsInterceptor, ServerMetrics
 from server.interceptors.request_log import RequestLogInterceptor
+from server.services.health_service import HealthServicer
 from server.services.identity_service import IdentityServicer
 
 log = logging.getLogger("storefront")
 
 MIN_PAGE_TOKEN_SECRET_BYTES = 32
+HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
 @dataclass
@@ -46,7 +48,7 @@ class App:
     port: int
     settings: Settings
     db: peewee.Database
-    health: health.HealthServicer
+    health: HealthServicer
     service_names: list[str]
     metrics: ServerMetrics
     metrics_port: int | None = None
@@ -209,11 +211,11 @@ def create_app(settings: Settings) -> App:
         register(server)
 
     service_names = [descriptor.full_name for descriptor, _ in services]
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
         reflection.enable_server_reflection(
-            [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+            [*service_names, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], server
         )
 
     credentials = _server_credentials(settings)

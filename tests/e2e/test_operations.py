@@ -516,20 +516,46 @@ def test_a_stream_the_client_cancels_is_logged_and_counted_as_canceled(
     assert value_of(samples, "grpc_server_handled_total", **labels, grpc_code="Canceled") == 1.0
 
 
-def test_health_watchers_do_not_hold_worker_threads(
+def test_health_watchers_hold_no_worker_thread_and_hear_of_shutdown(
     server_factory: Callable[..., Running],
 ) -> None:
     running = server_factory(worker_threads=2)
     channel = running.channel()
     health = health_pb2_grpc.HealthStub(channel)
     watches = [
-        health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=WAIT_SECONDS)
-        for _ in range(2)
+        health.Watch(health_pb2.HealthCheckRequest(service=service), timeout=WAIT_SECONDS)
+        for service in ("", IDENTITY)
     ]
     try:
         assert [next(watch).status for watch in watches] == [ServingStatus.SERVING] * 2
-        # With both worker threads parked in Watch, this call would never be picked up.
+        # Were both worker threads parked in Watch, this call would never be picked up.
         assert identity_stub(channel).ListSigningKeys(pb.ListSigningKeysRequest(), timeout=1).keys
+        stopper = threading.Thread(target=running.app.stop, kwargs={"grace": 0}, daemon=True)
+        stopper.start()
+        assert [next(watch).status for watch in watches] == [ServingStatus.NOT_SERVING] * 2
+        stopper.join(WAIT_SECONDS)
+        assert not stopper.is_alive()
     finally:
         for watch in watches:
             watch.cancel()
+
+
+def test_stop_completes_while_health_watchers_disconnect(
+    server_factory: Callable[..., Running],
+) -> None:
+    running = server_factory()
+    health = health_pb2_grpc.HealthStub(running.channel())
+    watches = [
+        health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=WAIT_SECONDS)
+        for _ in range(16)
+    ]
+    assert {next(watch).status for watch in watches} == {ServingStatus.SERVING}
+    # A daemon thread: if stop() deadlocks, the test fails instead of hanging.
+    stopper = threading.Thread(target=running.app.stop, kwargs={"grace": 0}, daemon=True)
+    for watch in watches[:8]:
+        watch.cancel()
+    stopper.start()
+    for watch in watches[8:]:
+        watch.cancel()
+    stopper.join(3)  # stop() takes milliseconds here: no drain, no grace, no calls in flight
+    assert not stopper.is_alive(), "App.stop() deadlocked with disconnecting health watchers"
