@@ -237,12 +237,7 @@ def create_app(settings: Settings) -> App:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
         reflection.enable_server_reflection(
-            [
-                *service_names,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            server,
+            [*service_names, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], server
         )
 
     credentials = _server_credentials(settings)
