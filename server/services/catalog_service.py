@@ -14,7 +14,7 @@ from server.domain import products
 from server.domain.product_cache import ProductCache
 from server.domain.products import ProductFields
 from server.models.product import Product
-from server.services.identity_service import timestamp
+from server.services.converters import timestamp
 
 pb = catalog_service_pb2
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from storefront.v1 import access_pb2, identity_service_pb2, identity_service_pb2_grpc
 
 from server import call_context
@@ -15,6 +12,7 @@ from server.domain.sessions import SessionPolicy, SessionTokens
 from server.domain.tokens import IssuedToken
 from server.models.service_account import ServiceAccount
 from server.models.user import User
+from server.services.converters import timestamp
 
 pb = identity_service_pb2
 
@@ -25,15 +23,6 @@ ROLE_TO_PROTO = {
     Role.SERVICE: access_pb2.ROLE_SERVICE,
 }
 ROLE_FROM_PROTO = {number: role for role, number in ROLE_TO_PROTO.items()}
-
-
-def timestamp(value: dt.datetime | None) -> Timestamp | None:
-    """Returns a naive-UTC datetime as a protobuf Timestamp (None stays unset)."""
-    if value is None:
-        return None
-    result = Timestamp()
-    result.FromDatetime(value)
-    return result
 
 
 def user_to_proto(user: User) -> identity_service_pb2.User:

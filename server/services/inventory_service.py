@@ -10,7 +10,7 @@ from server.domain import idempotency, inventory
 from server.domain.principal import Role
 from server.errors import Validator
 from server.models.stock import StockLevel, StockMovement
-from server.services.identity_service import timestamp
+from server.services.converters import timestamp
 
 pb = inventory_service_pb2
 
