@@ -43,6 +43,18 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
             context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
         return health_pb2.HealthCheckResponse(status=status)
 
+    def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        with self._state_lock:
+            statuses = dict(self._status)
+        return health_pb2.HealthListResponse(
+            statuses={
+                name: health_pb2.HealthCheckResponse(status=status)
+                for name, status in statuses.items()
+            }
+        )
+
     def Watch(
         self,
         request: health_pb2.HealthCheckRequest,

@@ -85,6 +85,17 @@ def test_health_reports_serving(running: Running, service: str) -> None:
     assert health_status(running.channel(), service) == ServingStatus.SERVING
 
 
+def test_health_list_names_every_service_and_the_server(running: Running) -> None:
+    listed = health_pb2_grpc.HealthStub(running.channel()).List(health_pb2.HealthListRequest())
+    assert set(listed.statuses) == {
+        "",
+        "storefront.v1.IdentityService",
+        "storefront.v1.CatalogService",
+        "storefront.v1.InventoryService",
+    }
+    assert {s.status for s in listed.statuses.values()} == {ServingStatus.SERVING}
+
+
 def test_health_of_an_unknown_service_is_not_found(running: Running) -> None:
     err = rpc_error(lambda: health_status(running.channel(), "storefront.v1.NoSuchService"))
     assert err.code() == StatusCode.NOT_FOUND
