@@ -11,6 +11,8 @@ import pytest
 
 from server import db as dbmod
 from server import migrations
+from server.models.product import Product
+from server.models.stock import StockLevel
 
 POSTGRES_URL = os.environ.get("STOREFRONT_TEST_POSTGRES_URL", "")
 ENGINES = ["sqlite", "postgres"]
@@ -88,3 +90,19 @@ def db(engine_db: peewee.Database) -> Iterator[peewee.Database]:
     yield engine_db  # connects on first query (peewee autoconnect)
     if not engine_db.is_closed():
         engine_db.close()
+
+
+def insert_product(*, on_hand: int = 0, reserved: int = 0, state: str = "ACTIVE") -> str:
+    """Creates a product and its stock row straight in the database; returns its id."""
+    product_id = str(uuid.uuid4())
+    with dbmod.database.atomic():
+        Product.create(
+            id=product_id,
+            sku=f"SKU-{product_id[:8]}",
+            name="Widget",
+            price_currency="EUR",
+            price_minor=1000,
+            state=state,
+        )
+        StockLevel.create(product=product_id, on_hand=on_hand, reserved=reserved)
+    return product_id

@@ -11,7 +11,7 @@ from urllib.parse import quote
 import grpc
 import peewee
 import pytest
-from storefront_client import StorefrontClient
+from storefront_client import StorefrontClient, field_violations
 
 from server import db as dbmod
 from server import migrations
@@ -23,6 +23,18 @@ from server.domain.principal import Role
 from tests.conftest import POSTGRES_URL, empty_tables
 
 PASSWORD = "correct horse battery staple"
+
+
+def rpc_error(call: Callable[..., object]) -> grpc.RpcError:
+    """Runs `call` and returns the RpcError it raises (fails the test if it succeeds)."""
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value
+
+
+def violated_fields(err: grpc.RpcError) -> set[str]:
+    """Returns the fields the error's BadRequest detail names."""
+    return {field for field, _ in field_violations(err)}
 
 
 def engine_url(engine: str, tmp: Path, schema: str | None) -> str:

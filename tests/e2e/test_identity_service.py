@@ -10,24 +10,12 @@ import pytest
 from google.protobuf import field_mask_pb2
 from storefront.v1 import access_pb2
 from storefront.v1 import identity_service_pb2 as pb
-from storefront_client import StorefrontClient, error_info, field_violations
+from storefront_client import StorefrontClient, error_info
 
 from server.domain.principal import Role
-from tests.e2e.conftest import PASSWORD, Running
+from tests.e2e.conftest import PASSWORD, Running, rpc_error, violated_fields
 
 StatusCode = grpc.StatusCode
-
-
-def rpc_error(call: object) -> grpc.RpcError:
-    """Runs `call` and returns the RpcError it raises (fails the test if it succeeds)."""
-    assert callable(call)
-    with pytest.raises(grpc.RpcError) as caught:
-        call()
-    return caught.value
-
-
-def violated_fields(err: grpc.RpcError) -> set[str]:
-    return {field for field, _ in field_violations(err)}
 
 
 # --- RegisterUser -----------------------------------------------------------------------------

@@ -8,49 +8,18 @@ import grpc
 import pytest
 from storefront.v1 import identity_service_pb2
 from storefront.v1 import inventory_service_pb2 as pb
-from storefront_client import StorefrontClient, error_info, field_violations
+from storefront_client import StorefrontClient, error_info
 
-from server.db import database, utcnow
+from server.db import utcnow
 from server.domain import idempotency
 from server.domain.principal import Role
 from server.models.idempotency_key import IdempotencyKey
-from server.models.product import Product
-from server.models.stock import StockLevel
 from server.services.inventory_service import ADJUST_STOCK_METHOD
-from tests.e2e.conftest import Running
+from tests.conftest import insert_product
+from tests.e2e.conftest import Running, rpc_error, violated_fields
 
 StatusCode = grpc.StatusCode
 ANONYMOUS = "anonymous"
-
-
-def rpc_error(call: object) -> grpc.RpcError:
-    """Runs `call` and returns the RpcError it raises (fails the test if it succeeds)."""
-    assert callable(call)
-    with pytest.raises(grpc.RpcError) as caught:
-        call()
-    return caught.value
-
-
-def violated_fields(err: grpc.RpcError) -> set[str]:
-    return {field for field, _ in field_violations(err)}
-
-
-def make_product(
-    running: Running, *, on_hand: int = 0, reserved: int = 0, state: str = "ACTIVE"
-) -> str:
-    """Creates a product and its stock row directly in the database; returns its id."""
-    product_id = str(uuid.uuid4())
-    with running.db.connection_context(), database.atomic():
-        Product.create(
-            id=product_id,
-            sku=f"SKU-{product_id[:8]}",
-            name="Widget",
-            price_currency="EUR",
-            price_minor=1000,
-            state=state,
-        )
-        StockLevel.create(product=product_id, on_hand=on_hand, reserved=reserved)
-    return product_id
 
 
 def service_client(running: Running) -> StorefrontClient:
@@ -95,7 +64,7 @@ def adjust_request(product_id: str, delta: int, **fields: object) -> pb.AdjustSt
 def test_stock_terms_are_shown_by_role(
     running: Running, caller: str | Role, all_terms: bool
 ) -> None:
-    product_id = make_product(running, on_hand=7, reserved=2)
+    product_id = insert_product(on_hand=7, reserved=2)
     stub = client_for(running, caller).inventory
 
     level = stub.GetStockLevel(pb.GetStockLevelRequest(product_id=product_id)).stock_level
@@ -112,7 +81,7 @@ def test_stock_terms_are_shown_by_role(
 
 
 def test_get_stock_level_of_an_archived_product_is_found(running: Running) -> None:
-    product_id = make_product(running, on_hand=3, state="ARCHIVED")
+    product_id = insert_product(on_hand=3, state="ARCHIVED")
     level = running.client().inventory.GetStockLevel(pb.GetStockLevelRequest(product_id=product_id))
     assert level.stock_level.available == 3
 
@@ -135,7 +104,7 @@ def test_get_stock_level_with_a_malformed_id_is_invalid(running: Running, produc
 
 
 def test_batch_get_keeps_the_order_and_lists_missing_ids(running: Running) -> None:
-    a, b = make_product(running, on_hand=1), make_product(running, on_hand=2)
+    a, b = insert_product(on_hand=1), insert_product(on_hand=2)
     missing = str(uuid.uuid4())
     response = running.client().inventory.BatchGetStockLevels(
         pb.BatchGetStockLevelsRequest(product_ids=[b, missing, a])
@@ -168,7 +137,7 @@ def test_batch_get_with_too_many_or_malformed_ids_is_invalid(
 
 
 def test_adjust_stock_returns_the_new_level_and_the_ledger_entry(running: Running) -> None:
-    product_id = make_product(running, on_hand=4, reserved=1)
+    product_id = insert_product(on_hand=4, reserved=1)
     staff = running.login(Role.STAFF)
     me = staff.identity.GetCurrentUser(identity_service_pb2.GetCurrentUserRequest()).user
 
@@ -187,7 +156,7 @@ def test_adjust_stock_returns_the_new_level_and_the_ledger_entry(running: Runnin
 def test_a_retried_adjustment_returns_the_first_response_and_changes_stock_once(
     running: Running,
 ) -> None:
-    product_id = make_product(running, on_hand=5)
+    product_id = insert_product(on_hand=5)
     staff = running.login(Role.STAFF)
     request = adjust_request(product_id, -2)
 
@@ -205,7 +174,7 @@ def test_a_retried_adjustment_returns_the_first_response_and_changes_stock_once(
 
 
 def test_the_same_request_id_from_another_caller_is_a_new_request(running: Running) -> None:
-    product_id = make_product(running)
+    product_id = insert_product()
     request = adjust_request(product_id, 1)
     first = running.login(Role.STAFF).inventory.AdjustStock(request)
     second = running.login(Role.ADMIN).inventory.AdjustStock(request)
@@ -216,7 +185,7 @@ def test_the_same_request_id_from_another_caller_is_a_new_request(running: Runni
 def test_a_request_id_reused_for_a_different_request_is_a_failed_precondition(
     running: Running,
 ) -> None:
-    product_id = make_product(running)
+    product_id = insert_product()
     staff = running.login(Role.STAFF)
     request = adjust_request(product_id, 1)
     staff.inventory.AdjustStock(request)
@@ -227,7 +196,7 @@ def test_a_request_id_reused_for_a_different_request_is_a_failed_precondition(
 
 
 def test_a_duplicate_of_an_adjustment_in_flight_is_aborted(running: Running) -> None:
-    product_id = make_product(running)
+    product_id = insert_product()
     staff = running.login(Role.STAFF)
     me = staff.identity.GetCurrentUser(identity_service_pb2.GetCurrentUserRequest()).user
     request = adjust_request(product_id, 1)
@@ -256,7 +225,7 @@ def test_a_duplicate_of_an_adjustment_in_flight_is_aborted(running: Running) -> 
 
 
 def test_a_decrease_beyond_what_is_available_is_a_failed_precondition(running: Running) -> None:
-    product_id = make_product(running, on_hand=5, reserved=3)
+    product_id = insert_product(on_hand=5, reserved=3)
     staff = running.login(Role.STAFF)
     request = adjust_request(product_id, -3)
     err = rpc_error(lambda: staff.inventory.AdjustStock(request))
@@ -291,7 +260,7 @@ def test_adjusting_an_unknown_product_is_not_found(running: Running) -> None:
 def test_adjust_stock_with_invalid_fields_is_invalid_and_stores_nothing(
     running: Running, fields: dict[str, object], violations: set[str]
 ) -> None:
-    product_id = make_product(running)
+    product_id = insert_product()
     staff = running.login(Role.STAFF)
     values: dict[str, object] = {"product_id": product_id, "delta": 1}
     values.update(fields)
@@ -311,7 +280,7 @@ def test_adjust_stock_with_invalid_fields_is_invalid_and_stores_nothing(
 def test_only_staff_and_admins_adjust_stock_or_list_movements(
     running: Running, caller: str | Role, code: grpc.StatusCode
 ) -> None:
-    product_id = make_product(running)
+    product_id = insert_product()
     stub = client_for(running, caller).inventory
     assert rpc_error(lambda: stub.AdjustStock(adjust_request(product_id, 1))).code() == code
     listing = pb.ListStockMovementsRequest(product_id=product_id)
@@ -322,7 +291,7 @@ def test_only_staff_and_admins_adjust_stock_or_list_movements(
 
 
 def test_movements_are_listed_newest_first_page_by_page(running: Running) -> None:
-    product_id = make_product(running)
+    product_id = insert_product()
     staff = running.login(Role.STAFF)
     for delta in (1, 2, 3):
         staff.inventory.AdjustStock(adjust_request(product_id, delta))
@@ -356,7 +325,7 @@ def test_listing_movements_of_an_unknown_product_is_not_found(running: Running) 
 def test_listing_movements_with_a_bad_page_size_or_token_is_invalid(
     running: Running, page_size: int, page_token: str, field: str
 ) -> None:
-    product_id = make_product(running)
+    product_id = insert_product()
     staff = running.login(Role.STAFF)
     request = pb.ListStockMovementsRequest(
         product_id=product_id, page_size=page_size, page_token=page_token
@@ -367,7 +336,7 @@ def test_listing_movements_with_a_bad_page_size_or_token_is_invalid(
 
 
 def test_a_page_token_is_bound_to_its_product(running: Running) -> None:
-    a, b = make_product(running), make_product(running)
+    a, b = insert_product(), insert_product()
     staff = running.login(Role.STAFF)
     for _ in range(2):
         staff.inventory.AdjustStock(adjust_request(a, 1))

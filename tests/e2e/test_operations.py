@@ -31,19 +31,12 @@ from server.app import create_app
 from server.domain import users
 from server.domain.principal import Role
 from server.logs import JsonFormatter
-from tests.e2e.conftest import PASSWORD, Running, make_settings
+from tests.e2e.conftest import PASSWORD, Running, make_settings, rpc_error
 
 StatusCode = grpc.StatusCode
 ServingStatus = health_pb2.HealthCheckResponse
 IDENTITY = "storefront.v1.IdentityService"
 WAIT_SECONDS = 10.0  # upper bound for any wait; tests normally finish far sooner
-
-
-def rpc_error(call: Callable[[], object]) -> grpc.RpcError:
-    """Runs `call` and returns the RpcError it raises (fails the test if it succeeds)."""
-    with pytest.raises(grpc.RpcError) as caught:
-        call()
-    return caught.value
 
 
 def identity_stub(channel: grpc.Channel) -> identity_service_pb2_grpc.IdentityServiceStub:

@@ -23,27 +23,11 @@ from server.errors import (
     Validator,
 )
 from server.models.idempotency_key import IdempotencyKey
-from server.models.product import Product
 from server.models.stock import StockLevel, StockMovement
+from tests.conftest import insert_product
 
 ACTOR = "staff-1"
 SECRET = b"s" * 32
-
-
-def make_product(*, on_hand: int = 0, reserved: int = 0, state: str = "ACTIVE") -> str:
-    """Creates a product with its stock row directly; returns its id."""
-    product_id = str(uuid.uuid4())
-    with database.atomic():
-        Product.create(
-            id=product_id,
-            sku=f"SKU-{product_id[:8]}",
-            name="Widget",
-            price_currency="EUR",
-            price_minor=1000,
-            state=state,
-        )
-        StockLevel.create(product=product_id, on_hand=on_hand, reserved=reserved)
-    return product_id
 
 
 def levels(product_id: str) -> tuple[int, int]:
@@ -97,7 +81,7 @@ def run_concurrently(
 
 
 def test_adjust_changes_on_hand_and_records_the_entry(db: peewee.Database) -> None:
-    product_id = make_product(on_hand=5, reserved=2)
+    product_id = insert_product(on_hand=5, reserved=2)
     level, movement = inventory.adjust(
         product_id=product_id, delta=10, reason="  delivery 42 ", actor=ACTOR
     )
@@ -110,7 +94,7 @@ def test_adjust_changes_on_hand_and_records_the_entry(db: peewee.Database) -> No
 
 
 def test_a_decrease_may_take_available_to_zero_but_not_below(db: peewee.Database) -> None:
-    product_id = make_product(on_hand=10, reserved=4)
+    product_id = insert_product(on_hand=10, reserved=4)
     with pytest.raises(FailedPrecondition) as caught:
         inventory.adjust(product_id=product_id, delta=-7, reason="breakage", actor=ACTOR)
     assert caught.value.reason == "INSUFFICIENT_STOCK"
@@ -138,7 +122,7 @@ def test_a_decrease_may_take_available_to_zero_but_not_below(db: peewee.Database
 def test_adjust_rejects_invalid_fields(
     db: peewee.Database, delta: int, reason: str, product_id: str | None, fields: set[str]
 ) -> None:
-    real = make_product(on_hand=1)
+    real = insert_product(on_hand=1)
     with pytest.raises(InvalidArgument) as caught:
         inventory.adjust(
             product_id=real if product_id is None else product_id,
@@ -151,7 +135,7 @@ def test_adjust_rejects_invalid_fields(
 
 
 def test_the_delta_limits_are_inclusive(db: peewee.Database) -> None:
-    product_id = make_product()
+    product_id = insert_product()
     inventory.adjust(product_id=product_id, delta=1_000_000, reason="r", actor=ACTOR)
     inventory.adjust(product_id=product_id, delta=-1_000_000, reason="r", actor=ACTOR)
     assert levels(product_id) == (0, 0)
@@ -168,7 +152,7 @@ def test_unknown_products_are_not_found(db: peewee.Database) -> None:
 
 
 def test_batch_get_keeps_the_order_asked_and_lists_the_missing(db: peewee.Database) -> None:
-    a, b = make_product(on_hand=1), make_product(on_hand=2)
+    a, b = insert_product(on_hand=1), insert_product(on_hand=2)
     missing = str(uuid.uuid4())
     found, not_found = inventory.batch_get_levels([b, missing, a, b])
     assert [level.product_id for level in found] == [b, a, b]
@@ -191,14 +175,14 @@ def test_batch_get_rejects_bad_id_lists(db: peewee.Database, ids: list[str], fie
 
 
 def test_batch_get_accepts_a_hundred_ids(db: peewee.Database) -> None:
-    product_id = make_product()
+    product_id = insert_product()
     found, missing = inventory.batch_get_levels([product_id] + [str(uuid.uuid4())] * 99)
     assert len(found) == 1 and len(missing) == 1
 
 
 def test_movements_are_listed_newest_first_in_pages(db: peewee.Database) -> None:
-    product_id = make_product()
-    other = make_product()
+    product_id = insert_product()
+    other = insert_product()
     for delta in range(1, 6):
         inventory.adjust(product_id=product_id, delta=delta, reason=f"r{delta}", actor=ACTOR)
     inventory.adjust(product_id=other, delta=9, reason="other", actor=ACTOR)
@@ -227,7 +211,7 @@ def test_movements_are_listed_newest_first_in_pages(db: peewee.Database) -> None
 
 
 def test_fifty_concurrent_adjustments_end_at_the_exact_totals(db: peewee.Database) -> None:
-    product_id = make_product(on_hand=10, reserved=3)
+    product_id = insert_product(on_hand=10, reserved=3)
     # Increases total 25 and decreases 75 against 7 available: at least 14 decreases must fail,
     # whatever the order.
     deltas = [+1, -3] * 25
@@ -257,7 +241,7 @@ def test_fifty_concurrent_adjustments_end_at_the_exact_totals(db: peewee.Databas
 def test_reserve_release_sell_and_restock_keep_the_arithmetic_and_the_ledger(
     db: peewee.Database,
 ) -> None:
-    a, b = make_product(on_hand=10), make_product(on_hand=5)
+    a, b = insert_product(on_hand=10), insert_product(on_hand=5)
     reserved = inventory.reserve([(a, 4), (b, 2)], reference="order-1", actor="checkout")
     assert {(m.product_id, m.kind, m.reserved_delta) for m in reserved} == {
         (a, "RESERVATION", 4),
@@ -288,9 +272,9 @@ def test_reserve_release_sell_and_restock_keep_the_arithmetic_and_the_ledger(
 
 def test_reserve_is_all_or_nothing_and_names_every_short_product(db: peewee.Database) -> None:
     plenty, short, archived = (
-        make_product(on_hand=5),
-        make_product(on_hand=3, reserved=2),
-        make_product(on_hand=9, state="ARCHIVED"),
+        insert_product(on_hand=5),
+        insert_product(on_hand=3, reserved=2),
+        insert_product(on_hand=9, state="ARCHIVED"),
     )
     missing = str(uuid.uuid4())
     with pytest.raises(FailedPrecondition) as caught:
@@ -306,7 +290,7 @@ def test_reserve_is_all_or_nothing_and_names_every_short_product(db: peewee.Data
 
 
 def test_reserve_merges_lines_of_one_product(db: peewee.Database) -> None:
-    product_id = make_product(on_hand=3)
+    product_id = insert_product(on_hand=3)
     with pytest.raises(FailedPrecondition):
         inventory.reserve([(product_id, 2), (product_id, 2)], reference="o", actor="checkout")
     [movement] = inventory.reserve(
@@ -316,7 +300,7 @@ def test_reserve_merges_lines_of_one_product(db: peewee.Database) -> None:
 
 
 def test_releasing_or_selling_more_than_is_reserved_changes_nothing(db: peewee.Database) -> None:
-    a, b = make_product(on_hand=5, reserved=2), make_product(on_hand=5, reserved=5)
+    a, b = insert_product(on_hand=5, reserved=2), insert_product(on_hand=5, reserved=5)
     for operation in (inventory.release, inventory.commit_sale):
         with pytest.raises(FailedPrecondition) as caught:
             operation([(a, 3), (b, 1)], reference="o", actor="checkout")
@@ -328,7 +312,7 @@ def test_releasing_or_selling_more_than_is_reserved_changes_nothing(db: peewee.D
 def test_restocking_an_unknown_product_is_not_found_and_changes_nothing(
     db: peewee.Database,
 ) -> None:
-    known, unknown = make_product(on_hand=1), str(uuid.uuid4())
+    known, unknown = insert_product(on_hand=1), str(uuid.uuid4())
     with pytest.raises(NotFound) as caught:
         inventory.restock([(known, 1), (unknown, 1)], reference="o", actor="system")
     assert caught.value.metadata == {"product_ids": unknown}
@@ -351,7 +335,7 @@ def test_restocking_an_unknown_product_is_not_found_and_changes_nothing(
 def test_line_operations_reject_invalid_input(
     db: peewee.Database, lines: list[tuple[str | None, int]], reference: str, fields: set[str]
 ) -> None:
-    product_id = make_product(on_hand=5)
+    product_id = insert_product(on_hand=5)
     concrete = [(product_id if pid is None else pid, q) for pid, q in lines]
     with pytest.raises(InvalidArgument) as caught:
         inventory.reserve(concrete, reference=reference, actor="checkout")
@@ -359,7 +343,7 @@ def test_line_operations_reject_invalid_input(
 
 
 def test_thirty_concurrent_reservations_of_ten_units_never_oversell(db: peewee.Database) -> None:
-    product_id = make_product(on_hand=10)
+    product_id = insert_product(on_hand=10)
     outcomes = run_concurrently(
         db,
         [
@@ -378,7 +362,7 @@ def test_thirty_concurrent_reservations_of_ten_units_never_oversell(db: peewee.D
 def test_reservations_listing_products_in_opposite_orders_do_not_deadlock(
     db: peewee.Database,
 ) -> None:
-    a, b = make_product(on_hand=100), make_product(on_hand=100)
+    a, b = insert_product(on_hand=100), insert_product(on_hand=100)
     orders = [[(a, 1), (b, 1)], [(b, 1), (a, 1)]] * 10
     outcomes = run_concurrently(
         db,
@@ -391,7 +375,7 @@ def test_reservations_listing_products_in_opposite_orders_do_not_deadlock(
 def test_concurrent_sales_adjustments_and_reservations_keep_the_ledger_exact(
     db: peewee.Database,
 ) -> None:
-    product_id = make_product(on_hand=20, reserved=10)
+    product_id = insert_product(on_hand=20, reserved=10)
     works: list[Callable[[], object]] = []
     for i in range(10):
         works.append(
@@ -452,7 +436,7 @@ def test_upper_case_keys_are_the_same_key(db: peewee.Database) -> None:
 
 
 def test_twenty_concurrent_calls_with_one_key_run_once(db: peewee.Database) -> None:
-    product_id = make_product()
+    product_id = insert_product()
     key = new_key()
     calls: list[int] = []
 
@@ -505,7 +489,7 @@ def test_principals_have_separate_keys(db: peewee.Database) -> None:
 def test_a_failed_call_stores_nothing_and_undoes_its_writes(
     db: peewee.Database, error: Exception
 ) -> None:
-    product_id = make_product()
+    product_id = insert_product()
     key = new_key()
 
     def failing() -> bytes:
@@ -575,7 +559,7 @@ def test_a_stale_claim_and_an_expired_key_are_taken_over(db: peewee.Database) ->
 
 
 def test_a_call_whose_claim_was_taken_over_rolls_back(db: peewee.Database) -> None:
-    product_id = make_product()
+    product_id = insert_product()
     key = new_key()
 
     def overtaken() -> bytes:
