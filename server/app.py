@@ -29,7 +29,12 @@ from storefront.v1 import (
 
 from server import migrations
 from server.config import Settings
-from server.db import close_database, init_database
+from server.db import (
+    close_database,
+    close_idle_connections,
+    database_reachable,
+    init_database,
+)
 from server.domain import key_files, sessions, tokens
 from server.domain.passwords import PasswordHasher
 from server.domain.product_cache import ProductCache
@@ -115,12 +120,11 @@ class App:
         """Reports NOT_SERVING while the database is unreachable, SERVING when it is back."""
         serving = True
         while not self._stopping.wait(self.settings.health_check_seconds):
-            try:
-                with self.db.connection_context():
-                    self.db.execute_sql("SELECT 1")
-                healthy = True
-            except peewee.PeeweeException:
-                healthy = False
+            healthy = database_reachable(self.db)
+            if not healthy:
+                # Idle pooled connections may be dead (or, on SQLite, still open on a file that
+                # is gone): drop them so calls reconnect and fail or recover honestly.
+                close_idle_connections(self.db)
             if healthy != serving and not self._stopping.is_set():
                 log.warning("database %s", "reachable again" if healthy else "unreachable")
                 self.set_serving(healthy)
