@@ -21,21 +21,25 @@ from prometheus_client import CollectorRegistry, disable_created_metrics, start_
 from storefront.v1 import (
     catalog_service_pb2,
     catalog_service_pb2_grpc,
+    currency_service_pb2,
+    currency_service_pb2_grpc,
     identity_service_pb2,
     identity_service_pb2_grpc,
     inventory_service_pb2,
     inventory_service_pb2_grpc,
+    shipping_service_pb2,
+    shipping_service_pb2_grpc,
 )
 
 from server import migrations
-from server.config import Settings
+from server.config import ConfigError, Settings
 from server.db import (
     close_database,
     close_idle_connections,
     database_reachable,
     init_database,
 )
-from server.domain import key_files, sessions, tokens
+from server.domain import exchange_rates, key_files, sessions, shipping, tokens
 from server.domain.passwords import PasswordHasher
 from server.domain.product_cache import ProductCache
 from server.domain.sessions import SessionPolicy
@@ -45,9 +49,11 @@ from server.interceptors.errors import ErrorInterceptor
 from server.interceptors.metrics import MetricsInterceptor, ServerMetrics
 from server.interceptors.request_log import RequestLogInterceptor
 from server.services.catalog_service import CatalogServicer
+from server.services.currency_service import CurrencyServicer
 from server.services.health_service import HealthServicer
 from server.services.identity_service import IdentityServicer
 from server.services.inventory_service import InventoryServicer
+from server.services.shipping_service import ShippingServicer
 
 log = logging.getLogger("storefront")
 
@@ -147,6 +153,26 @@ def load_page_token_secret(settings: Settings) -> bytes:
     return secret
 
 
+def load_shipping_rules(settings: Settings, db: peewee.Database) -> shipping.Rules:
+    """Returns the validated shipping rules; raises ConfigError naming the variable.
+
+    The rules' currency must have an exchange rate, or no quote in another currency could be made.
+    """
+    name = "STOREFRONT_SHIPPING_RULES_FILE"
+    try:
+        rules = shipping.load_rules(settings.shipping_rules_file)
+    except shipping.RulesError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    with db.connection_context():
+        supported = exchange_rates.is_supported(rules.currency)
+    if not supported:
+        raise ConfigError(
+            f"{name}: {settings.shipping_rules_file}: currency {rules.currency} has no exchange "
+            "rate; use a supported currency (CurrencyService.ListCurrencies)"
+        )
+    return rules
+
+
 def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     if not settings.tls_enabled:
         return None
@@ -162,7 +188,8 @@ def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 def create_app(settings: Settings) -> App:
     """Builds the server for `settings`, bound to its port but not started.
 
-    Refuses to build on an out-of-date schema or if any RPC lacks an access rule.
+    Refuses to build on an out-of-date schema, if any RPC lacks an access rule, or (ConfigError)
+    on invalid shipping rules.
     """
     db = init_database(settings.database_url, pool_size=settings.db_pool_size)
     migrations.check_schema(db)
@@ -186,6 +213,7 @@ def create_app(settings: Settings) -> App:
         refresh_ttl=dt.timedelta(seconds=settings.refresh_token_ttl_seconds),
     )
     page_token_secret = load_page_token_secret(settings)
+    shipping_rules = load_shipping_rules(settings, db)
 
     # Each entry: the service descriptor (its access rules), and how to register the servicer.
     services: list[tuple[ServiceDescriptor, Callable[[grpc.Server], None]]] = [
@@ -205,6 +233,18 @@ def create_app(settings: Settings) -> App:
             inventory_service_pb2.DESCRIPTOR.services_by_name["InventoryService"],
             lambda server: inventory_service_pb2_grpc.add_InventoryServiceServicer_to_server(
                 InventoryServicer(page_token_secret), server
+            ),
+        ),
+        (
+            currency_service_pb2.DESCRIPTOR.services_by_name["CurrencyService"],
+            lambda server: currency_service_pb2_grpc.add_CurrencyServiceServicer_to_server(
+                CurrencyServicer(), server
+            ),
+        ),
+        (
+            shipping_service_pb2.DESCRIPTOR.services_by_name["ShippingService"],
+            lambda server: shipping_service_pb2_grpc.add_ShippingServiceServicer_to_server(
+                ShippingServicer(shipping_rules), server
             ),
         ),
     ]

@@ -55,6 +55,9 @@ def _serve(settings: Settings) -> int:
     except migrations.SchemaOutOfDate as exc:
         print(f"storefront: {exc}", file=sys.stderr)
         return 1
+    except ConfigError as exc:
+        print(f"storefront: configuration error: {exc}", file=sys.stderr)
+        return 2
     app.start()
     stop_requested = threading.Event()
 

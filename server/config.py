@@ -8,6 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Files shipped with storefront (the default shipping rules, the demo catalog).
+SHIPPED_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DEFAULT_SHIPPING_RULES_FILE = SHIPPED_DATA_DIR / "shipping_rules.json"
+
 
 class ConfigError(Exception):
     """A configuration value is invalid; the message names the variable."""
@@ -105,6 +109,11 @@ VARIABLES: tuple[Variable, ...] = (
         "2",
         "Password hashes computed at once per process (argon2id uses 19 MiB each).",
     ),
+    Variable(
+        "STOREFRONT_SHIPPING_RULES_FILE",
+        "data/shipping_rules.json (shipped)",
+        "Shipping rules (JSON: zones, costs, free-shipping thresholds); checked at start-up.",
+    ),
     Variable("STOREFRONT_TLS_CERT_FILE", "", "Server certificate (PEM); enables TLS with the key."),
     Variable("STOREFRONT_TLS_KEY_FILE", "", "Server private key (PEM)."),
     Variable(
@@ -144,6 +153,7 @@ class Settings:
     token_leeway_seconds: int = 10
     page_token_secret_file: Path | None = None
     password_hash_concurrency: int = 2
+    shipping_rules_file: Path = DEFAULT_SHIPPING_RULES_FILE
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
@@ -204,7 +214,9 @@ class Settings:
                 "STOREFRONT_TLS_CLIENT_CA_FILE: mutual TLS needs "
                 "STOREFRONT_TLS_CERT_FILE and STOREFRONT_TLS_KEY_FILE"
             )
+        shipping_rules = r.path("STOREFRONT_SHIPPING_RULES_FILE")
         for name, path in (
+            ("STOREFRONT_SHIPPING_RULES_FILE", shipping_rules),
             ("STOREFRONT_TLS_CERT_FILE", tls_cert),
             ("STOREFRONT_TLS_KEY_FILE", tls_key),
             ("STOREFRONT_TLS_CLIENT_CA_FILE", client_ca),
@@ -253,6 +265,7 @@ class Settings:
             token_leeway_seconds=r.integer("STOREFRONT_TOKEN_LEEWAY_SECONDS", 10, 0, 30),
             page_token_secret_file=page_secret or data_dir / "page-token.key",
             password_hash_concurrency=r.integer("STOREFRONT_PASSWORD_HASH_CONCURRENCY", 2, 1, 64),
+            shipping_rules_file=shipping_rules or DEFAULT_SHIPPING_RULES_FILE,
             tls_cert_file=tls_cert,
             tls_key_file=tls_key,
             tls_client_ca_file=client_ca,

@@ -11,6 +11,7 @@ import pytest
 
 from server import db as dbmod
 from server import migrations
+from server.migrations import m0003_currency
 from server.models.product import Product
 from server.models.stock import StockLevel
 
@@ -62,7 +63,8 @@ def engine_db(
 
 
 def empty_tables(db: peewee.Database) -> None:
-    """Deletes every row except the migration history."""
+    """Deletes every row except the migration history, then restores the seeded exchange
+    rates."""
     with db.connection_context():
         schema = getattr(db, "storefront_schema", None)
         # The SQLite full-text index follows products through triggers; it is not emptied itself.
@@ -80,6 +82,16 @@ def empty_tables(db: peewee.Database) -> None:
             for table in tables:
                 db.execute_sql(f'DELETE FROM "{table}"')
             db.execute_sql("PRAGMA foreign_keys = ON")
+        reseed_exchange_rates(db)
+
+
+def reseed_exchange_rates(db: peewee.Database) -> None:
+    """Puts the migration's seed rates back, as a fresh database has them."""
+    rows = m0003_currency.seed_rows(dbmod.utcnow())
+    table = peewee.Table("exchange_rates", list(rows[0])).bind(db)
+    with db.atomic():
+        table.delete().execute()
+        table.insert(rows).execute()
 
 
 @pytest.fixture

@@ -6,7 +6,13 @@ import grpc
 import pytest
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
-from storefront.v1 import catalog_service_pb2, identity_service_pb2, inventory_service_pb2
+from storefront.v1 import (
+    catalog_service_pb2,
+    currency_service_pb2,
+    identity_service_pb2,
+    inventory_service_pb2,
+    shipping_service_pb2,
+)
 
 from server.domain.principal import Role
 from server.interceptors.auth import access_rules
@@ -16,6 +22,8 @@ SERVICES = [
     identity_service_pb2.DESCRIPTOR.services_by_name["IdentityService"],
     catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"],
     inventory_service_pb2.DESCRIPTOR.services_by_name["InventoryService"],
+    currency_service_pb2.DESCRIPTOR.services_by_name["CurrencyService"],
+    shipping_service_pb2.DESCRIPTOR.services_by_name["ShippingService"],
 ]
 ANONYMOUS = "anonymous"
 CALLERS = [ANONYMOUS, Role.CUSTOMER, Role.STAFF, Role.ADMIN, Role.SERVICE]
@@ -52,6 +60,10 @@ EXPECTED: dict[str, str | frozenset[Role]] = {
     "/storefront.v1.InventoryService/BatchGetStockLevels": PUBLIC,
     "/storefront.v1.InventoryService/AdjustStock": STAFF,
     "/storefront.v1.InventoryService/ListStockMovements": STAFF,
+    "/storefront.v1.CurrencyService/ListCurrencies": PUBLIC,
+    "/storefront.v1.CurrencyService/ConvertMoney": PUBLIC,
+    "/storefront.v1.CurrencyService/UpdateExchangeRates": STAFF,
+    "/storefront.v1.ShippingService/GetShippingQuote": PUBLIC,
 }
 
 

@@ -195,6 +195,26 @@ def test_a_bad_setting_exits_2_with_one_line_naming_it(
     assert variable in lines[0] and value in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [(None, "file not found"), ('{"currency": "USD"}', "zones: is required")],
+    ids=["missing", "invalid"],
+)
+def test_bad_shipping_rules_stop_serve_with_one_line_naming_the_variable(
+    tmp_path: Path, content: str | None, problem: str
+) -> None:
+    rules = tmp_path / "rules.json"
+    if content is not None:
+        rules.write_text(content)
+    assert storefront("migrate", env=cli_env(tmp_path)).returncode == 0
+    result = storefront("serve", env=cli_env(tmp_path, STOREFRONT_SHIPPING_RULES_FILE=str(rules)))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("storefront: configuration error: STOREFRONT_SHIPPING_RULES_FILE: ")
+    assert problem in lines[0]
+
+
 def test_an_unknown_setting_is_refused(tmp_path: Path) -> None:
     result = storefront("serve", env=cli_env(tmp_path, STOREFRONT_GRPC_ADRESS="127.0.0.1:1"))
     assert result.returncode == 2

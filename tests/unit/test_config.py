@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from server.config import VARIABLES, ConfigError, Settings
+from server.config import DEFAULT_SHIPPING_RULES_FILE, VARIABLES, ConfigError, Settings
 
 
 def test_defaults_serve_development_on_sqlite_in_var() -> None:
@@ -19,6 +19,8 @@ def test_defaults_serve_development_on_sqlite_in_var() -> None:
     assert settings.access_token_ttl_seconds == 900
     assert settings.jwt_signing_key_file == Path("var/jwt-signing-key.pem")
     assert not settings.tls_enabled
+    assert settings.shipping_rules_file == DEFAULT_SHIPPING_RULES_FILE
+    assert DEFAULT_SHIPPING_RULES_FILE.is_file()
 
 
 @pytest.mark.parametrize(
@@ -40,6 +42,10 @@ def test_defaults_serve_development_on_sqlite_in_var() -> None:
         (
             {"STOREFRONT_JWT_VERIFY_KEY_FILES": "/nonexistent.pem"},
             "STOREFRONT_JWT_VERIFY_KEY_FILES",
+        ),
+        (
+            {"STOREFRONT_SHIPPING_RULES_FILE": "/nonexistent/rules.json"},
+            "STOREFRONT_SHIPPING_RULES_FILE",
         ),
         ({"STOREFRONT_TYPO": "1"}, "STOREFRONT_TYPO"),
     ],

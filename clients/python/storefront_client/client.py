@@ -10,9 +10,11 @@ from typing import Any, Generic, TypeVar, overload
 import grpc
 from storefront.v1 import (
     catalog_service_pb2_grpc,
+    currency_service_pb2_grpc,
     identity_service_pb2,
     identity_service_pb2_grpc,
     inventory_service_pb2_grpc,
+    shipping_service_pb2_grpc,
 )
 
 from storefront_client.auth import (
@@ -64,6 +66,8 @@ class StorefrontClient:
     identity = ServiceStub(identity_service_pb2_grpc.IdentityServiceStub)
     catalog = ServiceStub(catalog_service_pb2_grpc.CatalogServiceStub)
     inventory = ServiceStub(inventory_service_pb2_grpc.InventoryServiceStub)
+    currency = ServiceStub(currency_service_pb2_grpc.CurrencyServiceStub)
+    shipping = ServiceStub(shipping_service_pb2_grpc.ShippingServiceStub)
 
     def __init__(
         self,
