@@ -215,6 +215,10 @@ def create_app(settings: Settings) -> App:
     page_token_secret = load_page_token_secret(settings)
     shipping_rules = load_shipping_rules(settings, db)
 
+    # The *_created series have no counterpart in go-grpc-middleware's metrics.
+    disable_created_metrics()
+    metrics = ServerMetrics(CollectorRegistry())
+
     # Each entry: the service descriptor (its access rules), and how to register the servicer.
     services: list[tuple[ServiceDescriptor, Callable[[grpc.Server], None]]] = [
         (
@@ -250,9 +254,6 @@ def create_app(settings: Settings) -> App:
     ]
     rules = access_rules(descriptor for descriptor, _ in services)
 
-    # The *_created series have no counterpart in go-grpc-middleware's metrics.
-    disable_created_metrics()
-    metrics = ServerMetrics(CollectorRegistry())
     # Outermost first. The database scope wraps auth because auth checks, with one indexed
     # query, that the token's session is still live.
     interceptors = [
