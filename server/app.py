@@ -78,14 +78,20 @@ class App:
     _watcher: threading.Thread | None = None
 
     def start(self) -> None:
-        """Starts serving RPCs, metrics and the database health watch."""
-        self.server.start()
+        """Starts serving metrics, RPCs and the database health watch."""
         if self.settings.metrics_address:
             host, _, port = self.settings.metrics_address.rpartition(":")
-            self._metrics_httpd, _ = start_http_server(
-                int(port), host.strip("[]"), registry=self.metrics.registry
-            )
+            try:
+                self._metrics_httpd, _ = start_http_server(
+                    int(port), host.strip("[]"), registry=self.metrics.registry
+                )
+            except OSError as exc:
+                raise ConfigError(
+                    f"STOREFRONT_METRICS_ADDRESS: cannot listen on "
+                    f"{self.settings.metrics_address} ({exc.strerror})"
+                ) from None
             self.metrics_port = self._metrics_httpd.server_port
+        self.server.start()
         self._watcher = threading.Thread(target=self._watch_database, name="db-health", daemon=True)
         self._watcher.start()
 
@@ -286,10 +292,16 @@ def create_app(settings: Settings) -> App:
         )
 
     credentials = _server_credentials(settings)
-    if credentials is None:
-        port = server.add_insecure_port(settings.grpc_address)
-    else:
-        port = server.add_secure_port(settings.grpc_address, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(settings.grpc_address)
+        else:
+            port = server.add_secure_port(settings.grpc_address, credentials)
+    except RuntimeError:
+        raise ConfigError(
+            f"STOREFRONT_GRPC_ADDRESS: cannot listen on {settings.grpc_address} "
+            "(in use by another process?)"
+        ) from None
 
     app = App(
         server=server,

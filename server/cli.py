@@ -58,7 +58,11 @@ def _serve(settings: Settings) -> int:
     except ConfigError as exc:
         print(f"storefront: configuration error: {exc}", file=sys.stderr)
         return 2
-    app.start()
+    try:
+        app.start()
+    except ConfigError as exc:
+        print(f"storefront: configuration error: {exc}", file=sys.stderr)
+        return 2
     stop_requested = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:

@@ -215,6 +215,24 @@ def test_bad_shipping_rules_stop_serve_with_one_line_naming_the_variable(
     assert problem in lines[0]
 
 
+@pytest.mark.parametrize("variable", ["STOREFRONT_GRPC_ADDRESS", "STOREFRONT_METRICS_ADDRESS"])
+def test_a_port_in_use_stops_serve_with_a_line_naming_the_variable(
+    tmp_path: Path, variable: str
+) -> None:
+    assert storefront("migrate", env=cli_env(tmp_path)).returncode == 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = storefront("serve", env=cli_env(tmp_path, **{variable: address}))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    # grpc's C core may log its own line about the failed bind before ours.
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"storefront: configuration error: {variable}: cannot listen on")
+    assert address in last
+
+
 def test_an_unknown_setting_is_refused(tmp_path: Path) -> None:
     result = storefront("serve", env=cli_env(tmp_path, STOREFRONT_GRPC_ADRESS="127.0.0.1:1"))
     assert result.returncode == 2
