@@ -19,6 +19,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
 from storefront.v1 import (
+    cart_service_pb2,
+    cart_service_pb2_grpc,
     catalog_service_pb2,
     catalog_service_pb2_grpc,
     currency_service_pb2,
@@ -48,6 +50,7 @@ from server.interceptors.db_scope import DatabaseScopeInterceptor
 from server.interceptors.errors import ErrorInterceptor
 from server.interceptors.metrics import MetricsInterceptor, ServerMetrics
 from server.interceptors.request_log import RequestLogInterceptor
+from server.services.cart_service import CartServicer
 from server.services.catalog_service import CatalogServicer
 from server.services.currency_service import CurrencyServicer
 from server.services.health_service import HealthServicer
@@ -255,6 +258,12 @@ def create_app(settings: Settings) -> App:
             shipping_service_pb2.DESCRIPTOR.services_by_name["ShippingService"],
             lambda server: shipping_service_pb2_grpc.add_ShippingServiceServicer_to_server(
                 ShippingServicer(shipping_rules), server
+            ),
+        ),
+        (
+            cart_service_pb2.DESCRIPTOR.services_by_name["CartService"],
+            lambda server: cart_service_pb2_grpc.add_CartServiceServicer_to_server(
+                CartServicer(), server
             ),
         ),
     ]

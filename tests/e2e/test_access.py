@@ -7,6 +7,7 @@ import pytest
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 from storefront.v1 import (
+    cart_service_pb2,
     catalog_service_pb2,
     currency_service_pb2,
     identity_service_pb2,
@@ -24,11 +25,13 @@ SERVICES = [
     inventory_service_pb2.DESCRIPTOR.services_by_name["InventoryService"],
     currency_service_pb2.DESCRIPTOR.services_by_name["CurrencyService"],
     shipping_service_pb2.DESCRIPTOR.services_by_name["ShippingService"],
+    cart_service_pb2.DESCRIPTOR.services_by_name["CartService"],
 ]
 ANONYMOUS = "anonymous"
 CALLERS = [ANONYMOUS, Role.CUSTOMER, Role.STAFF, Role.ADMIN, Role.SERVICE]
 USERS = frozenset({Role.CUSTOMER, Role.STAFF, Role.ADMIN})
 STAFF = frozenset({Role.STAFF, Role.ADMIN})
+CUSTOMERS = frozenset({Role.CUSTOMER})
 PUBLIC = "public"
 
 # Who may call each RPC. A new RPC without a row here fails test_every_rpc_has_a_row.
@@ -64,6 +67,11 @@ EXPECTED: dict[str, str | frozenset[Role]] = {
     "/storefront.v1.CurrencyService/ConvertMoney": PUBLIC,
     "/storefront.v1.CurrencyService/UpdateExchangeRates": STAFF,
     "/storefront.v1.ShippingService/GetShippingQuote": PUBLIC,
+    "/storefront.v1.CartService/GetCart": CUSTOMERS,
+    "/storefront.v1.CartService/AddCartItem": CUSTOMERS,
+    "/storefront.v1.CartService/UpdateCartItem": CUSTOMERS,
+    "/storefront.v1.CartService/RemoveCartItem": CUSTOMERS,
+    "/storefront.v1.CartService/EmptyCart": CUSTOMERS,
 }
 
 

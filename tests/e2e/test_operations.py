@@ -87,6 +87,7 @@ def test_health_list_names_every_service_and_the_server(running: Running) -> Non
         "storefront.v1.InventoryService",
         "storefront.v1.CurrencyService",
         "storefront.v1.ShippingService",
+        "storefront.v1.CartService",
     }
     assert {s.status for s in listed.statuses.values()} == {ServingStatus.SERVING}
 

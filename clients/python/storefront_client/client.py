@@ -9,6 +9,7 @@ from typing import Any, Generic, TypeVar, overload
 
 import grpc
 from storefront.v1 import (
+    cart_service_pb2_grpc,
     catalog_service_pb2_grpc,
     currency_service_pb2_grpc,
     identity_service_pb2,
@@ -68,6 +69,7 @@ class StorefrontClient:
     inventory = ServiceStub(inventory_service_pb2_grpc.InventoryServiceStub)
     currency = ServiceStub(currency_service_pb2_grpc.CurrencyServiceStub)
     shipping = ServiceStub(shipping_service_pb2_grpc.ShippingServiceStub)
+    cart = ServiceStub(cart_service_pb2_grpc.CartServiceStub)
 
     def __init__(
         self,
