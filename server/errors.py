@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 
 
@@ -93,6 +94,14 @@ class Unavailable(DomainError):
     reason: str = "UNAVAILABLE"
 
 
+def is_id(value: str) -> bool:
+    """Whether `value` has the form of a server-generated id: a lower-case UUID."""
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
 class Validator:
     """Collects field violations and raises them together as one InvalidArgument."""
 
@@ -107,6 +116,13 @@ class Validator:
         """Records a violation unless `condition` holds."""
         if not condition:
             self.add(field_path, description)
+
+    def check_id(self, field_path: str, value: str, kind: str) -> None:
+        """Records a violation unless `value` is present and has the form of a `kind` id."""
+        if not value:
+            self.add(field_path, "is required")
+        elif not is_id(value):
+            self.add(field_path, f"must be a {kind} id (a lower-case UUID)")
 
     def raise_if_any(self, message: str = "The request has invalid fields.") -> None:
         """Raises InvalidArgument listing every recorded violation, if there are any."""

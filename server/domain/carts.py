@@ -78,18 +78,8 @@ class CartView:
         return sum(line.quantity for line in self.lines)
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False
-
-
 def _check_line_id(v: Validator, line_id: str) -> None:
-    if not line_id:
-        v.add("line_id", "is required")
-    elif not _is_uuid(line_id):
-        v.add("line_id", "must be a cart line id (a lower-case UUID)")
+    v.check_id("line_id", line_id, "cart line")
 
 
 def _line_not_found() -> NotFound:
@@ -174,7 +164,7 @@ def _touch(owner: str, now: dt.datetime) -> None:
 
 def check_add(v: Validator, *, product_id: str, quantity: int) -> None:
     """Records the violations of an AddCartItem request's fields in `v`."""
-    inventory.check_product_id(v, "product_id", product_id)
+    v.check_id("product_id", product_id, "product")
     if not 1 <= quantity <= MAX_QUANTITY:
         v.add("quantity", f"must be between 1 and {MAX_QUANTITY}")
 

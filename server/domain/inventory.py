@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import unicodedata
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -47,21 +46,6 @@ def _product_not_found() -> NotFound:
     return NotFound("The product does not exist.", reason="PRODUCT_NOT_FOUND")
 
 
-def _is_product_id(value: str) -> bool:
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False
-
-
-def check_product_id(v: Validator, field: str, product_id: str) -> None:
-    """Records a violation unless `product_id` looks like a product id (a lower-case UUID)."""
-    if not product_id:
-        v.add(field, "is required")
-    elif not _is_product_id(product_id):
-        v.add(field, "must be a product id (a lower-case UUID)")
-
-
 def _check_text(v: Validator, field: str, raw: str, max_length: int) -> str:
     text = raw.strip()
     if not text:
@@ -79,7 +63,7 @@ def _check_text(v: Validator, field: str, raw: str, max_length: int) -> str:
 def get_level(product_id: str) -> StockLevel:
     """Returns the product's stock level; raises NotFound if no product has the id."""
     v = Validator()
-    check_product_id(v, "product_id", product_id)
+    v.check_id("product_id", product_id, "product")
     v.raise_if_any()
     level = StockLevel.get_or_none(StockLevel.product == product_id)
     if level is None:
@@ -96,7 +80,7 @@ def batch_get_levels(product_ids: Sequence[str]) -> tuple[list[StockLevel], list
         v.add("product_ids", f"must list at most {MAX_BATCH_IDS} product ids")
     else:
         for index, product_id in enumerate(product_ids):
-            check_product_id(v, f"product_ids[{index}]", product_id)
+            v.check_id(f"product_ids[{index}]", product_id, "product")
     v.raise_if_any()
     found = {
         level.product_id: level
@@ -121,7 +105,7 @@ def list_movements(
 ) -> listing.Page[StockMovement]:
     """Returns one page of the product's ledger, newest first; raises NotFound."""
     v = Validator()
-    check_product_id(v, "product_id", product_id)
+    v.check_id("product_id", product_id, "product")
     v.raise_if_any()
     # Bound to the product: a token from one product's ledger is refused for another's.
     request = listing.parse_list_request(
@@ -145,7 +129,7 @@ def list_movements(
 
 def check_adjustment(v: Validator, *, product_id: str, delta: int, reason: str) -> str:
     """Records the violations of an adjustment's fields in `v`; returns the trimmed reason."""
-    check_product_id(v, "product_id", product_id)
+    v.check_id("product_id", product_id, "product")
     if delta == 0:
         v.add("delta", "must not be zero")
     elif abs(delta) > MAX_DELTA:
@@ -348,7 +332,7 @@ def _merged_lines(
         v.add("lines", f"must have at most {MAX_LINES} lines")
     totals: dict[str, int] = {}
     for index, (product_id, quantity) in enumerate(lines[:MAX_LINES]):
-        check_product_id(v, f"lines[{index}].product_id", product_id)
+        v.check_id(f"lines[{index}].product_id", product_id, "product")
         if not 1 <= quantity <= MAX_DELTA:
             v.add(f"lines[{index}].quantity", f"must be between 1 and {MAX_DELTA:,}")
         totals[product_id] = totals.get(product_id, 0) + quantity

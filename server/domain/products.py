@@ -342,23 +342,9 @@ def validate_fields(
     return _Values(columns, categories)
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False
-
-
-def _check_product_id(v: Validator, path: str, product_id: str) -> None:
-    if not product_id:
-        v.add(path, "is required")
-    elif not _is_uuid(product_id):
-        v.add(path, "must be a product id (a lower-case UUID)")
-
-
 def _require_product_id(path: str, product_id: str) -> None:
     v = Validator()
-    _check_product_id(v, path, product_id)
+    v.check_id(path, product_id, "product")
     v.raise_if_any()
 
 
@@ -411,7 +397,7 @@ def batch_get(product_ids: Sequence[str], *, cache: ProductCache | None = None) 
         v.add("product_ids", f"must list at most {BATCH_GET_MAX} product ids")
     else:
         for index, product_id in enumerate(product_ids):
-            _check_product_id(v, f"product_ids[{index}]", product_id)
+            v.check_id(f"product_ids[{index}]", product_id, "product")
     v.raise_if_any()
 
     found: dict[str, Product] = {}
@@ -538,7 +524,7 @@ def update(
 ) -> Product:
     """Updates the fields named in `paths`; raises NotFound, Aborted, FailedPrecondition..."""
     v = Validator()
-    _check_product_id(v, "product.id", product_id)
+    v.check_id("product.id", product_id, "product")
     names: set[str] = set()
     if not paths:
         v.add("update_mask", "must name at least one field")

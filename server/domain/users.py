@@ -15,7 +15,7 @@ from server.domain import listing
 from server.domain import passwords as passwords_mod
 from server.domain.passwords import PasswordHasher
 from server.domain.principal import Principal, Role
-from server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound, Validator
+from server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound, Validator, is_id
 from server.models import session as session_model
 from server.models import user as user_model
 from server.models.session import Session
@@ -158,22 +158,15 @@ def create_admin(*, email: str, passwords: PasswordHasher) -> tuple[User, str]:
 
 def get_or_raise(user_id: str) -> User:
     """Returns the user with the given id; raises NotFound."""
-    user = user_model.get(user_id) if _is_uuid(user_id) else None
+    user = user_model.get(user_id) if is_id(user_id) else None
     if user is None:
         raise NotFound("The user does not exist.", reason="USER_NOT_FOUND")
     return user
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False
-
-
 def _check_user_id(user_id: str) -> None:
     v = Validator()
-    v.check(_is_uuid(user_id), "user_id", "must be a user id (a lower-case UUID)")
+    v.check_id("user_id", user_id, "user")
     v.raise_if_any()
 
 
@@ -210,7 +203,7 @@ def update_current(
 def set_role(*, actor: Principal, user_id: str, role: Role | None) -> User:
     """Sets a user's role; administrators cannot change their own."""
     v = Validator()
-    v.check(_is_uuid(user_id), "user_id", "must be a user id (a lower-case UUID)")
+    v.check_id("user_id", user_id, "user")
     v.check(role in USER_ROLES, "role", "must be ROLE_CUSTOMER, ROLE_STAFF or ROLE_ADMIN")
     v.raise_if_any()
     assert role is not None
