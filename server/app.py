@@ -23,12 +23,16 @@ from storefront.v1 import (
     cart_service_pb2_grpc,
     catalog_service_pb2,
     catalog_service_pb2_grpc,
+    checkout_service_pb2,
+    checkout_service_pb2_grpc,
     currency_service_pb2,
     currency_service_pb2_grpc,
     identity_service_pb2,
     identity_service_pb2_grpc,
     inventory_service_pb2,
     inventory_service_pb2_grpc,
+    order_service_pb2,
+    order_service_pb2_grpc,
     shipping_service_pb2,
     shipping_service_pb2_grpc,
 )
@@ -41,7 +45,16 @@ from server.db import (
     database_reachable,
     init_database,
 )
-from server.domain import exchange_rates, key_files, sessions, shipping, tokens
+from server.domain import (
+    checkout,
+    exchange_rates,
+    key_files,
+    payment_jobs,
+    sessions,
+    shipping,
+    taxes,
+    tokens,
+)
 from server.domain.passwords import PasswordHasher
 from server.domain.product_cache import ProductCache
 from server.domain.sessions import SessionPolicy
@@ -50,12 +63,16 @@ from server.interceptors.db_scope import DatabaseScopeInterceptor
 from server.interceptors.errors import ErrorInterceptor
 from server.interceptors.metrics import MetricsInterceptor, ServerMetrics
 from server.interceptors.request_log import RequestLogInterceptor
+from server.payments import CircuitBreaker, HttpPaymentGateway, PaymentGateway, SandboxGateway
+from server.payments.metrics import CommerceMetrics, MeasuredGateway
 from server.services.cart_service import CartServicer
 from server.services.catalog_service import CatalogServicer
+from server.services.checkout_service import CheckoutServicer
 from server.services.currency_service import CurrencyServicer
 from server.services.health_service import HealthServicer
 from server.services.identity_service import IdentityServicer
 from server.services.inventory_service import InventoryServicer
+from server.services.order_service import OrderServicer
 from server.services.shipping_service import ShippingServicer
 
 log = logging.getLogger("storefront")
@@ -75,10 +92,14 @@ class App:
     health: HealthServicer
     service_names: list[str]
     metrics: ServerMetrics
+    # The configured gateway (sandbox or http), unwrapped; servicers use a timed wrapper of it.
+    payment_gateway: PaymentGateway
+    gateway: PaymentGateway
     metrics_port: int | None = None
     _metrics_httpd: Any = None
     _stopping: threading.Event = field(default_factory=threading.Event)
     _watcher: threading.Thread | None = None
+    _reconciler: threading.Thread | None = None
 
     def start(self) -> None:
         """Starts serving metrics, RPCs and the database health watch."""
@@ -97,6 +118,11 @@ class App:
         self.server.start()
         self._watcher = threading.Thread(target=self._watch_database, name="db-health", daemon=True)
         self._watcher.start()
+        if self.settings.reconcile_interval_seconds > 0:
+            self._reconciler = threading.Thread(
+                target=self._reconcile_payments, name="payment-reconciler", daemon=True
+            )
+            self._reconciler.start()
 
     def stop(self, grace: float | None = None) -> None:
         """Drains and stops: health NOT_SERVING, drain period, stop(grace), close the pool."""
@@ -112,6 +138,9 @@ class App:
         self.server.stop(grace).wait()
         if self._watcher is not None:
             self._watcher.join(timeout=self.settings.health_check_seconds + 1)
+        if self._reconciler is not None:
+            # A pass in progress may be waiting on the provider; it is safe to abandon.
+            self._reconciler.join(timeout=grace + 1)
         if self._metrics_httpd is not None:
             self._metrics_httpd.shutdown()
             self._metrics_httpd.server_close()
@@ -144,6 +173,32 @@ class App:
                 log.warning("database %s", "reachable again" if healthy else "unreachable")
                 self.set_serving(healthy)
                 serving = healthy
+
+    def reconcile_once(self) -> payment_jobs.Report:
+        """Runs one reconciliation pass (see payment_jobs) with this app's settings."""
+        with self.db.connection_context():
+            return payment_jobs.reconcile(
+                self.gateway,
+                reconcile_after=dt.timedelta(seconds=self.settings.reconcile_after_seconds),
+                reservation_ttl=dt.timedelta(seconds=self.settings.reservation_ttl_seconds),
+            )
+
+    def _reconcile_payments(self) -> None:
+        """Settles pending payments, expired reservations and pending refunds periodically."""
+        while not self._stopping.wait(self.settings.reconcile_interval_seconds):
+            try:
+                report = self.reconcile_once()
+            except Exception:
+                log.exception("payment reconciliation pass failed; retrying next interval")
+                continue
+            if report.paid or report.failed or report.expired or report.refunds_succeeded:
+                log.info(
+                    "reconciled payments: %d paid, %d failed, %d expired, %d refunds sent",
+                    len(report.paid),
+                    len(report.failed),
+                    len(report.expired),
+                    len(report.refunds_succeeded),
+                )
 
 
 def load_page_token_secret(settings: Settings) -> bytes:
@@ -180,6 +235,38 @@ def load_shipping_rules(settings: Settings, db: peewee.Database) -> shipping.Rul
             "rate; use a supported currency (CurrencyService.ListCurrencies)"
         )
     return rules
+
+
+def load_tax_rates(settings: Settings) -> taxes.TaxRates:
+    """Returns the validated tax rates; raises ConfigError naming the variable."""
+    try:
+        return taxes.load_rates(settings.tax_rates_file)
+    except taxes.TaxRatesError as exc:
+        raise ConfigError(f"STOREFRONT_TAX_RATES_FILE: {exc}") from None
+
+
+def build_payment_gateway(settings: Settings) -> PaymentGateway:
+    """Returns the configured payment gateway; raises ConfigError naming the variable."""
+    if settings.payment_gateway == "sandbox":
+        return SandboxGateway()
+    assert settings.payment_secret_key_file is not None
+    secret = settings.payment_secret_key_file.read_text(encoding="utf-8").strip()
+    try:
+        return HttpPaymentGateway(
+            base_url=settings.payment_base_url,
+            secret_key=secret,
+            connect_timeout=settings.payment_connect_timeout_seconds,
+            read_timeout=settings.payment_read_timeout_seconds,
+            max_retries=settings.payment_max_retries,
+            backoff_seconds=settings.payment_backoff_seconds,
+            breaker=CircuitBreaker(
+                failure_threshold=settings.payment_breaker_failures,
+                reset_seconds=settings.payment_breaker_reset_seconds,
+            ),
+        )
+    except ValueError as exc:
+        variable = "SECRET_KEY_FILE" if "secret" in str(exc) else "BASE_URL"
+        raise ConfigError(f"STOREFRONT_PAYMENT_{variable}: {exc}") from None
 
 
 def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -223,10 +310,21 @@ def create_app(settings: Settings) -> App:
     )
     page_token_secret = load_page_token_secret(settings)
     shipping_rules = load_shipping_rules(settings, db)
+    tax_rates = load_tax_rates(settings)
+    payment_gateway = build_payment_gateway(settings)
 
     # The *_created series have no counterpart in go-grpc-middleware's metrics.
     disable_created_metrics()
     metrics = ServerMetrics(CollectorRegistry())
+    commerce_metrics = CommerceMetrics(metrics.registry)
+    gateway = MeasuredGateway(payment_gateway, commerce_metrics)
+    checkout_config = checkout.Checkout(
+        gateway=gateway,
+        shipping_rules=shipping_rules,
+        tax_rates=tax_rates,
+        on_failure=lambda reason: commerce_metrics.checkout_failures.labels(reason).inc(),
+        on_placed=lambda order: commerce_metrics.orders_placed.labels(order.currency).inc(),
+    )
 
     # Each entry: the service descriptor (its access rules), and how to register the servicer.
     services: list[tuple[ServiceDescriptor, Callable[[grpc.Server], None]]] = [
@@ -264,6 +362,18 @@ def create_app(settings: Settings) -> App:
             cart_service_pb2.DESCRIPTOR.services_by_name["CartService"],
             lambda server: cart_service_pb2_grpc.add_CartServiceServicer_to_server(
                 CartServicer(), server
+            ),
+        ),
+        (
+            checkout_service_pb2.DESCRIPTOR.services_by_name["CheckoutService"],
+            lambda server: checkout_service_pb2_grpc.add_CheckoutServiceServicer_to_server(
+                CheckoutServicer(checkout_config), server
+            ),
+        ),
+        (
+            order_service_pb2.DESCRIPTOR.services_by_name["OrderService"],
+            lambda server: order_service_pb2_grpc.add_OrderServiceServicer_to_server(
+                OrderServicer(page_token_secret, gateway), server
             ),
         ),
     ]
@@ -320,6 +430,8 @@ def create_app(settings: Settings) -> App:
         health=health_servicer,
         service_names=service_names,
         metrics=metrics,
+        payment_gateway=payment_gateway,
+        gateway=gateway,
     )
     app.set_serving(True)
     return app

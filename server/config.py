@@ -11,6 +11,7 @@ from typing import Any
 # Files shipped with storefront (the default shipping rules, the demo catalog).
 SHIPPED_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_SHIPPING_RULES_FILE = SHIPPED_DATA_DIR / "shipping_rules.json"
+DEFAULT_TAX_RATES_FILE = SHIPPED_DATA_DIR / "tax_rates.json"
 
 
 class ConfigError(Exception):
@@ -114,6 +115,74 @@ VARIABLES: tuple[Variable, ...] = (
         "data/shipping_rules.json (shipped)",
         "Shipping rules (JSON: zones, costs, free-shipping thresholds); checked at start-up.",
     ),
+    Variable(
+        "STOREFRONT_TAX_RATES_FILE",
+        "data/tax_rates.json (shipped)",
+        "Tax rates per destination country (JSON); checked at start-up.",
+    ),
+    Variable(
+        "STOREFRONT_PAYMENT_GATEWAY",
+        "sandbox",
+        "sandbox (in-process test tokens, no money) or http (a card-payment API); "
+        "production refuses sandbox.",
+    ),
+    Variable(
+        "STOREFRONT_PAYMENT_BASE_URL",
+        "",
+        "Payment provider base URL, required for http; https unless the host is loopback.",
+    ),
+    Variable(
+        "STOREFRONT_PAYMENT_SECRET_KEY_FILE",
+        "",
+        "File holding the payment provider's secret key, required for http.",
+    ),
+    Variable(
+        "STOREFRONT_PAYMENT_CONNECT_TIMEOUT_SECONDS",
+        "2",
+        "Connect (and TLS handshake) timeout per payment provider attempt.",
+    ),
+    Variable(
+        "STOREFRONT_PAYMENT_READ_TIMEOUT_SECONDS",
+        "10",
+        "Longest wait for each read of the payment provider's answer.",
+    ),
+    Variable(
+        "STOREFRONT_PAYMENT_MAX_RETRIES",
+        "2",
+        "Payment provider retries after the first attempt (same Idempotency-Key), 0..5.",
+    ),
+    Variable(
+        "STOREFRONT_PAYMENT_BACKOFF_SECONDS",
+        "0.25",
+        "First retry pause ceiling (jittered); doubles per retry, capped at 2 s.",
+    ),
+    Variable(
+        "STOREFRONT_PAYMENT_BREAKER_FAILURES",
+        "5",
+        "Consecutive failed payment provider attempts that open the circuit breaker.",
+    ),
+    Variable(
+        "STOREFRONT_PAYMENT_BREAKER_RESET_SECONDS",
+        "30",
+        "Seconds the circuit stays open before one trial call is let through.",
+    ),
+    Variable(
+        "STOREFRONT_RECONCILE_INTERVAL_SECONDS",
+        "10",
+        "How often pending payments, expired reservations and pending refunds are handled; "
+        "0 turns the in-process job off (run `storefront reconcile` instead).",
+    ),
+    Variable(
+        "STOREFRONT_RECONCILE_AFTER_SECONDS",
+        "60",
+        "Age of a charge attempt before the provider is asked for its outcome; must exceed the "
+        "payment client's worst case.",
+    ),
+    Variable(
+        "STOREFRONT_RESERVATION_TTL_SECONDS",
+        "900",
+        "Age at which an order still PENDING_PAYMENT releases its stock (PAYMENT_FAILED).",
+    ),
     Variable("STOREFRONT_TLS_CERT_FILE", "", "Server certificate (PEM); enables TLS with the key."),
     Variable("STOREFRONT_TLS_KEY_FILE", "", "Server private key (PEM)."),
     Variable(
@@ -154,6 +223,19 @@ class Settings:
     page_token_secret_file: Path | None = None
     password_hash_concurrency: int = 2
     shipping_rules_file: Path = DEFAULT_SHIPPING_RULES_FILE
+    tax_rates_file: Path = DEFAULT_TAX_RATES_FILE
+    payment_gateway: str = "sandbox"
+    payment_base_url: str = ""
+    payment_secret_key_file: Path | None = None
+    payment_connect_timeout_seconds: float = 2.0
+    payment_read_timeout_seconds: float = 10.0
+    payment_max_retries: int = 2
+    payment_backoff_seconds: float = 0.25
+    payment_breaker_failures: int = 5
+    payment_breaker_reset_seconds: float = 30.0
+    reconcile_interval_seconds: float = 10.0
+    reconcile_after_seconds: float = 60.0
+    reservation_ttl_seconds: float = 900.0
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
@@ -215,8 +297,12 @@ class Settings:
                 "STOREFRONT_TLS_CERT_FILE and STOREFRONT_TLS_KEY_FILE"
             )
         shipping_rules = r.path("STOREFRONT_SHIPPING_RULES_FILE")
+        tax_rates = r.path("STOREFRONT_TAX_RATES_FILE")
+        payment = _payment_settings(r, production)
         for name, path in (
             ("STOREFRONT_SHIPPING_RULES_FILE", shipping_rules),
+            ("STOREFRONT_TAX_RATES_FILE", tax_rates),
+            ("STOREFRONT_PAYMENT_SECRET_KEY_FILE", payment["payment_secret_key_file"]),
             ("STOREFRONT_TLS_CERT_FILE", tls_cert),
             ("STOREFRONT_TLS_KEY_FILE", tls_key),
             ("STOREFRONT_TLS_CLIENT_CA_FILE", client_ca),
@@ -266,10 +352,82 @@ class Settings:
             page_token_secret_file=page_secret or data_dir / "page-token.key",
             password_hash_concurrency=r.integer("STOREFRONT_PASSWORD_HASH_CONCURRENCY", 2, 1, 64),
             shipping_rules_file=shipping_rules or DEFAULT_SHIPPING_RULES_FILE,
+            tax_rates_file=tax_rates or DEFAULT_TAX_RATES_FILE,
+            **payment,
             tls_cert_file=tls_cert,
             tls_key_file=tls_key,
             tls_client_ca_file=client_ca,
         )
+
+
+def payment_worst_case_seconds(
+    *, connect_timeout: float, read_timeout: float, max_retries: int, backoff: float
+) -> float:
+    """Returns the longest a payment provider call can take: every attempt timing out, plus
+    the retry pauses (each capped at 2 s)."""
+    pauses = sum(min(backoff * 2.0**n, 2.0) for n in range(max_retries))
+    return (1 + max_retries) * (connect_timeout + read_timeout) + pauses
+
+
+def _payment_settings(r: _Reader, production: bool) -> dict[str, Any]:
+    """Reads the payment gateway and reconciliation variables; checks they fit together."""
+    gateway = r.choice("STOREFRONT_PAYMENT_GATEWAY", "sandbox", ("sandbox", "http"))
+    if gateway == "sandbox" and production:
+        raise ConfigError(
+            "STOREFRONT_PAYMENT_GATEWAY: sandbox moves no money; production needs http"
+        )
+    base_url = r.text("STOREFRONT_PAYMENT_BASE_URL", "")
+    secret_file = r.path("STOREFRONT_PAYMENT_SECRET_KEY_FILE")
+    if gateway == "http" and not base_url:
+        raise ConfigError("STOREFRONT_PAYMENT_BASE_URL: required when the gateway is http")
+    if gateway == "http" and secret_file is None:
+        raise ConfigError("STOREFRONT_PAYMENT_SECRET_KEY_FILE: required when the gateway is http")
+    values: dict[str, Any] = {
+        "payment_gateway": gateway,
+        "payment_base_url": base_url,
+        "payment_secret_key_file": secret_file,
+        "payment_connect_timeout_seconds": r.number(
+            "STOREFRONT_PAYMENT_CONNECT_TIMEOUT_SECONDS", 2.0, 0.05, 60.0
+        ),
+        "payment_read_timeout_seconds": r.number(
+            "STOREFRONT_PAYMENT_READ_TIMEOUT_SECONDS", 10.0, 0.05, 120.0
+        ),
+        "payment_max_retries": r.integer("STOREFRONT_PAYMENT_MAX_RETRIES", 2, 0, 5),
+        "payment_backoff_seconds": r.number("STOREFRONT_PAYMENT_BACKOFF_SECONDS", 0.25, 0.0, 2.0),
+        "payment_breaker_failures": r.integer("STOREFRONT_PAYMENT_BREAKER_FAILURES", 5, 1, 1000),
+        "payment_breaker_reset_seconds": r.number(
+            "STOREFRONT_PAYMENT_BREAKER_RESET_SECONDS", 30.0, 0.1, 3600.0
+        ),
+        "reconcile_interval_seconds": r.number(
+            "STOREFRONT_RECONCILE_INTERVAL_SECONDS", 10.0, 0.0, 3600.0
+        ),
+        "reconcile_after_seconds": r.number(
+            "STOREFRONT_RECONCILE_AFTER_SECONDS", 60.0, 0.0, 86400.0
+        ),
+        "reservation_ttl_seconds": r.number(
+            "STOREFRONT_RESERVATION_TTL_SECONDS", 900.0, 1.0, 7 * 86400.0
+        ),
+    }
+    if gateway == "http":
+        worst = payment_worst_case_seconds(
+            connect_timeout=values["payment_connect_timeout_seconds"],
+            read_timeout=values["payment_read_timeout_seconds"],
+            max_retries=values["payment_max_retries"],
+            backoff=values["payment_backoff_seconds"],
+        )
+        # Asked earlier, the provider may not know yet of a charge still being sent, and the
+        # order would be failed while its charge goes through.
+        if values["reconcile_after_seconds"] <= worst:
+            raise ConfigError(
+                f"STOREFRONT_RECONCILE_AFTER_SECONDS: must exceed the payment client's worst "
+                f"case of {worst:g} s (attempts x (connect + read timeout) + pauses)"
+            )
+    if values["reservation_ttl_seconds"] < values["reconcile_after_seconds"]:
+        raise ConfigError(
+            "STOREFRONT_RESERVATION_TTL_SECONDS: must be at least "
+            "STOREFRONT_RECONCILE_AFTER_SECONDS"
+        )
+    return values
 
 
 class _Reader:

@@ -47,7 +47,7 @@ _CLAIM_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
-class _Claim:
+class Claim:
     """A key this call holds: identified by the claim time it wrote."""
 
     principal: str
@@ -95,8 +95,66 @@ def judge(existing: IdempotencyKey, *, digest: str, now: dt.datetime) -> Verdict
     return Verdict.IN_FLIGHT
 
 
-class _TakenOver(Exception):
-    """This call's claim went stale and another call took the key over."""
+def begin(
+    *,
+    principal: str,
+    key: str,
+    operation: str,
+    request_fingerprint: bytes,
+    validate: Callable[[Validator], None] | None = None,
+) -> Claim | bytes:
+    """Validates the request and claims its key in a committed transaction of its own.
+
+    Returns the claim, which the caller must `complete` inside the transaction that makes the
+    change or `abandon` when the change fails; or the stored response of an earlier call. Raises
+    InvalidArgument (nothing claimed), FAILED_PRECONDITION IDEMPOTENCY_KEY_REUSED, or ABORTED
+    REQUEST_IN_FLIGHT. `validate` may add the request's other field violations, so that every
+    invalid field is reported together. Call it outside any transaction.
+    """
+    if database.in_transaction():
+        raise RuntimeError("an idempotency key must be claimed outside a transaction")
+    if not principal or len(principal) > PRINCIPAL_MAX_LENGTH:
+        raise ValueError("an idempotency principal is 1 to 64 characters")
+    if not operation or len(operation) > OPERATION_MAX_LENGTH:
+        raise ValueError("an idempotency operation is 1 to 100 characters")
+    v = Validator()
+    key = check_key(v, "request_id", key)
+    if validate is not None:
+        validate(v)
+    v.raise_if_any()
+
+    digest = request_hash(operation, request_fingerprint)
+    claimed = _claim(principal, key, operation, digest, utcnow())
+    if isinstance(claimed, Claim) and random.randrange(PURGE_ONE_IN) == 0:
+        purge_expired(utcnow())
+    return claimed
+
+
+def complete(claim: Claim, response: bytes) -> None:
+    """Stores the response under the claim; call inside the transaction that made the change.
+
+    Raises ABORTED (REQUEST_IN_FLIGHT) if the claim went stale and another call took the key
+    over: the caller's transaction must then roll back, so only the other call's change stands.
+    """
+    if not database.in_transaction():
+        raise RuntimeError("complete() must run in the transaction that makes the change")
+    stored = (
+        IdempotencyKey.update(state=DONE, response=response)
+        .where(_is_claim(claim) & (IdempotencyKey.state == IN_FLIGHT))
+        .execute()
+    )
+    if stored != 1:
+        raise Aborted(
+            "A retry with the same request_id took over this request; its outcome stands.",
+            reason="REQUEST_IN_FLIGHT",
+        )
+
+
+def abandon(claim: Claim) -> None:
+    """Deletes this call's claim so that a retry runs again; best effort (a claim left behind
+    goes stale and is taken over)."""
+    with contextlib.suppress(peewee.PeeweeException):
+        _forget(claim)
 
 
 def run_once(
@@ -110,54 +168,31 @@ def run_once(
 ) -> bytes:
     """Runs `execute` once per (principal, key) and returns its response, or the stored one.
 
-    `validate` may add the request's other field violations, so that every invalid field is
-    reported together and nothing is claimed for an invalid request. Call it outside any
-    transaction: the claim must be committed before `execute` runs.
+    `execute` runs in one transaction with the storing of its response (see `begin` for the
+    rest). Call it outside any transaction: the claim must be committed before `execute` runs.
     """
-    if database.in_transaction():
-        raise RuntimeError("run_once must not run inside a transaction")
-    if not principal or len(principal) > PRINCIPAL_MAX_LENGTH:
-        raise ValueError("an idempotency principal is 1 to 64 characters")
-    if not operation or len(operation) > OPERATION_MAX_LENGTH:
-        raise ValueError("an idempotency operation is 1 to 100 characters")
-    v = Validator()
-    key = check_key(v, "request_id", key)
-    if validate is not None:
-        validate(v)
-    v.raise_if_any()
-
-    digest = request_hash(operation, request_fingerprint)
-    claim = _claim(principal, key, operation, digest, utcnow())
-    if isinstance(claim, bytes):
-        return claim
-    if random.randrange(PURGE_ONE_IN) == 0:
-        purge_expired(utcnow())
+    claimed = begin(
+        principal=principal,
+        key=key,
+        operation=operation,
+        request_fingerprint=request_fingerprint,
+        validate=validate,
+    )
+    if isinstance(claimed, bytes):
+        return claimed
     try:
         with database.atomic():
             response = execute()
-            stored = (
-                IdempotencyKey.update(state=DONE, response=response)
-                .where(_is_claim(claim) & (IdempotencyKey.state == IN_FLIGHT))
-                .execute()
-            )
-            if stored != 1:
-                raise _TakenOver  # rolls back this call's writes; the other call's stand
-    except _TakenOver:
-        raise Aborted(
-            "A retry with the same request_id took over this request; its outcome stands.",
-            reason="REQUEST_IN_FLIGHT",
-        ) from None
+            complete(claimed, response)  # rolls back this call's writes if it was taken over
     except BaseException:
-        # Best effort: if the database is gone too, the claim goes stale and is taken over.
-        with contextlib.suppress(peewee.PeeweeException):
-            _forget(claim)
+        abandon(claimed)
         raise
     return response
 
 
 def _claim(
     principal: str, key: str, operation: str, digest: str, now: dt.datetime
-) -> _Claim | bytes:
+) -> Claim | bytes:
     """Claims the key in its own committed transaction; returns the claim or a stored response."""
     for _ in range(_CLAIM_ATTEMPTS):
         with database.atomic():
@@ -179,7 +214,7 @@ def _claim(
                 .execute()
             )
             if inserted == 1:
-                return _Claim(principal, key, now)
+                return Claim(principal, key, now)
             existing = IdempotencyKey.get_or_none(
                 (IdempotencyKey.principal == principal) & (IdempotencyKey.key == key)
             )
@@ -218,12 +253,12 @@ def _claim(
                 .execute()
             )
             if taken == 1:
-                return _Claim(principal, key, now)
+                return Claim(principal, key, now)
     # Only reachable if the key is deleted and re-created between statements again and again.
     raise Aborted("The request_id is contended; retry later.", reason="REQUEST_IN_FLIGHT")
 
 
-def _is_claim(claim: _Claim) -> Any:
+def _is_claim(claim: Claim) -> Any:
     return (
         (IdempotencyKey.principal == claim.principal)
         & (IdempotencyKey.key == claim.key)
@@ -231,7 +266,7 @@ def _is_claim(claim: _Claim) -> Any:
     )
 
 
-def _forget(claim: _Claim) -> None:
+def _forget(claim: Claim) -> None:
     """Deletes this call's claim (not one another call has taken over since)."""
     with database.atomic():
         (

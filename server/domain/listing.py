@@ -355,10 +355,10 @@ def parse_filter(spec: ListSpec, text: str) -> tuple[Comparison, ...]:
     # timestamps written as strings, and bare identifiers for enum fields. Functions, the has
     # operator (:), OR, NOT and parentheses are refused rather than guessed at.
     if len(text) > MAX_FILTER_LENGTH:
-        raise _filter_error(f"must be at most {MAX_FILTER_LENGTH} characters")
+        raise filter_error(f"must be at most {MAX_FILTER_LENGTH} characters")
     if _CONTROL_CHARACTERS.search(text):
         # PostgreSQL cannot even compare text with a NUL byte; no field needs control characters.
-        raise _filter_error("must not contain control characters")
+        raise filter_error("must not contain control characters")
     tokens = _tokenize(text)
     if tokens[0].kind == "end":
         return ()
@@ -366,7 +366,7 @@ def parse_filter(spec: ListSpec, text: str) -> tuple[Comparison, ...]:
     index = 0
     while True:
         if len(comparisons) == MAX_FILTER_TERMS:
-            raise _filter_error(f"may have at most {MAX_FILTER_TERMS} comparisons")
+            raise filter_error(f"may have at most {MAX_FILTER_TERMS} comparisons")
         comparison, index = _parse_comparison(spec, tokens, index)
         comparisons.append(comparison)
         token = tokens[index]
@@ -376,11 +376,11 @@ def parse_filter(spec: ListSpec, text: str) -> tuple[Comparison, ...]:
             index += 1
             continue
         if token.kind == "ident" and token.text.upper() in ("OR", "NOT", "AND"):
-            raise _filter_error(
+            raise filter_error(
                 f"{_quote(token.text)} at position {token.position} is not supported; "
                 "join comparisons with AND (uppercase)"
             )
-        raise _filter_error(
+        raise filter_error(
             f"expected AND or the end at position {token.position}, found {_quote(token.text)}"
         )
 
@@ -400,23 +400,23 @@ def _parse_comparison(
 ) -> tuple[Comparison, int]:
     name, op, literal = tokens[index : index + 3]
     if name.kind != "ident" or name.text in ("AND", "OR", "NOT"):
-        raise _filter_error(
+        raise filter_error(
             f"expected a field name at position {name.position}, found {_describe(name)}"
         )
     declared = spec.filter_fields.get(name.text)
     if declared is None:
         allowed = ", ".join(spec.filter_fields) or "none"
-        raise _filter_error(
+        raise filter_error(
             f"cannot filter on {_quote(name.text)}; filterable fields are: {allowed}"
         )
     if op.kind != "op":
-        raise _filter_error(
+        raise filter_error(
             f"expected an operator (= != < <= > >=) after {_quote(name.text)}, "
             f"found {_describe(op)}"
         )
     if op.text not in declared.allowed_operators:
         allowed = " ".join(o for o in OPERATORS if o in declared.allowed_operators)
-        raise _filter_error(f"{_quote(name.text)} supports only: {allowed}")
+        raise filter_error(f"{_quote(name.text)} supports only: {allowed}")
     value = _convert(name.text, declared, literal)
     return Comparison(name.text, op.text, value), index + 3
 
@@ -435,7 +435,7 @@ def _convert(name: str, declared: FilterField, literal: _Token) -> CursorValue:
     if kind is FieldKind.TIMESTAMP and literal.kind == "string":
         timestamp = _parse_rfc3339(str(literal.value))
         if timestamp is None:
-            raise _filter_error(
+            raise filter_error(
                 f"{_quote(name)} expects an RFC 3339 timestamp such as "
                 f'"2026-01-01T00:00:00Z", found {_describe(literal)}'
             )
@@ -447,7 +447,7 @@ def _convert(name: str, declared: FilterField, literal: _Token) -> CursorValue:
         FieldKind.TIMESTAMP: 'a quoted RFC 3339 timestamp such as "2026-01-01T00:00:00Z"',
         FieldKind.ENUM: "one of " + ", ".join(declared.enum_values),
     }[kind]
-    raise _filter_error(f"{_quote(name)} expects {expected}, found {_describe(literal)}")
+    raise filter_error(f"{_quote(name)} expects {expected}, found {_describe(literal)}")
 
 
 def _parse_rfc3339(text: str) -> dt.datetime | None:
@@ -491,10 +491,10 @@ def _tokenize(text: str) -> list[_Token]:
             match = _INTEGER.match(text, i)
             end = match.end() if match else i
             if match is None or (end < n and (text[end].isalnum() or text[end] in "_.")):
-                raise _filter_error(f"invalid number at position {start + 1}")
+                raise filter_error(f"invalid number at position {start + 1}")
             number = int(text[i:end])
             if not _INT64_MIN <= number <= _INT64_MAX:
-                raise _filter_error(f"number at position {start + 1} is out of range")
+                raise filter_error(f"number at position {start + 1} is out of range")
             tokens.append(_Token("int", text[i:end], start + 1, number))
             i = end
         elif char.isascii() and (char.isalpha() or char == "_"):
@@ -515,9 +515,7 @@ def _tokenize(text: str) -> list[_Token]:
                 ")": "; parentheses are not supported",
                 ":": "; the has operator (:) is not supported",
             }.get(char, "")
-            raise _filter_error(
-                f"unexpected character {_quote(char)} at position {start + 1}{hint}"
-            )
+            raise filter_error(f"unexpected character {_quote(char)} at position {start + 1}{hint}")
     tokens.append(_Token("end", "", n + 1))
     # Padding lets the parser look two tokens ahead without bounds checks.
     tokens.extend([tokens[-1], tokens[-1]])
@@ -540,7 +538,7 @@ def _read_string(text: str, start: int) -> tuple[str, int]:
             if not escaped:
                 break
             if escaped not in _ESCAPES:
-                raise _filter_error(
+                raise filter_error(
                     f'unknown escape \\{escaped} at position {i + 1}; use \\" \\\\ \\n \\t or \\r'
                 )
             chars.append(_ESCAPES[escaped])
@@ -548,7 +546,7 @@ def _read_string(text: str, start: int) -> tuple[str, int]:
         else:
             chars.append(char)
             i += 1
-    raise _filter_error(f"unterminated string starting at position {start + 1}")
+    raise filter_error(f"unterminated string starting at position {start + 1}")
 
 
 def _normalize_filter(comparisons: Sequence[Comparison]) -> str:
@@ -627,7 +625,8 @@ def _decode_value(item: Any) -> CursorValue:
 # --- errors -------------------------------------------------------------------------------------
 
 
-def _filter_error(description: str) -> InvalidArgument:
+def filter_error(description: str) -> InvalidArgument:
+    """Returns the INVALID_ARGUMENT error for a bad filter, naming the `filter` field."""
     return InvalidArgument(
         f"Invalid filter: {description}.", violations=[FieldViolation("filter", description)]
     )

@@ -130,3 +130,12 @@ def cross_rate(*, from_rate: Decimal, to_rate: Decimal) -> Decimal:
     digits, for display."""
     context = Context(prec=DISPLAY_RATE_DIGITS, rounding=ROUND_HALF_EVEN)
     return context.divide(to_rate, from_rate)
+
+
+def apply_rate(amount_minor: int, rate: Decimal) -> int:
+    """Returns amount_minor times `rate` (a non-negative fraction such as a tax rate), computed
+    exactly and rounded once, half to even, to an integer number of minor units."""
+    numerator, denominator = _as_fraction(rate)
+    if numerator < 0:
+        raise ValueError("the rate must not be negative")
+    return _round_half_even(amount_minor * numerator, denominator)

@@ -713,12 +713,6 @@ def _scope(show_archived: bool) -> str:
     return f"show_archived={int(show_archived)}"
 
 
-def _filter_error(description: str) -> InvalidArgument:
-    return InvalidArgument(
-        f"Invalid filter: {description}.", violations=[FieldViolation("filter", description)]
-    )
-
-
 def _short(text: str) -> str:
     return repr(text if len(text) <= 40 else text[:37] + "...")
 
@@ -734,7 +728,7 @@ def _list_filter(comparisons: Sequence[listing.Comparison]) -> Any:
                 ProductCategory.select().where(ProductCategory.slug == slug).exists()
             )
             if not exists:
-                raise _filter_error(f"unknown category {_short(str(value))}")
+                raise listing.filter_error(f"unknown category {_short(str(value))}")
             members = ProductCategory.select(ProductCategory.product).where(
                 ProductCategory.slug == slug
             )
@@ -747,7 +741,7 @@ def _list_filter(comparisons: Sequence[listing.Comparison]) -> Any:
         if comparison.field == "price_currency":
             value = str(value).strip().upper()
             if not currencies.is_known(value):
-                raise _filter_error(f"unknown currency {_short(str(comparison.value))}")
+                raise listing.filter_error(f"unknown currency {_short(str(comparison.value))}")
         column = PRODUCT_LIST.filter_fields[comparison.field].column
         expressions.append(listing.OPERATORS[comparison.operator](column, value))
     where = None

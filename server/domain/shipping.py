@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.domain import countries, currencies, exchange_rates
+from server.domain import countries, currencies, exchange_rates, json_files
 from server.domain.exchange_rates import Rate
 from server.domain.money import Money
 from server.errors import FieldViolation, InvalidArgument, Validator
@@ -234,21 +234,7 @@ def parse_rules(document: Any) -> Rules:
 
 def load_rules(path: Path) -> Rules:
     """Reads and validates a rules file; raises RulesError naming the file and the problem."""
-    try:
-        with path.open("rb") as file:
-            data = file.read(RULES_MAX_BYTES + 1)
-    except OSError as exc:
-        raise RulesError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if len(data) > RULES_MAX_BYTES:
-        raise RulesError(f"{path}: larger than {RULES_MAX_BYTES} bytes")
-    try:
-        document = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise RulesError(f"{path}: not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise RulesError(
-            f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
+    document = json_files.read_json(path, max_bytes=RULES_MAX_BYTES, error=RulesError)
     try:
         return parse_rules(document)
     except RulesError as exc:

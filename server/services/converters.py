@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from storefront.v1 import common_pb2
 
@@ -27,3 +28,12 @@ def money_to_proto(value: Money) -> common_pb2.Money:
 def money_from_proto(message: common_pb2.Money) -> Money:
     """Returns a Money message as a domain amount (validated by the domain)."""
     return Money(currency_code=message.currency_code, amount_minor=message.amount_minor)
+
+
+def request_fingerprint(request: Message) -> bytes:
+    """Returns the request without its request_id, serialised deterministically: what makes two
+    calls with one idempotency key the same request."""
+    fields = type(request)()
+    fields.CopyFrom(request)
+    fields.ClearField("request_id")
+    return fields.SerializeToString(deterministic=True)

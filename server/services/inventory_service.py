@@ -10,7 +10,7 @@ from server.domain import idempotency, inventory
 from server.domain.principal import Role
 from server.errors import Validator
 from server.models.stock import StockLevel, StockMovement
-from server.services.converters import timestamp
+from server.services.converters import request_fingerprint, timestamp
 
 pb = inventory_service_pb2
 
@@ -59,14 +59,6 @@ def movement_to_proto(movement: StockMovement) -> inventory_service_pb2.StockMov
 def _caller_sees_all_terms() -> bool:
     call = call_context.current()
     return call is not None and call.principal is not None and call.principal.role in SEES_ALL_TERMS
-
-
-def _fingerprint(request: pb.AdjustStockRequest) -> bytes:
-    """Returns the request without its request_id, serialised deterministically."""
-    fields = pb.AdjustStockRequest()
-    fields.CopyFrom(request)
-    fields.ClearField("request_id")
-    return fields.SerializeToString(deterministic=True)
 
 
 class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
@@ -120,7 +112,7 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
             principal=principal.subject,
             key=request.request_id,
             operation=ADJUST_STOCK_METHOD,
-            request_fingerprint=_fingerprint(request),
+            request_fingerprint=request_fingerprint(request),
             execute=execute,
             validate=validate,
         )

@@ -11,6 +11,7 @@ from urllib.parse import quote
 import grpc
 import peewee
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 from storefront_client import StorefrontClient, field_violations
 
 from server import db as dbmod
@@ -30,6 +31,21 @@ def rpc_error(call: Callable[..., object]) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as caught:
         call()
     return caught.value
+
+
+def visible_failure(call: Callable[[], object]) -> tuple[object, ...]:
+    """Everything a caller can see of a failure, byte for byte, but the per-call request id:
+    (code, message, the serialised google.rpc.Status without its RequestInfo)."""
+    err = rpc_error(call)
+    [raw] = [
+        value for key, value in err.trailing_metadata() or () if key == "grpc-status-details-bin"
+    ]
+    status = status_pb2.Status.FromString(raw)
+    kept = [d for d in status.details if not d.Is(error_details_pb2.RequestInfo.DESCRIPTOR)]
+    assert len(kept) == len(status.details) - 1
+    del status.details[:]
+    status.details.extend(kept)
+    return err.code(), err.details(), status.SerializeToString(deterministic=True)
 
 
 def violated_fields(err: grpc.RpcError) -> set[str]:

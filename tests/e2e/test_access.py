@@ -9,9 +9,11 @@ from google.protobuf.descriptor import MethodDescriptor
 from storefront.v1 import (
     cart_service_pb2,
     catalog_service_pb2,
+    checkout_service_pb2,
     currency_service_pb2,
     identity_service_pb2,
     inventory_service_pb2,
+    order_service_pb2,
     shipping_service_pb2,
 )
 
@@ -26,6 +28,8 @@ SERVICES = [
     currency_service_pb2.DESCRIPTOR.services_by_name["CurrencyService"],
     shipping_service_pb2.DESCRIPTOR.services_by_name["ShippingService"],
     cart_service_pb2.DESCRIPTOR.services_by_name["CartService"],
+    checkout_service_pb2.DESCRIPTOR.services_by_name["CheckoutService"],
+    order_service_pb2.DESCRIPTOR.services_by_name["OrderService"],
 ]
 ANONYMOUS = "anonymous"
 CALLERS = [ANONYMOUS, Role.CUSTOMER, Role.STAFF, Role.ADMIN, Role.SERVICE]
@@ -72,6 +76,14 @@ EXPECTED: dict[str, str | frozenset[Role]] = {
     "/storefront.v1.CartService/UpdateCartItem": CUSTOMERS,
     "/storefront.v1.CartService/RemoveCartItem": CUSTOMERS,
     "/storefront.v1.CartService/EmptyCart": CUSTOMERS,
+    "/storefront.v1.CheckoutService/PlaceOrder": CUSTOMERS,
+    "/storefront.v1.OrderService/GetOrder": USERS,
+    "/storefront.v1.OrderService/ListOrders": USERS,
+    "/storefront.v1.OrderService/CancelOrder": USERS,
+    "/storefront.v1.OrderService/ShipOrder": STAFF,
+    "/storefront.v1.OrderService/MarkOrderDelivered": STAFF,
+    "/storefront.v1.OrderService/RefundOrder": STAFF,
+    "/storefront.v1.OrderService/ListOrderEvents": USERS,
 }
 
 

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
-from google.rpc import error_details_pb2, status_pb2
 from storefront.v1 import cart_service_pb2 as pb
 from storefront.v1 import catalog_service_pb2, common_pb2, inventory_service_pb2
 from storefront_client import StorefrontClient, error_info
 
 from server.domain.principal import Role
 from tests.conftest import insert_product
-from tests.e2e.conftest import Running, rpc_error, violated_fields
+from tests.e2e.conftest import Running, rpc_error, violated_fields, visible_failure
 
 StatusCode = grpc.StatusCode
 
@@ -251,20 +249,6 @@ def test_raising_an_archived_products_line_is_failed_precondition(
 # --- ownership ------------------------------------------------------------------------------------
 
 
-def _answer(call: Callable[[], object]) -> tuple[object, ...]:
-    """Everything a caller can see of a failure, byte for byte, but the per-call request id."""
-    err = rpc_error(call)
-    [raw] = [
-        value for key, value in err.trailing_metadata() or () if key == "grpc-status-details-bin"
-    ]
-    status = status_pb2.Status.FromString(raw)
-    kept = [d for d in status.details if not d.Is(error_details_pb2.RequestInfo.DESCRIPTOR)]
-    assert len(kept) == len(status.details) - 1
-    del status.details[:]
-    status.details.extend(kept)
-    return err.code(), err.details(), status.SerializeToString(deterministic=True)
-
-
 def test_another_customers_lines_are_not_found_byte_identically(running: Running) -> None:
     alice, bob = running.login(Role.CUSTOMER), running.login(Role.CUSTOMER)
     [product_id] = products(running, 1)
@@ -273,17 +257,19 @@ def test_another_customers_lines_are_not_found_byte_identically(running: Running
 
     def bobs_answers(line_id: str) -> list[tuple[object, ...]]:
         return [
-            _answer(
+            visible_failure(
                 lambda: bob.cart.UpdateCartItem(
                     pb.UpdateCartItemRequest(line_id=line_id, quantity=5)
                 )
             ),
-            _answer(
+            visible_failure(
                 lambda: bob.cart.UpdateCartItem(
                     pb.UpdateCartItemRequest(line_id=line_id, quantity=0)
                 )
             ),
-            _answer(lambda: bob.cart.RemoveCartItem(pb.RemoveCartItemRequest(line_id=line_id))),
+            visible_failure(
+                lambda: bob.cart.RemoveCartItem(pb.RemoveCartItemRequest(line_id=line_id))
+            ),
         ]
 
     foreign = bobs_answers(alices_line)

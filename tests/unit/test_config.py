@@ -61,16 +61,23 @@ def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> Non
 def test_production_needs_existing_key_files(tmp_path: Path) -> None:
     key = tmp_path / "jwt.pem"
     secret = tmp_path / "page.key"
+    payment_secret = tmp_path / "payment.key"
+    payment_secret.write_text("sk_live_x")
     env = {
         "STOREFRONT_ENVIRONMENT": "production",
         "STOREFRONT_JWT_SIGNING_KEY_FILE": str(key),
         "STOREFRONT_PAGE_TOKEN_SECRET_FILE": str(secret),
+        "STOREFRONT_PAYMENT_GATEWAY": "http",
+        "STOREFRONT_PAYMENT_BASE_URL": "https://payments.example.com",
+        "STOREFRONT_PAYMENT_SECRET_KEY_FILE": str(payment_secret),
     }
     with pytest.raises(ConfigError, match="STOREFRONT_JWT_SIGNING_KEY_FILE: file not found"):
         Settings.from_env(env)
     key.write_text("x")
     secret.write_text("y" * 40)
     assert Settings.from_env(env).is_production
+    with pytest.raises(ConfigError, match="STOREFRONT_PAYMENT_GATEWAY: sandbox moves no money"):
+        Settings.from_env({**env, "STOREFRONT_PAYMENT_GATEWAY": "sandbox"})
 
 
 def test_every_setting_field_read_from_the_environment_is_documented() -> None:

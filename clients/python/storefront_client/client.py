@@ -11,10 +11,12 @@ import grpc
 from storefront.v1 import (
     cart_service_pb2_grpc,
     catalog_service_pb2_grpc,
+    checkout_service_pb2_grpc,
     currency_service_pb2_grpc,
     identity_service_pb2,
     identity_service_pb2_grpc,
     inventory_service_pb2_grpc,
+    order_service_pb2_grpc,
     shipping_service_pb2_grpc,
 )
 
@@ -70,6 +72,8 @@ class StorefrontClient:
     currency = ServiceStub(currency_service_pb2_grpc.CurrencyServiceStub)
     shipping = ServiceStub(shipping_service_pb2_grpc.ShippingServiceStub)
     cart = ServiceStub(cart_service_pb2_grpc.CartServiceStub)
+    checkout = ServiceStub(checkout_service_pb2_grpc.CheckoutServiceStub)
+    orders = ServiceStub(order_service_pb2_grpc.OrderServiceStub)
 
     def __init__(
         self,

@@ -1,0 +1,472 @@
+"""Checkout: the caller's cart becomes an order, priced, reserved, charged, in that order.
+
+The flow, and why each step commits on its own:
+
+1. Claim the request_id (idempotency.begin): a concurrent duplicate gets ABORTED.
+2. One transaction prices the cart, reserves every line (all or nothing) and records the order
+   PENDING_PAYMENT. It commits before the provider is called: no transaction is held open across
+   a network call.
+3. Charge the provider with the key `order:<order id>`, outside any transaction.
+4. One transaction records the outcome (PAID: units sold and out of the cart; declined:
+   PAYMENT_FAILED, reservations released) and stores the response under the request_id.
+
+A crash between steps leaves a PENDING_PAYMENT order. Orders are unique per (customer,
+request_id), so a retry finds it and charges again with the same provider key, which never
+charges twice; without a retry the reconciler (payment_jobs) asks the provider and settles it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from server.db import database, lock_transaction_on, utcnow
+from server.domain import (
+    countries,
+    exchange_rates,
+    idempotency,
+    inventory,
+    orders,
+    shipping,
+    taxes,
+)
+from server.domain.money import INT64_MAX, Money
+from server.domain.orders import State
+from server.domain.principal import Principal
+from server.errors import (
+    DomainError,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    Validator,
+)
+from server.models.cart import CartLine
+from server.models.order import Order, OrderLine
+from server.models.product import Product
+from server.payments import (
+    PaymentDeclined,
+    PaymentGateway,
+    PaymentOutcomeUnknown,
+)
+from server.payments.gateway import looks_like_card_number, payment_declined
+
+OPERATION = "/storefront.v1.CheckoutService/PlaceOrder"
+TOKEN_MAX_LENGTH = 200
+NAME_MAX_LENGTH = 200
+LINE_MAX_LENGTH = 200
+CITY_MAX_LENGTH = 100
+REGION_MAX_LENGTH = 100
+POSTAL_CODE_MAX_LENGTH = 20
+
+
+@dataclass(frozen=True)
+class Address:
+    """A shipping address as the caller sent it."""
+
+    recipient_name: str
+    line1: str
+    line2: str
+    city: str
+    region: str
+    postal_code: str
+    country_code: str
+
+
+@dataclass(frozen=True)
+class PlaceOrder:
+    """A PlaceOrder request."""
+
+    request_id: str
+    address: Address
+    currency_code: str
+    payment_method_token: str
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """What checkout needs besides the database: pricing rules and the payment gateway."""
+
+    gateway: PaymentGateway
+    shipping_rules: shipping.Rules
+    tax_rates: taxes.TaxRates
+    # Called with each checkout failure's reason and each placed order; metrics hook in here.
+    on_failure: Callable[[str], None] = lambda reason: None
+    on_placed: Callable[[Order], None] = lambda order: None
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+def _text(v: Validator, path: str, raw: str, max_length: int, *, required: bool) -> str:
+    text = raw.strip()
+    if required and not text:
+        v.add(path, "is required")
+    elif len(text) > max_length:
+        v.add(path, f"must be at most {max_length} characters")
+    elif not text.isprintable():
+        v.add(path, "must not contain control characters")
+    return text
+
+
+def _normalized(request: PlaceOrder) -> PlaceOrder:
+    """The request with surrounding spaces removed and codes upper-cased (not validated)."""
+    a = request.address
+    return PlaceOrder(
+        request_id=request.request_id.lower(),
+        address=Address(
+            recipient_name=a.recipient_name.strip(),
+            line1=a.line1.strip(),
+            line2=a.line2.strip(),
+            city=a.city.strip(),
+            region=a.region.strip(),
+            postal_code=a.postal_code.strip(),
+            country_code=a.country_code.strip().upper(),
+        ),
+        currency_code=request.currency_code.strip().upper(),
+        payment_method_token=request.payment_method_token,
+    )
+
+
+def check(v: Validator, request: PlaceOrder) -> None:
+    """Adds every violation of a (normalised) PlaceOrder request, request_id aside."""
+    a = request.address
+    prefix = "shipping_address."
+    _text(v, prefix + "recipient_name", a.recipient_name, NAME_MAX_LENGTH, required=True)
+    _text(v, prefix + "line1", a.line1, LINE_MAX_LENGTH, required=True)
+    _text(v, prefix + "line2", a.line2, LINE_MAX_LENGTH, required=False)
+    _text(v, prefix + "city", a.city, CITY_MAX_LENGTH, required=True)
+    _text(v, prefix + "region", a.region, REGION_MAX_LENGTH, required=False)
+    _text(v, prefix + "postal_code", a.postal_code, POSTAL_CODE_MAX_LENGTH, required=False)
+    if not a.country_code:
+        v.add(prefix + "country_code", "is required")
+    elif not countries.is_known(a.country_code):
+        v.add(prefix + "country_code", "must be an ISO 3166-1 alpha-2 country code such as DE")
+    if exchange_rates.check_code(v, "currency_code", request.currency_code):
+        exchange_rates.supported_rates(v, {"currency_code": request.currency_code})
+    token = request.payment_method_token
+    if not token:
+        v.add("payment_method_token", "is required")
+    elif looks_like_card_number(token):
+        # Never echoed: it may be a real card number.
+        v.add(
+            "payment_method_token",
+            "looks like a card number; send the payment provider's token instead",
+        )
+    elif (
+        len(token) > TOKEN_MAX_LENGTH
+        or not token.isascii()
+        or not token.replace("_", "").replace("-", "").isalnum()
+    ):
+        v.add(
+            "payment_method_token",
+            f"must be 1 to {TOKEN_MAX_LENGTH} letters, digits, '_' or '-'",
+        )
+
+
+def _fingerprint(request: PlaceOrder) -> bytes:
+    """What makes two PlaceOrder requests the same request (the token only as a hash)."""
+    a = request.address
+    parts = [
+        a.recipient_name,
+        a.line1,
+        a.line2,
+        a.city,
+        a.region,
+        a.postal_code,
+        a.country_code,
+        request.currency_code,
+        hashlib.sha256(request.payment_method_token.encode()).hexdigest(),
+    ]
+    return "\x00".join(parts).encode()
+
+
+def _key_reused() -> FailedPrecondition:
+    return FailedPrecondition(
+        "This request_id was already used for a different request; send a new request_id.",
+        reason="IDEMPOTENCY_KEY_REUSED",
+    )
+
+
+# --- the flow -----------------------------------------------------------------------------------
+
+
+def place_order(checkout: Checkout, customer: Principal, raw: PlaceOrder) -> orders.OrderDetails:
+    """Places an order for the customer's cart (see CheckoutService.PlaceOrder)."""
+    try:
+        return _place_order(checkout, customer, _normalized(raw))
+    except DomainError as exc:
+        checkout.on_failure(exc.reason)
+        raise
+
+
+def _place_order(
+    checkout: Checkout, customer: Principal, request: PlaceOrder
+) -> orders.OrderDetails:
+    owner = customer.subject
+    fingerprint = _fingerprint(request)
+    digest = idempotency.request_hash(OPERATION, fingerprint)
+    claimed = idempotency.begin(
+        principal=owner,
+        key=request.request_id,
+        operation=OPERATION,
+        request_fingerprint=fingerprint,
+        validate=lambda v: check(v, request),
+    )
+    if isinstance(claimed, bytes):
+        order = Order.get((Order.id == claimed.decode()) & (Order.customer_id == owner))
+        _check_cart_matches(order)
+        return orders.details([order])[0]
+    try:
+        order = _pending_order(checkout, owner, request, digest)
+        if order.state == State.PENDING_PAYMENT:
+            order = _charge(checkout, order, request, actor=owner)
+        if order.state == State.PAYMENT_FAILED:
+            raise _failed_payment_error(order)
+        with database.atomic():
+            idempotency.complete(claimed, order.id.encode())
+    except BaseException:
+        idempotency.abandon(claimed)
+        raise
+    return orders.details([order])[0]
+
+
+def _check_cart_matches(order: Order) -> None:
+    """A request_id names one cart's order: a retry with other lines in the cart is refused.
+
+    An empty cart matches (the order emptied it); so does a cart still holding exactly the
+    order's lines (the payment is pending, or failed).
+    """
+    in_cart = {
+        line.product_id: int(line.quantity)
+        for line in CartLine.select().where(CartLine.cart == order.customer_id)
+    }
+    if not in_cart:
+        return
+    ordered = {
+        line.product_id: int(line.quantity)
+        for line in OrderLine.select().where(OrderLine.order == order.id)
+    }
+    if in_cart != ordered:
+        raise _key_reused()
+
+
+def _failed_payment_error(order: Order) -> FailedPrecondition:
+    code = order.payment_failure_code
+    if code in (orders.NOT_COMPLETED, orders.RESERVATION_EXPIRED):
+        error = FailedPrecondition(
+            "The payment for this order did not complete; place it again with a new request_id.",
+            reason="PAYMENT_NOT_COMPLETED",
+        )
+    else:
+        error = payment_declined(code)
+    error.metadata["order_id"] = order.id
+    return error
+
+
+def _pending_order(checkout: Checkout, owner: str, request: PlaceOrder, digest: str) -> Order:
+    """Returns the customer's order for this request_id: the existing one, or a new one priced
+    from the cart with its stock reserved (PENDING_PAYMENT), committed."""
+    with database.atomic():
+        # Serialises with the customer's cart writes and other checkouts.
+        lock_transaction_on(f"cart:{owner}")
+        existing = Order.get_or_none(
+            (Order.customer_id == owner) & (Order.request_id == request.request_id)
+        )
+        if existing is not None:
+            if existing.request_hash != digest:
+                raise _key_reused()
+            _check_cart_matches(existing)
+            if existing.state == State.PENDING_PAYMENT:
+                # A new attempt: the reconciler leaves the order alone while it may be running.
+                Order.update(charge_attempt_time=utcnow()).where(
+                    (Order.id == existing.id) & (Order.state == State.PENDING_PAYMENT.value)
+                ).execute()
+                existing = Order.get_by_id(existing.id)
+            return existing
+        return _create_order(checkout, owner, request, digest)
+
+
+@dataclass(frozen=True)
+class _PricedLine:
+    cart_line_id: str
+    product: Product
+    quantity: int
+    unit_price_minor: int
+
+
+def _create_order(checkout: Checkout, owner: str, request: PlaceOrder, digest: str) -> Order:
+    rows = list(
+        CartLine.select(CartLine, Product)
+        .join(Product)
+        .where(CartLine.cart == owner)
+        .order_by(CartLine.create_time, CartLine.id)
+    )
+    if not rows:
+        raise FailedPrecondition(
+            "The cart is empty; add products before placing an order.", reason="CART_EMPTY"
+        )
+    currency = request.currency_code
+    country = request.address.country_code
+    needed = {currency, checkout.shipping_rules.currency}
+    needed.update(row.product.price_currency for row in rows)
+    rates = exchange_rates.rates(needed)
+    unpriceable = sorted(code for code in needed if code not in rates)
+    if unpriceable:
+        # Only reachable if a product's currency has no exchange rate (its price is unusable).
+        raise FailedPrecondition(
+            "Some products are priced in currencies that cannot be converted: "
+            + ", ".join(unpriceable)
+            + ".",
+            reason="PRICE_NOT_CONVERTIBLE",
+        )
+    try:
+        priced = [
+            _PricedLine(
+                row.id,
+                row.product,
+                int(row.quantity),
+                exchange_rates.convert_with(
+                    rates, Money(row.product.price_currency, int(row.product.price_minor)), currency
+                ).amount_minor,
+            )
+            for row in rows
+        ]
+        subtotal = sum(line.unit_price_minor * line.quantity for line in priced)
+        weight = sum(int(line.product.weight_grams) * line.quantity for line in priced)
+        quote = shipping.price(
+            checkout.shipping_rules,
+            country=country,
+            weight_grams=min(weight, shipping.MAX_WEIGHT_GRAMS),
+            subtotal=Money(currency, subtotal),
+            rates=rates,
+        )
+        shipping_minor = quote.cost.amount_minor
+        tax = checkout.tax_rates.tax_minor(
+            country, subtotal_minor=subtotal, shipping_minor=shipping_minor
+        )
+        total = subtotal + shipping_minor + tax
+        if total > INT64_MAX:
+            raise OverflowError
+    except OverflowError:
+        raise InvalidArgument(
+            "The order total is too large to express in this currency.",
+            violations=[FieldViolation("currency_code", "the order total does not fit in int64")],
+        ) from None
+
+    now = utcnow()
+    order = Order.create(
+        id=_new_id(),
+        customer_id=owner,
+        request_id=request.request_id,
+        request_hash=digest,
+        state=State.PENDING_PAYMENT.value,
+        currency=currency,
+        subtotal_minor=subtotal,
+        shipping_minor=shipping_minor,
+        tax_minor=tax,
+        total_minor=total,
+        tax_rate=format(checkout.tax_rates.rate_for(country).normalize(), "f"),
+        shipping_quote_id=quote.quote_id,
+        shipping_service_level=quote.service_level,
+        ship_name=request.address.recipient_name,
+        ship_line1=request.address.line1,
+        ship_line2=request.address.line2,
+        ship_city=request.address.city,
+        ship_region=request.address.region,
+        ship_postal_code=request.address.postal_code,
+        ship_country=country,
+        charge_attempt_time=now,
+        create_time=now,
+        update_time=now,
+    )
+    OrderLine.insert_many(
+        [
+            {
+                "id": _new_id(),
+                "order": order.id,
+                "position": position,
+                "product": line.product.id,
+                "sku": line.product.sku,
+                "name": line.product.name,
+                "quantity": line.quantity,
+                "unit_price_minor": line.unit_price_minor,
+                "line_total_minor": line.unit_price_minor * line.quantity,
+                "catalog_currency": line.product.price_currency,
+                "catalog_unit_price_minor": int(line.product.price_minor),
+            }
+            for position, line in enumerate(priced)
+        ]
+    ).execute()
+    _reserve(order, priced, owner)
+    orders.record_event(
+        order.id,
+        "ORDER_PLACED",
+        from_state=State.PENDING_PAYMENT,
+        to_state=State.PENDING_PAYMENT,
+        actor=owner,
+        now=now,
+        note=f"{total} {currency}, stock reserved",
+    )
+    return order
+
+
+def _reserve(order: Order, priced: list[_PricedLine], owner: str) -> None:
+    """Reserves every line or raises OUT_OF_STOCK naming the cart lines that fall short."""
+    try:
+        inventory.reserve(
+            [(line.product.id, line.quantity) for line in priced],
+            reference=orders.stock_reference(order.id),
+            actor=owner,
+        )
+    except FailedPrecondition as exc:
+        if exc.reason != "OUT_OF_STOCK":
+            raise
+        short = set(exc.metadata.get("product_ids", "").split(","))
+        lines = [line for line in priced if line.product.id in short]
+        raise FailedPrecondition(
+            "Not enough stock, or no longer for sale: "
+            + ", ".join(f"{line.product.sku} (line {line.cart_line_id})" for line in lines)
+            + ".",
+            reason="OUT_OF_STOCK",
+            metadata={
+                "line_ids": ",".join(line.cart_line_id for line in lines),
+                "product_ids": ",".join(line.product.id for line in lines),
+            },
+        ) from None
+
+
+def _charge(checkout: Checkout, order: Order, request: PlaceOrder, *, actor: str) -> Order:
+    """Charges the order's total and records the outcome; returns the order as it is now.
+
+    PaymentProviderUnavailable (nothing charged) propagates and leaves the order
+    PENDING_PAYMENT with its stock reserved: a retry with the same request_id charges it again,
+    and without one the reconciler fails it once the attempt is old enough.
+    """
+    if order.total_minor == 0:
+        if orders.payment_captured(order.id, None, actor=actor):
+            checkout.on_placed(order)
+        return Order.get_by_id(order.id)
+    try:
+        charge = checkout.gateway.charge(
+            idempotency_key=orders.payment_key(order.id),
+            amount_minor=int(order.total_minor),
+            currency=order.currency,
+            payment_method_token=request.payment_method_token,
+            description=f"storefront order {order.id}",
+        )
+    except PaymentDeclined as declined:
+        orders.payment_failed(
+            order.id, failure_code=declined.code, event_type="PAYMENT_DECLINED", actor=actor
+        )
+    except PaymentOutcomeUnknown:
+        orders.payment_outcome_unknown(order.id, actor=actor)
+    else:
+        if orders.payment_captured(order.id, charge, actor=actor):
+            checkout.on_placed(order)
+    return Order.get_by_id(order.id)
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())

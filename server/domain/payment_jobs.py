@@ -1,0 +1,219 @@
+"""The payment reconciler: settles what checkout and refunds could not finish at once.
+
+One pass (`reconcile`) does three things, each safe to run in several processes at once (every
+change is a guarded transition, every provider call is keyed):
+
+1. Orders PENDING_PAYMENT whose last charge attempt is older than `reconcile_after` (longer than
+   a charge call can take, so none is still in flight): ask the provider by the order's key.
+   A succeeded charge -> PAID; a declined one -> PAYMENT_FAILED; none at all -> PAYMENT_FAILED
+   (payment_not_completed). Either failure releases the reservations.
+2. If the provider cannot be asked and the order is older than `reservation_ttl`, its
+   reservations expire: PAYMENT_FAILED (reservation_expired), marked unresolved. Unresolved
+   orders are asked again on later passes; a charge that turns up is refunded in full.
+3. Refunds still PENDING (the provider did not answer when they were made) are sent again under
+   their own keys, which never refunds twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+
+from server.db import database, utcnow
+from server.domain import orders
+from server.domain.orders import RefundStatus, State
+from server.models.order import Order, OrderRefund
+from server.payments import (
+    ChargeStatus,
+    PaymentGateway,
+    PaymentOutcomeUnknown,
+    PaymentProviderError,
+    PaymentProviderUnavailable,
+    RefundExceedsCharge,
+)
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 100
+# Provider answers that say "ask again later" rather than anything about the payment.
+_TRY_LATER = (PaymentOutcomeUnknown, PaymentProviderUnavailable)
+
+
+@dataclass
+class Report:
+    """What one pass did, by outcome."""
+
+    paid: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+    late_charges_refunded: list[str] = field(default_factory=list)
+    refunds_succeeded: list[str] = field(default_factory=list)
+    refunds_failed: list[str] = field(default_factory=list)
+    still_pending: int = 0
+
+
+def reconcile(
+    gateway: PaymentGateway,
+    *,
+    reconcile_after: dt.timedelta,
+    reservation_ttl: dt.timedelta,
+    now: dt.datetime | None = None,
+) -> Report:
+    """Runs one pass (see the module docstring); returns what it did."""
+    now = now or utcnow()
+    report = Report()
+    _settle_pending(gateway, report, now - reconcile_after, now - reservation_ttl)
+    _settle_unresolved(gateway, report)
+    deliver_refunds(gateway, report=report)
+    return report
+
+
+def _settle_pending(
+    gateway: PaymentGateway,
+    report: Report,
+    attempted_before: dt.datetime,
+    expire_before: dt.datetime,
+) -> None:
+    pending = list(
+        Order.select(Order.id, Order.charge_attempt_time, Order.create_time)
+        .where(
+            (Order.state == State.PENDING_PAYMENT.value)
+            & (Order.charge_attempt_time <= attempted_before)
+        )
+        .order_by(Order.charge_attempt_time)
+        .limit(BATCH_SIZE)
+    )
+    for order in pending:
+        attempt = order.charge_attempt_time
+        try:
+            charge = gateway.find_charge(idempotency_key=orders.payment_key(order.id))
+        except (*_TRY_LATER, PaymentProviderError) as exc:
+            if order.create_time <= expire_before and orders.payment_failed(
+                order.id,
+                failure_code=orders.RESERVATION_EXPIRED,
+                event_type="RESERVATION_EXPIRED",
+                actor=orders.SYSTEM_ACTOR,
+                attempt_time=attempt,
+                unresolved=True,
+            ):
+                report.expired.append(order.id)
+            else:
+                report.still_pending += 1
+            log.warning("payment of order %s not settled: %s", order.id, type(exc).__name__)
+            continue
+        if charge is not None and charge.status is ChargeStatus.SUCCEEDED:
+            moved = orders.payment_captured(
+                order.id, charge, actor=orders.SYSTEM_ACTOR, attempt_time=attempt
+            )
+            if moved:
+                report.paid.append(order.id)
+            continue
+        code = orders.NOT_COMPLETED if charge is None else (charge.decline_code or "card_declined")
+        if orders.payment_failed(
+            order.id,
+            failure_code=code,
+            event_type="PAYMENT_DECLINED" if charge is not None else "PAYMENT_NOT_COMPLETED",
+            actor=orders.SYSTEM_ACTOR,
+            attempt_time=attempt,
+        ):
+            report.failed.append(order.id)
+
+
+def _settle_unresolved(gateway: PaymentGateway, report: Report) -> None:
+    unresolved = list(
+        Order.select(Order.id)
+        .where((Order.state == State.PAYMENT_FAILED.value) & Order.payment_unresolved)
+        .order_by(Order.update_time)
+        .limit(BATCH_SIZE)
+    )
+    for order in unresolved:
+        try:
+            charge = gateway.find_charge(idempotency_key=orders.payment_key(order.id))
+        except (*_TRY_LATER, PaymentProviderError):
+            continue
+        if charge is not None and charge.status is ChargeStatus.SUCCEEDED:
+            if orders.late_charge_found(order.id, charge) is not None:
+                report.late_charges_refunded.append(order.id)
+        else:
+            orders.mark_resolved(order.id)
+
+
+def deliver_refunds(
+    gateway: PaymentGateway, *, order_id: str | None = None, report: Report | None = None
+) -> Report:
+    """Sends the PENDING refunds (of one order, or the oldest BATCH_SIZE) to the provider."""
+    report = report or Report()
+    query = (
+        OrderRefund.select(OrderRefund, Order)
+        .join(Order)
+        .where(OrderRefund.status == RefundStatus.PENDING.value)
+    )
+    if order_id is not None:
+        query = query.where(OrderRefund.order == order_id)
+    for refund in list(query.order_by(OrderRefund.create_time).limit(BATCH_SIZE)):
+        _deliver(gateway, refund, report)
+    return report
+
+
+def _deliver(gateway: PaymentGateway, refund: OrderRefund, report: Report) -> None:
+    order: Order = refund.order
+    if order.charge_id is None:  # a refund is only ever owed on a captured charge
+        raise RuntimeError(f"refund {refund.id} of order {order.id} has no charge")
+    failure = ""
+    try:
+        made = gateway.refund(
+            idempotency_key=orders.refund_key(refund.id),
+            charge_id=order.charge_id,
+            amount_minor=int(refund.amount_minor),
+        )
+    except _TRY_LATER as exc:
+        OrderRefund.update(attempts=OrderRefund.attempts + 1, update_time=utcnow()).where(
+            OrderRefund.id == refund.id
+        ).execute()
+        report.still_pending += 1
+        log.warning("refund %s not confirmed yet: %s", refund.id, type(exc).__name__)
+        return
+    except (RefundExceedsCharge, PaymentProviderError) as exc:
+        failure = exc.message if isinstance(exc, RefundExceedsCharge) else str(exc)
+        log.error("refund %s of order %s refused by the provider: %s", refund.id, order.id, failure)
+        made = None
+    _settle_refund(refund, order, made.id if made else None, failure, report)
+
+
+def _settle_refund(
+    refund: OrderRefund,
+    order: Order,
+    provider_refund_id: str | None,
+    failure: str,
+    report: Report,
+) -> None:
+    now = utcnow()
+    status = RefundStatus.SUCCEEDED if provider_refund_id else RefundStatus.FAILED
+    with database.atomic():
+        settled = (
+            OrderRefund.update(
+                status=status.value,
+                provider_refund_id=provider_refund_id,
+                attempts=OrderRefund.attempts + 1,
+                update_time=now,
+            )
+            .where(
+                (OrderRefund.id == refund.id) & (OrderRefund.status == RefundStatus.PENDING.value)
+            )
+            .execute()
+        )
+        if settled != 1:
+            return  # another process settled it first
+        state = State(Order.get_by_id(order.id).state)
+        orders.record_event(
+            order.id,
+            f"REFUND_{status.value}",
+            from_state=state,
+            to_state=state,
+            actor=orders.SYSTEM_ACTOR,
+            now=now,
+            note=f"{refund.amount_minor} {order.currency} (refund {refund.id})"
+            + (f": {failure}" if failure else ""),
+        )
+    (report.refunds_succeeded if provider_refund_id else report.refunds_failed).append(refund.id)
