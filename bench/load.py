@@ -3,7 +3,9 @@
 Prints one JSON object: calls, errors by status code, latency percentiles, and the CPU time the
 server process (--server-pid, read from /proc) and this process used in the measured window.
 Requests are serialised once up front and responses are not parsed, so the client spends its CPU
-on gRPC itself. The access token for authenticated RPCs comes from BENCH_ACCESS_TOKEN.
+on gRPC itself. The access tokens for authenticated RPCs come from BENCH_ACCESS_TOKEN
+(comma-separated: caller i uses token i modulo their number, so each checkout caller is its own
+customer with its own cart).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import random
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from storefront.v1 import catalog_service_pb2, identity_service_pb2
+from storefront.v1 import (
+    cart_service_pb2,
+    catalog_service_pb2,
+    checkout_service_pb2,
+    identity_service_pb2,
+    order_service_pb2,
+)
 
 ECHO_METHOD = "/bench.v1.EchoService/Echo"
 ECHO_PAYLOAD = bytes(range(64))
@@ -47,12 +56,34 @@ class Workload:
     method: str
     requests: list[bytes]
     authenticated: bool = False
+    # Builds each request afresh (e.g. with a new request_id) instead of choosing from `requests`.
+    make_request: Callable[[], bytes] | None = None
+    # An unmeasured call (method, request) each caller makes before every measured one.
+    before_each: tuple[str, bytes] | None = None
+
+
+def place_order_request() -> bytes:
+    """A PlaceOrder with a new request_id, shipped to Germany (shipping and 19% tax), in EUR."""
+    return checkout_service_pb2.PlaceOrderRequest(
+        request_id=str(uuid.uuid4()),
+        shipping_address=order_service_pb2.Address(
+            recipient_name="Bench Customer",
+            line1="Torstrasse 1",
+            city="Berlin",
+            postal_code="10119",
+            country_code="DE",
+        ),
+        currency_code="EUR",
+        payment_method_token="tok_visa",  # noqa: S106 (the sandbox's always-succeeding token)
+    ).SerializeToString()
 
 
 def workloads(product_ids: list[str]) -> dict[str, Callable[[], Workload]]:
     """Returns how to build each workload, by the name used on the command line."""
     identity = "/storefront.v1.IdentityService/"
     catalog = "/storefront.v1.CatalogService/"
+    checkout = "/storefront.v1.CheckoutService/"
+    cart = "/storefront.v1.CartService/"
     # Unknown ids if the database has none, so the run still reports something (NOT_FOUND).
     ids = product_ids or ["00000000-0000-4000-8000-000000000000"]
     return {
@@ -83,6 +114,20 @@ def workloads(product_ids: list[str]) -> dict[str, Callable[[], Workload]]:
                 catalog_service_pb2.SearchProductsRequest(query=q, page_size=20).SerializeToString()
                 for q in SEARCH_QUERIES
             ],
+        ),
+        # Each call checks out one unit of the first product; the caller's AddCartItem that
+        # fills the cart again is not timed, but its server CPU is in the per-call figure.
+        "PlaceOrder": lambda: Workload(
+            checkout + "PlaceOrder",
+            [],
+            authenticated=True,
+            make_request=place_order_request,
+            before_each=(
+                cart + "AddCartItem",
+                cart_service_pb2.AddCartItemRequest(
+                    product_id=ids[0], quantity=1
+                ).SerializeToString(),
+            ),
         ),
     }
 
@@ -115,25 +160,34 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
 
 async def run(args: argparse.Namespace, workload: Workload) -> dict[str, Any]:
     """Drives the workload for warmup + duration seconds; returns the measured window's figures."""
-    metadata: tuple[tuple[str, str], ...] = ()
+    callers_metadata: list[tuple[tuple[str, str], ...]] = [()]
     if workload.authenticated:
-        token = os.environ.get(TOKEN_VARIABLE, "")
-        if not token:
+        tokens = [t for t in os.environ.get(TOKEN_VARIABLE, "").split(",") if t]
+        if not tokens:
             raise SystemExit(f"{TOKEN_VARIABLE} is needed for {args.rpc}")
-        metadata = (("authorization", f"Bearer {token}"),)
+        callers_metadata = [(("authorization", f"Bearer {token}"),) for token in tokens]
     rng = random.Random(args.seed)
     tally = Tally()
     async with grpc.aio.insecure_channel(args.target) as channel:
         await asyncio.wait_for(channel.channel_ready(), timeout=10)
         # No (de)serialisers: the requests are bytes already and responses stay bytes.
         call = channel.unary_unary(workload.method)
+        prepare = channel.unary_unary(workload.before_each[0]) if workload.before_each else None
         loop = asyncio.get_running_loop()
         start = loop.time() + args.warmup
         end = start + args.duration
 
-        async def caller() -> None:
-            while (began := loop.time()) < end:
-                request = rng.choice(workload.requests)
+        async def caller(metadata: tuple[tuple[str, str], ...]) -> None:
+            while loop.time() < end:
+                if prepare is not None and workload.before_each is not None:
+                    await prepare(
+                        workload.before_each[1], metadata=metadata, timeout=CALL_TIMEOUT_SECONDS
+                    )
+                if workload.make_request is not None:
+                    request = workload.make_request()
+                else:
+                    request = rng.choice(workload.requests)
+                began = loop.time()
                 code = "OK"
                 try:
                     await call(request, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
@@ -155,7 +209,12 @@ async def run(args: argparse.Namespace, workload: Workload) -> dict[str, Any]:
             return server_before, server_after, client_before, client_after
 
         measured = asyncio.create_task(clock())
-        await asyncio.gather(*(caller() for _ in range(args.concurrency)))
+        await asyncio.gather(
+            *(
+                caller(callers_metadata[index % len(callers_metadata)])
+                for index in range(args.concurrency)
+            )
+        )
         server_before, server_after, client_before, client_after = await measured
 
     latencies = sorted(tally.latencies)

@@ -2,13 +2,15 @@
 
 Migrates and seeds a SQLite database in a temporary directory, starts `storefront serve` and
 bench/echo_server.py (pinned to CPU 0 when there are two CPUs and taskset), then runs
-bench/load.py (pinned to CPU 1) once per RPC. Writes bench/results/<UTC time>.json and .md and
-prints the table.
+bench/load.py (pinned to CPU 1) once per RPC. The PostgreSQL rows do the same against a fresh
+database created on --postgres-url (and dropped afterwards); PostgreSQL's own processes are not
+pinned. Writes bench/results/<UTC time>.json and .md and prints the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -16,32 +18,44 @@ import platform
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
+import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from storefront.v1 import catalog_service_pb2, inventory_service_pb2
 from storefront_client import StorefrontClient
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 STOREFRONT = Path(sys.executable).with_name("storefront")
-# Rows in table order; the first is the ceiling the others are compared with.
+SQLITE, POSTGRES = "sqlite", "postgres"
+CHECKOUT = "CheckoutService.PlaceOrder (1 unit, EUR to DE, sandbox card; +1 untimed AddCartItem)"
+# Rows in table order: (load.py workload, label, database); the first is the ceiling the others
+# are compared with.
 RPCS = (
-    ("echo", "echo (bare grpcio ceiling)"),
-    ("ListSigningKeys", "IdentityService.ListSigningKeys (public, no DB)"),
-    ("GetCurrentUser", "IdentityService.GetCurrentUser (token + 1 query)"),
-    ("GetProduct", "CatalogService.GetProduct (random seeded ids)"),
-    ("ListProducts", "CatalogService.ListProducts (page_size 50)"),
-    ("SearchProducts", "CatalogService.SearchProducts (8 queries)"),
+    ("echo", "echo (bare grpcio ceiling)", SQLITE),
+    ("ListSigningKeys", "IdentityService.ListSigningKeys (public, no DB)", SQLITE),
+    ("GetCurrentUser", "IdentityService.GetCurrentUser (token + 1 query)", SQLITE),
+    ("GetProduct", "CatalogService.GetProduct (random seeded ids)", SQLITE),
+    ("ListProducts", "CatalogService.ListProducts (page_size 50)", SQLITE),
+    ("SearchProducts", "CatalogService.SearchProducts (8 queries)", SQLITE),
+    ("PlaceOrder", f"{CHECKOUT}, SQLite", SQLITE),
+    ("GetCurrentUser", "IdentityService.GetCurrentUser (token + 1 query), PostgreSQL", POSTGRES),
+    ("PlaceOrder", f"{CHECKOUT}, PostgreSQL", POSTGRES),
 )
+CUSTOMER_PASSWORD = "bench customer password"  # noqa: S105 (throwaway accounts in a temp db)
+CHECKOUT_STOCK = 1_000_000
 WORKER_THREADS = 16  # STOREFRONT_WORKER_THREADS' default; the echo server uses the same
 MAX_CONCURRENT_RPCS = 64  # STOREFRONT_MAX_CONCURRENT_RPCS' default
 START_SECONDS = 30.0
@@ -172,11 +186,114 @@ def demo_admin(data_dir: Path) -> tuple[str, str]:
     return fields["email"], fields["password"]
 
 
-def seeded_product_ids(data_dir: Path) -> list[str]:
-    """Returns the ids of the active products in the seeded database."""
-    with sqlite3.connect(data_dir / "storefront.db") as connection:
-        rows = connection.execute("SELECT id FROM products WHERE state = 'ACTIVE' ORDER BY id")
-        return [row[0] for row in rows]
+def seeded_product_ids(client: StorefrontClient) -> list[str]:
+    """Returns the ids of the active products in the seeded database, sorted."""
+    ids: list[str] = []
+    token = ""
+    while True:
+        page = client.catalog.ListProducts(
+            catalog_service_pb2.ListProductsRequest(page_size=100, page_token=token)
+        )
+        ids.extend(product.id for product in page.products)
+        token = page.next_page_token
+        if not token:
+            return sorted(ids)
+
+
+@dataclass
+class Prepared:
+    """What the workloads need from a seeded server."""
+
+    admin_token: str
+    customer_tokens: list[str]
+    product_ids: list[str]
+
+
+def prepare(target: str, data_dir: Path, customers: int) -> Prepared:
+    """Signs in the demo admin, stocks the first product for checkouts and registers one
+    customer per caller (each with their own cart)."""
+    with StorefrontClient(target) as admin:
+        admin.login(*demo_admin(data_dir))
+        product_ids = seeded_product_ids(admin)
+        admin.inventory.AdjustStock(
+            inventory_service_pb2.AdjustStockRequest(
+                product_id=product_ids[0],
+                delta=CHECKOUT_STOCK,
+                reason="bench checkouts",
+                request_id=str(uuid.uuid4()),
+            )
+        )
+        session = admin.session
+        assert session is not None
+        admin_token = session.access_token
+
+    def customer_token(index: int) -> str:
+        with StorefrontClient(target) as client:
+            email = f"bench-{index}-{uuid.uuid4().hex[:8]}@example.com"
+            client.register(email, CUSTOMER_PASSWORD, f"Bench {index}")
+            client.login(email, CUSTOMER_PASSWORD)
+            assert client.session is not None
+            return client.session.access_token
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        tokens = list(pool.map(customer_token, range(customers)))
+    return Prepared(admin_token, tokens, product_ids)
+
+
+def redacted(url: str) -> str:
+    """Returns `url` without its password, for reports."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def postgres_database_url(admin_url: str, name: str) -> str:
+    """Returns `admin_url` pointing at database `name` instead."""
+    parts = urllib.parse.urlsplit(admin_url)
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@contextmanager
+def postgres_database(admin_url: str) -> Iterator[str]:
+    """Creates a fresh database on the server of `admin_url`, yields its URL, then drops it."""
+    import psycopg
+
+    name = f"storefront_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield postgres_database_url(admin_url, name)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def storefront_server(
+    prefix: list[str], data_dir: Path, database_url: str | None
+) -> Iterator[tuple[str, subprocess.Popen[Any], Path]]:
+    """Migrates and seeds the database, serves it; yields (target, process, log file)."""
+    target = f"127.0.0.1:{free_port()}"
+    env = storefront_env(data_dir, target)
+    if database_url:
+        env["STOREFRONT_DATABASE_URL"] = database_url
+    run_command([str(STOREFRONT), "migrate"], env)
+    run_command([str(STOREFRONT), "seed"], env)
+    server_log = data_dir / "server.log"
+    with (
+        server_log.open("w") as log,
+        running(
+            [*prefix, str(STOREFRONT), "serve"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,  # the JSON access log, one line per RPC, as in production
+        ) as server,
+    ):
+        wait_until_serving(target, server, server_log)
+        yield target, server, server_log
 
 
 def measure(
@@ -245,69 +362,77 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--rpc",
         action="append",
-        choices=[name for name, _ in RPCS],
+        choices=sorted({name for name, _, _ in RPCS}),
         help="measure only these (repeatable); echo is always measured",
     )
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get(
+            "STOREFRONT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+        help="a PostgreSQL server where a throwaway database may be created (default: %(default)s)",
+    )
+    parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL rows")
     parser.add_argument("--results-dir", type=Path, default=BENCH / "results")
     options = parser.parse_args(argv)
-    chosen = {"echo", *(options.rpc or [name for name, _ in RPCS])}
+    chosen = {"echo", *(options.rpc or [name for name, _, _ in RPCS])}
+    wanted = [
+        (rpc, label, database)
+        for rpc, label, database in RPCS
+        if rpc in chosen and not (database == POSTGRES and options.no_postgres)
+    ]
     server_prefix, load_prefix = pinning(not options.no_pin)
     started = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
-    with tempfile.TemporaryDirectory(prefix="storefront-bench-") as tmp:
-        data_dir = Path(tmp)
-        target = f"127.0.0.1:{free_port()}"
-        env = storefront_env(data_dir, target)
-        run_command([str(STOREFRONT), "migrate"], env)
-        run_command([str(STOREFRONT), "seed"], env)
-        product_ids = seeded_product_ids(data_dir)
-        ids_file = data_dir / "product-ids.txt"
-        ids_file.write_text("\n".join(product_ids) + "\n")
-        server_log = data_dir / "server.log"
-
-        with (
-            server_log.open("w") as log,
-            running(
-                [*server_prefix, str(STOREFRONT), "serve"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=log,  # the JSON access log, one line per RPC, as in production
-            ) as server,
-            running(
-                [
-                    *server_prefix,
-                    sys.executable,
-                    str(BENCH / "echo_server.py"),
-                    f"--worker-threads={WORKER_THREADS}",
-                    f"--max-concurrent-rpcs={MAX_CONCURRENT_RPCS}",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                text=True,
-            ) as echo,
-        ):
-            echo_target = f"127.0.0.1:{wait_for_echo(echo)}"
-            wait_until_serving(target, server, server_log)
-            with StorefrontClient(target) as client:
-                client.login(*demo_admin(data_dir))
-                session = client.session
-                assert session is not None
-                token = session.access_token
-            rows = []
-            for rpc, label in RPCS:
-                if rpc not in chosen:
-                    continue
-                print(f"bench: {label} ...", file=sys.stderr, flush=True)
-                if rpc == "echo":
-                    figures = measure(
-                        load_prefix, rpc, echo_target, echo.pid, options, ids_file, token
+    rows = []
+    with (
+        tempfile.TemporaryDirectory(prefix="storefront-bench-") as tmp,
+        running(
+            [
+                *server_prefix,
+                sys.executable,
+                str(BENCH / "echo_server.py"),
+                f"--worker-threads={WORKER_THREADS}",
+                f"--max-concurrent-rpcs={MAX_CONCURRENT_RPCS}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as echo,
+    ):
+        echo_target = f"127.0.0.1:{wait_for_echo(echo)}"
+        for database in (SQLITE, POSTGRES):
+            mine = [(rpc, label) for rpc, label, db in wanted if db == database]
+            if not mine or (
+                mine == [("echo", "echo (bare grpcio ceiling)")] and database != SQLITE
+            ):
+                continue
+            data_dir = Path(tmp) / database
+            data_dir.mkdir()
+            with contextlib.ExitStack() as stack:
+                url = None
+                if database == POSTGRES:
+                    url = stack.enter_context(postgres_database(options.postgres_url))
+                target, server, _ = stack.enter_context(
+                    storefront_server(server_prefix, data_dir, url)
+                )
+                prepared = prepare(target, data_dir, options.concurrency)
+                ids_file = data_dir / "product-ids.txt"
+                ids_file.write_text("\n".join(prepared.product_ids) + "\n")
+                for rpc, label in mine:
+                    print(f"bench: {label} ...", file=sys.stderr, flush=True)
+                    if rpc == "echo":
+                        where, pid = echo_target, echo.pid
+                    else:
+                        where, pid = target, server.pid
+                    tokens = (
+                        prepared.customer_tokens if rpc == "PlaceOrder" else [prepared.admin_token]
                     )
-                else:
                     figures = measure(
-                        load_prefix, rpc, target, server.pid, options, ids_file, token
+                        load_prefix, rpc, where, pid, options, ids_file, ",".join(tokens)
                     )
-                rows.append({"label": label, **figures})
+                    rows.append({"label": label, "database": database, **figures})
+    product_count = len(prepared.product_ids) if rows else 0
 
     ceiling = rows[0]["throughput_per_s"] or 1.0
     for row in rows:
@@ -329,8 +454,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "duration_s": options.duration,
             "warmup_s": options.warmup,
             "pinned": bool(server_prefix),
-            "database": "SQLite (WAL) in a temporary directory",
-            "products": len(product_ids),
+            "databases": {
+                SQLITE: "SQLite (WAL) in a temporary directory",
+                POSTGRES: f"a throwaway database on {redacted(options.postgres_url)}",
+            },
+            "products": product_count,
             "worker_threads": WORKER_THREADS,
         },
         "results": rows,
@@ -345,7 +473,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{machine['nproc']} CPUs ({machine['cpu_model']}), Python {machine['python']}, "
         f"grpcio {machine['grpcio']}, revision "
         f"{report['revision']}; {options.concurrency} callers, {options.warmup:g} s warm-up + "
-        f"{options.duration:g} s per RPC, {pinned}; SQLite, {len(product_ids)} products.\n\n"
+        f"{options.duration:g} s per RPC, {pinned}; {product_count} seeded products; PostgreSQL "
+        f"{'skipped' if options.no_postgres else 'on ' + redacted(options.postgres_url)}.\n\n"
     )
     (options.results_dir / f"{stamp}.md").write_text(header + table + "\n")
     print(header + table)

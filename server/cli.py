@@ -1,4 +1,4 @@
-"""The `storefront` command: serve, migrate, seed, create-admin, import-products."""
+"""The `storefront` command: serve, migrate, seed, reconcile, create-admin, import-products."""
 
 from __future__ import annotations
 
@@ -111,6 +111,37 @@ def _migrate(settings: Settings) -> int:
         f"{', '.join(applied)}",
         file=sys.stderr,
     )
+    return 0
+
+
+def _reconcile(settings: Settings) -> int:
+    """Runs one payment reconciliation pass and prints what it did as one JSON line."""
+    import dataclasses
+    import datetime as dt
+    import json
+
+    from server.app import build_payment_gateway
+    from server.domain import payment_jobs
+
+    if settings.payment_gateway == "sandbox":
+        # The sandbox's charges live in the serving process's memory: asked from here it would
+        # know of none, and every pending order would be failed.
+        print(
+            "storefront: the sandbox gateway is reconciled inside `storefront serve` "
+            "(STOREFRONT_RECONCILE_INTERVAL_SECONDS); this command needs the http gateway",
+            file=sys.stderr,
+        )
+        return 2
+    db = init_database(settings.database_url, pool_size=2)
+    migrations.check_schema(db)
+    gateway = build_payment_gateway(settings)
+    with db.connection_context():
+        report = payment_jobs.reconcile(
+            gateway,
+            reconcile_after=dt.timedelta(seconds=settings.reconcile_after_seconds),
+            reservation_ttl=dt.timedelta(seconds=settings.reservation_ttl_seconds),
+        )
+    print(json.dumps(dataclasses.asdict(report), sort_keys=True))
     return 0
 
 
@@ -472,6 +503,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEMO_CATALOG,
         help="JSON Lines catalog to load (default: %(default)s)",
     )
+    commands.add_parser(
+        "reconcile",
+        help="settle pending payments, expired reservations and pending refunds once (http "
+        "gateway; for cron when STOREFRONT_RECONCILE_INTERVAL_SECONDS is 0)",
+        epilog=_variables_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     admin = commands.add_parser("create-admin", help="create an administrator, print its password")
     admin.add_argument("--email", required=True)
     importer = commands.add_parser(
@@ -518,6 +556,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _migrate(settings)
         if args.command == "seed":
             return _seed(settings, args.catalog)
+        if args.command == "reconcile":
+            return _reconcile(settings)
         return _create_admin(settings, args.email)
     except migrations.SchemaOutOfDate as exc:
         print(f"storefront: {exc}", file=sys.stderr)

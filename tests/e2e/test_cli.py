@@ -267,3 +267,128 @@ def test_create_admin_prints_the_password_once_and_refuses_a_duplicate(tmp_path:
     assert duplicate.returncode == 1
     assert "already exists" in duplicate.stderr
     assert "Traceback" not in duplicate.stderr
+
+
+# --- reconcile ------------------------------------------------------------------------------------
+
+
+def test_reconcile_refuses_the_sandbox_whose_charges_live_in_the_server(tmp_path: Path) -> None:
+    assert storefront("migrate", env=cli_env(tmp_path)).returncode == 0
+    result = storefront("reconcile", env=cli_env(tmp_path))
+    assert result.returncode == 2
+    assert "sandbox" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_reconcile_without_a_provider_url_names_the_variable(tmp_path: Path) -> None:
+    result = storefront("reconcile", env=cli_env(tmp_path, STOREFRONT_PAYMENT_GATEWAY="http"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "storefront: configuration error: STOREFRONT_PAYMENT_BASE_URL: required when the "
+        "gateway is http"
+    )
+
+
+def _pending_order(db_path: Path, *, quantity: int) -> tuple[str, str]:
+    """Puts a PENDING_PAYMENT order for `quantity` reserved units straight into the database, as
+    a checkout whose charge answer was lost leaves it; returns (order id, product id)."""
+    import datetime as dt
+    import uuid
+
+    from server.domain import orders
+    from server.models.order import Order, OrderLine
+    from server.models.product import Product
+    from server.models.stock import StockLevel
+
+    db = dbmod.init_database(f"sqlite:///{db_path}", pool_size=1)
+    order_id, product_id = str(uuid.uuid4()), str(uuid.uuid4())
+    long_ago = dbmod.utcnow() - dt.timedelta(hours=1)
+    with db.connection_context(), db.atomic():
+        sku = f"CLI-{product_id[:8]}"
+        Product.create(id=product_id, sku=sku, name="Mug", price_currency="USD", price_minor=500)
+        StockLevel.create(product=product_id, on_hand=5, reserved=quantity)
+        Order.create(
+            id=order_id,
+            customer_id=str(uuid.uuid4()),
+            request_id=str(uuid.uuid4()),
+            request_hash="0" * 64,
+            state=orders.State.PENDING_PAYMENT.value,
+            currency="USD",
+            subtotal_minor=500 * quantity,
+            shipping_minor=0,
+            tax_minor=0,
+            total_minor=500 * quantity,
+            tax_rate="0",
+            shipping_quote_id="sq_cli",
+            shipping_service_level="Standard",
+            ship_name="A",
+            ship_line1="1 Main St",
+            ship_city="Springfield",
+            ship_country="US",
+            charge_attempt_time=long_ago,
+            create_time=long_ago,
+            update_time=long_ago,
+        )
+        OrderLine.create(
+            id=str(uuid.uuid4()),
+            order=order_id,
+            position=0,
+            product=product_id,
+            sku=sku,
+            name="Mug",
+            quantity=quantity,
+            unit_price_minor=500,
+            line_total_minor=500 * quantity,
+            catalog_currency="USD",
+            catalog_unit_price_minor=500,
+        )
+    db.close_all()  # type: ignore[attr-defined]
+    return order_id, product_id
+
+
+def test_reconcile_settles_a_lost_charge_answer_with_the_provider(tmp_path: Path) -> None:
+    import json
+
+    from server.models.order import Order
+    from server.models.stock import StockLevel
+    from server.payments import HttpPaymentGateway
+    from tests.fakes.payment_provider import SECRET_KEY, FakePaymentProvider
+
+    assert storefront("migrate", env=cli_env(tmp_path)).returncode == 0
+    paid_id, paid_product = _pending_order(tmp_path / "storefront.db", quantity=2)
+    lost_id, lost_product = _pending_order(tmp_path / "storefront.db", quantity=1)
+    secret = tmp_path / "payment.key"
+    secret.write_text(SECRET_KEY + "\n")
+    with FakePaymentProvider() as provider:
+        # The charge of the first order reached the provider; the second's never did.
+        HttpPaymentGateway(base_url=provider.base_url, secret_key=SECRET_KEY).charge(
+            idempotency_key=f"order:{paid_id}",
+            amount_minor=1000,
+            currency="USD",
+            payment_method_token="tok_visa",
+            description=f"storefront order {paid_id}",
+        )
+        env = cli_env(
+            tmp_path,
+            STOREFRONT_PAYMENT_GATEWAY="http",
+            STOREFRONT_PAYMENT_BASE_URL=provider.base_url,
+            STOREFRONT_PAYMENT_SECRET_KEY_FILE=str(secret),
+        )
+        result = storefront("reconcile", env=env)
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert (report["paid"], report["failed"]) == ([paid_id], [lost_id])
+        assert provider.total_charges_created() == 1
+        # A second pass finds nothing left to do.
+        again = json.loads(storefront("reconcile", env=env).stdout)
+        assert (again["paid"], again["failed"]) == ([], [])
+
+    db = dbmod.init_database(f"sqlite:///{tmp_path / 'storefront.db'}", pool_size=1)
+    with db.connection_context():
+        assert Order.get_by_id(paid_id).state == "PAID"
+        assert Order.get_by_id(lost_id).state == "PAYMENT_FAILED"
+        assert Order.get_by_id(lost_id).payment_failure_code == "payment_not_completed"
+        sold = StockLevel.get(StockLevel.product == paid_product)
+        released = StockLevel.get(StockLevel.product == lost_product)
+        assert (sold.on_hand, sold.reserved) == (3, 0)
+        assert (released.on_hand, released.reserved) == (5, 0)
+    db.close_all()  # type: ignore[attr-defined]

@@ -62,11 +62,15 @@ class CheckoutServiceStub:
     them, comma-separated; nothing is reserved or charged); with reason PAYMENT_DECLINED (metadata
     `decline_code`, `order_id`) when the provider refused the payment method (the order is
     PAYMENT_FAILED, its stock released, the cart untouched; a retry with the same request_id
-    answers the same). UNAVAILABLE with reason PAYMENT_PROVIDER_UNAVAILABLE when the provider
-    cannot be reached or its circuit is open (nothing charged, no order kept, stock released; a
-    retry with the same request_id may succeed). INVALID_ARGUMENT for an unsupported currency, an
-    unknown country, or a payment_method_token that is missing, malformed or looks like a card
-    number (which is never echoed or stored).
+    answers the same); with reason PAYMENT_NOT_COMPLETED (metadata `order_id`) when retrying a
+    request whose payment never completed (the order is PAYMENT_FAILED; use a new request_id).
+    UNAVAILABLE with reason PAYMENT_PROVIDER_UNAVAILABLE when the provider cannot be reached or
+    its circuit is open: nothing was charged; the order stays PENDING_PAYMENT with its stock
+    reserved so that a retry with the same request_id (and token) charges it, and without a retry
+    it becomes PAYMENT_FAILED and its stock is released once STOREFRONT_RECONCILE_AFTER_SECONDS
+    have passed. INVALID_ARGUMENT for an unsupported currency, an unknown country, or a
+    payment_method_token that is missing, malformed or looks like a card number (which is never
+    echoed or stored).
     """
 
 @_typing.type_check_only
@@ -103,11 +107,15 @@ class CheckoutServiceAsyncStub(CheckoutServiceStub):
     them, comma-separated; nothing is reserved or charged); with reason PAYMENT_DECLINED (metadata
     `decline_code`, `order_id`) when the provider refused the payment method (the order is
     PAYMENT_FAILED, its stock released, the cart untouched; a retry with the same request_id
-    answers the same). UNAVAILABLE with reason PAYMENT_PROVIDER_UNAVAILABLE when the provider
-    cannot be reached or its circuit is open (nothing charged, no order kept, stock released; a
-    retry with the same request_id may succeed). INVALID_ARGUMENT for an unsupported currency, an
-    unknown country, or a payment_method_token that is missing, malformed or looks like a card
-    number (which is never echoed or stored).
+    answers the same); with reason PAYMENT_NOT_COMPLETED (metadata `order_id`) when retrying a
+    request whose payment never completed (the order is PAYMENT_FAILED; use a new request_id).
+    UNAVAILABLE with reason PAYMENT_PROVIDER_UNAVAILABLE when the provider cannot be reached or
+    its circuit is open: nothing was charged; the order stays PENDING_PAYMENT with its stock
+    reserved so that a retry with the same request_id (and token) charges it, and without a retry
+    it becomes PAYMENT_FAILED and its stock is released once STOREFRONT_RECONCILE_AFTER_SECONDS
+    have passed. INVALID_ARGUMENT for an unsupported currency, an unknown country, or a
+    payment_method_token that is missing, malformed or looks like a card number (which is never
+    echoed or stored).
     """
 
 class CheckoutServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -147,11 +155,15 @@ class CheckoutServiceServicer(metaclass=_abc_1.ABCMeta):
         them, comma-separated; nothing is reserved or charged); with reason PAYMENT_DECLINED (metadata
         `decline_code`, `order_id`) when the provider refused the payment method (the order is
         PAYMENT_FAILED, its stock released, the cart untouched; a retry with the same request_id
-        answers the same). UNAVAILABLE with reason PAYMENT_PROVIDER_UNAVAILABLE when the provider
-        cannot be reached or its circuit is open (nothing charged, no order kept, stock released; a
-        retry with the same request_id may succeed). INVALID_ARGUMENT for an unsupported currency, an
-        unknown country, or a payment_method_token that is missing, malformed or looks like a card
-        number (which is never echoed or stored).
+        answers the same); with reason PAYMENT_NOT_COMPLETED (metadata `order_id`) when retrying a
+        request whose payment never completed (the order is PAYMENT_FAILED; use a new request_id).
+        UNAVAILABLE with reason PAYMENT_PROVIDER_UNAVAILABLE when the provider cannot be reached or
+        its circuit is open: nothing was charged; the order stays PENDING_PAYMENT with its stock
+        reserved so that a retry with the same request_id (and token) charges it, and without a retry
+        it becomes PAYMENT_FAILED and its stock is released once STOREFRONT_RECONCILE_AFTER_SECONDS
+        have passed. INVALID_ARGUMENT for an unsupported currency, an unknown country, or a
+        payment_method_token that is missing, malformed or looks like a card number (which is never
+        echoed or stored).
         """
 
 def add_CheckoutServiceServicer_to_server(servicer: CheckoutServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -403,16 +403,19 @@ class OrderEvent(_message.Message):
     id: _builtins.str
     """Server-generated id."""
     type: _builtins.str
-    """What happened, e.g. "ORDER_PLACED", "PAYMENT_CAPTURED", "PAYMENT_DECLINED",
-    "PAYMENT_OUTCOME_UNKNOWN", "ORDER_CANCELLED", "ORDER_SHIPPED", "ORDER_DELIVERED",
-    "REFUND_REQUESTED", "REFUND_SUCCEEDED", "REFUND_FAILED", "RESERVATION_EXPIRED".
+    """What happened: "ORDER_PLACED", "PAYMENT_CAPTURED", "PAYMENT_DECLINED",
+    "PAYMENT_OUTCOME_UNKNOWN", "PAYMENT_NOT_COMPLETED", "RESERVATION_EXPIRED",
+    "LATE_CHARGE_REFUNDED", "ORDER_CANCELLED", "ORDER_SHIPPED", "ORDER_DELIVERED",
+    "REFUND_REQUESTED", "REFUND_SUCCEEDED" or "REFUND_FAILED".
     """
     from_state: Global___OrderState.ValueType
     """The state before the event."""
     to_state: Global___OrderState.ValueType
     """The state after the event (the same when the state did not change)."""
     actor: _builtins.str
-    """Who caused it: "user:<id>", or "system" for the payment reconciler."""
+    """Who caused it: the user id of the customer or staff member, or "system" for the payment
+    reconciler.
+    """
     note: _builtins.str
     """Details, e.g. the tracking number or the refund amount."""
     @_builtins.property
