@@ -217,6 +217,9 @@ def _place_order(
     if isinstance(claimed, bytes):
         order = Order.get((Order.id == claimed.decode()) & (Order.customer_id == owner))
         _check_cart_matches(order)
+        if order.state == State.PAYMENT_FAILED:
+            # Settled by the reconciler after a lost answer: answer as a failure at checkout.
+            raise _failed_payment_error(order)
         return orders.details([order])[0]
     try:
         order = _pending_order(checkout, owner, request, digest)

@@ -85,39 +85,48 @@ def _settle_pending(
         .limit(BATCH_SIZE)
     )
     for order in pending:
-        attempt = order.charge_attempt_time
         try:
-            charge = gateway.find_charge(idempotency_key=orders.payment_key(order.id))
-        except (*_TRY_LATER, PaymentProviderError) as exc:
-            if order.create_time <= expire_before and orders.payment_failed(
-                order.id,
-                failure_code=orders.RESERVATION_EXPIRED,
-                event_type="RESERVATION_EXPIRED",
-                actor=orders.SYSTEM_ACTOR,
-                attempt_time=attempt,
-                unresolved=True,
-            ):
-                report.expired.append(order.id)
-            else:
-                report.still_pending += 1
-            log.warning("payment of order %s not settled: %s", order.id, type(exc).__name__)
-            continue
-        if charge is not None and charge.status is ChargeStatus.SUCCEEDED:
-            moved = orders.payment_captured(
-                order.id, charge, actor=orders.SYSTEM_ACTOR, attempt_time=attempt
-            )
-            if moved:
-                report.paid.append(order.id)
-            continue
-        code = orders.NOT_COMPLETED if charge is None else (charge.decline_code or "card_declined")
-        if orders.payment_failed(
+            _settle_one(gateway, report, order, expire_before)
+        except Exception:
+            # One order the pass cannot settle (a bug, a database hiccup) must not stop the rest.
+            log.exception("could not reconcile the payment of order %s", order.id)
+
+
+def _settle_one(
+    gateway: PaymentGateway, report: Report, order: Order, expire_before: dt.datetime
+) -> None:
+    attempt = order.charge_attempt_time
+    try:
+        charge = gateway.find_charge(idempotency_key=orders.payment_key(order.id))
+    except (*_TRY_LATER, PaymentProviderError) as exc:
+        if order.create_time <= expire_before and orders.payment_failed(
             order.id,
-            failure_code=code,
-            event_type="PAYMENT_DECLINED" if charge is not None else "PAYMENT_NOT_COMPLETED",
+            failure_code=orders.RESERVATION_EXPIRED,
+            event_type="RESERVATION_EXPIRED",
             actor=orders.SYSTEM_ACTOR,
             attempt_time=attempt,
+            unresolved=True,
         ):
-            report.failed.append(order.id)
+            report.expired.append(order.id)
+        else:
+            report.still_pending += 1
+        log.warning("payment of order %s not settled: %s", order.id, type(exc).__name__)
+        return
+    if charge is not None and charge.status is ChargeStatus.SUCCEEDED:
+        if orders.payment_captured(
+            order.id, charge, actor=orders.SYSTEM_ACTOR, attempt_time=attempt
+        ):
+            report.paid.append(order.id)
+        return
+    code = orders.NOT_COMPLETED if charge is None else (charge.decline_code or "card_declined")
+    if orders.payment_failed(
+        order.id,
+        failure_code=code,
+        event_type="PAYMENT_DECLINED" if charge is not None else "PAYMENT_NOT_COMPLETED",
+        actor=orders.SYSTEM_ACTOR,
+        attempt_time=attempt,
+    ):
+        report.failed.append(order.id)
 
 
 def _settle_unresolved(gateway: PaymentGateway, report: Report) -> None:
@@ -152,7 +161,11 @@ def deliver_refunds(
     if order_id is not None:
         query = query.where(OrderRefund.order == order_id)
     for refund in list(query.order_by(OrderRefund.create_time).limit(BATCH_SIZE)):
-        _deliver(gateway, refund, report)
+        try:
+            _deliver(gateway, refund, report)
+        except Exception:
+            # Stays PENDING and is tried again on the next pass; the others go on.
+            log.exception("could not send refund %s", refund.id)
     return report
 
 

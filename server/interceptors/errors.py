@@ -99,6 +99,16 @@ def _infrastructure_error(exc: BaseException) -> errors.DomainError | None:
     return None
 
 
+def status_code(exc: errors.DomainError) -> grpc.StatusCode:
+    """Returns the code of the nearest mapped class in the error's ancestry (PaymentDeclined is a
+    FailedPrecondition)."""
+    for cls in type(exc).__mro__:
+        code = _CODES.get(cls)
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
 class ErrorInterceptor(ScopeInterceptor):
     """Turns DomainError into its status code and anything unexpected into a bare INTERNAL."""
 
@@ -107,7 +117,7 @@ class ErrorInterceptor(ScopeInterceptor):
         try:
             yield
         except errors.DomainError as exc:
-            self._abort(context, _CODES.get(type(exc), grpc.StatusCode.INTERNAL), exc)
+            self._abort(context, status_code(exc), exc)
         except Exception as exc:
             if context.code() not in (None, grpc.StatusCode.OK):
                 raise  # grpc's own abort (e.g. from a handler calling context.abort)

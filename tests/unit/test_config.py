@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from server.config import DEFAULT_SHIPPING_RULES_FILE, VARIABLES, ConfigError, Settings
+from server.app import build_payment_gateway
+from server.config import (
+    DEFAULT_SHIPPING_RULES_FILE,
+    DEFAULT_TAX_RATES_FILE,
+    VARIABLES,
+    ConfigError,
+    Settings,
+    payment_worst_case_seconds,
+)
 
 
 def test_defaults_serve_development_on_sqlite_in_var() -> None:
@@ -92,3 +100,200 @@ def test_the_readme_documents_every_variable() -> None:
     readme = Path("README.md").read_text()
     missing = [v.name for v in VARIABLES if f"`{v.name}`" not in readme]
     assert not missing
+
+
+# --- payment and reconciliation settings ---------------------------------------------------------
+
+
+def http_gateway_env(tmp_path: Path, **changes: str) -> dict[str, str]:
+    """An http gateway configuration that is valid unless `changes` break it."""
+    secret = tmp_path / "payment.key"
+    secret.write_text("sk_test_config")
+    env = {
+        "STOREFRONT_PAYMENT_GATEWAY": "http",
+        "STOREFRONT_PAYMENT_BASE_URL": "https://payments.example.com",
+        "STOREFRONT_PAYMENT_SECRET_KEY_FILE": str(secret),
+    }
+    return env | changes
+
+
+def config_error(env: dict[str, str]) -> str:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_payment_defaults_are_the_sandbox_and_the_documented_values() -> None:
+    settings = Settings.from_env({})
+    assert settings.payment_gateway == "sandbox"
+    assert (settings.payment_base_url, settings.payment_secret_key_file) == ("", None)
+    assert settings.payment_connect_timeout_seconds == 2.0
+    assert settings.payment_read_timeout_seconds == 10.0
+    assert settings.payment_max_retries == 2
+    assert settings.payment_backoff_seconds == 0.25
+    assert settings.payment_breaker_failures == 5
+    assert settings.payment_breaker_reset_seconds == 30.0
+    assert settings.reconcile_interval_seconds == 10.0
+    assert settings.reconcile_after_seconds == 60.0
+    assert settings.reservation_ttl_seconds == 900.0
+    assert settings.tax_rates_file == DEFAULT_TAX_RATES_FILE
+    assert DEFAULT_TAX_RATES_FILE.is_file()
+    documented = {v.name: v.default for v in VARIABLES}
+    assert documented["STOREFRONT_PAYMENT_GATEWAY"] == "sandbox"
+    assert documented["STOREFRONT_RECONCILE_AFTER_SECONDS"] == "60"
+    assert documented["STOREFRONT_RESERVATION_TTL_SECONDS"] == "900"
+
+
+def test_the_default_http_settings_fit_together(tmp_path: Path) -> None:
+    settings = Settings.from_env(http_gateway_env(tmp_path))
+    assert settings.payment_gateway == "http"
+    assert settings.payment_base_url == "https://payments.example.com"
+    assert settings.payment_secret_key_file == tmp_path / "payment.key"
+    # The default reconcile_after (60 s) exceeds the default worst case (36.75 s).
+    assert settings.reconcile_after_seconds > payment_worst_case_seconds(
+        connect_timeout=2.0, read_timeout=10.0, max_retries=2, backoff=0.25
+    )
+
+
+@pytest.mark.parametrize(
+    ("missing", "variable"),
+    [
+        ("STOREFRONT_PAYMENT_BASE_URL", "STOREFRONT_PAYMENT_BASE_URL"),
+        ("STOREFRONT_PAYMENT_SECRET_KEY_FILE", "STOREFRONT_PAYMENT_SECRET_KEY_FILE"),
+    ],
+)
+def test_http_needs_a_base_url_and_a_secret_key_file(
+    tmp_path: Path, missing: str, variable: str
+) -> None:
+    env = http_gateway_env(tmp_path)
+    del env[missing]
+    assert config_error(env) == f"{variable}: required when the gateway is http"
+    assert config_error({**env, missing: "  "}).startswith(f"{variable}:")
+
+
+def test_a_missing_secret_key_file_is_named(tmp_path: Path) -> None:
+    env = http_gateway_env(
+        tmp_path, STOREFRONT_PAYMENT_SECRET_KEY_FILE=str(tmp_path / "nowhere.key")
+    )
+    assert config_error(env).startswith("STOREFRONT_PAYMENT_SECRET_KEY_FILE: file not found")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("STOREFRONT_PAYMENT_GATEWAY", "stripe"),
+        ("STOREFRONT_PAYMENT_CONNECT_TIMEOUT_SECONDS", "0"),
+        ("STOREFRONT_PAYMENT_READ_TIMEOUT_SECONDS", "-1"),
+        ("STOREFRONT_PAYMENT_READ_TIMEOUT_SECONDS", "soon"),
+        ("STOREFRONT_PAYMENT_MAX_RETRIES", "6"),
+        ("STOREFRONT_PAYMENT_MAX_RETRIES", "-1"),
+        ("STOREFRONT_PAYMENT_BACKOFF_SECONDS", "3"),
+        ("STOREFRONT_PAYMENT_BREAKER_FAILURES", "0"),
+        ("STOREFRONT_PAYMENT_BREAKER_RESET_SECONDS", "0"),
+        ("STOREFRONT_RECONCILE_INTERVAL_SECONDS", "-1"),
+        ("STOREFRONT_RECONCILE_AFTER_SECONDS", "-1"),
+        ("STOREFRONT_RESERVATION_TTL_SECONDS", "0"),
+    ],
+)
+def test_payment_values_out_of_range_name_the_variable(variable: str, value: str) -> None:
+    assert config_error({variable: value}).startswith(f"{variable}:")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "worst"),
+    [
+        ({}, 36.75),  # 3 x (2 + 10) + 0.25 + 0.5
+        ({"STOREFRONT_PAYMENT_MAX_RETRIES": "0"}, 12.0),
+        (
+            {
+                "STOREFRONT_PAYMENT_MAX_RETRIES": "5",
+                "STOREFRONT_PAYMENT_BACKOFF_SECONDS": "1",
+            },
+            6 * 12 + 1 + 2 + 2 + 2 + 2,  # pauses capped at 2 s
+        ),
+        (
+            {
+                "STOREFRONT_PAYMENT_CONNECT_TIMEOUT_SECONDS": "0.5",
+                "STOREFRONT_PAYMENT_READ_TIMEOUT_SECONDS": "1.5",
+                "STOREFRONT_PAYMENT_BACKOFF_SECONDS": "0",
+            },
+            6.0,
+        ),
+    ],
+)
+def test_reconcile_after_must_exceed_the_payment_clients_worst_case(
+    tmp_path: Path, overrides: dict[str, str], worst: float
+) -> None:
+    env = http_gateway_env(tmp_path, **overrides)
+    at_worst = {**env, "STOREFRONT_RECONCILE_AFTER_SECONDS": repr(worst)}
+    message = config_error(at_worst)
+    assert message.startswith("STOREFRONT_RECONCILE_AFTER_SECONDS: must exceed")
+    assert f"worst case of {worst:g} s" in message
+    above = {**env, "STOREFRONT_RECONCILE_AFTER_SECONDS": repr(worst + 0.01)}
+    assert Settings.from_env(above).reconcile_after_seconds == worst + 0.01
+
+
+def test_the_sandbox_has_no_worst_case_to_wait_for() -> None:
+    settings = Settings.from_env(
+        {"STOREFRONT_RECONCILE_AFTER_SECONDS": "0", "STOREFRONT_RESERVATION_TTL_SECONDS": "1"}
+    )
+    assert (settings.reconcile_after_seconds, settings.reservation_ttl_seconds) == (0.0, 1.0)
+
+
+def test_the_reservation_ttl_is_at_least_reconcile_after(tmp_path: Path) -> None:
+    env = http_gateway_env(tmp_path, STOREFRONT_RECONCILE_AFTER_SECONDS="120")
+    message = config_error({**env, "STOREFRONT_RESERVATION_TTL_SECONDS": "119"})
+    assert message.startswith("STOREFRONT_RESERVATION_TTL_SECONDS: must be at least")
+    assert "STOREFRONT_RECONCILE_AFTER_SECONDS" in message
+    assert config_error(
+        {"STOREFRONT_RECONCILE_AFTER_SECONDS": "61", "STOREFRONT_RESERVATION_TTL_SECONDS": "60"}
+    ).startswith("STOREFRONT_RESERVATION_TTL_SECONDS:")
+    equal = Settings.from_env({**env, "STOREFRONT_RESERVATION_TTL_SECONDS": "120"})
+    assert equal.reservation_ttl_seconds == equal.reconcile_after_seconds == 120.0
+
+
+def test_production_refuses_the_sandbox(tmp_path: Path) -> None:
+    key, page = tmp_path / "jwt.pem", tmp_path / "page.key"
+    key.write_text("x")
+    page.write_text("y" * 40)
+    production = {
+        "STOREFRONT_ENVIRONMENT": "production",
+        "STOREFRONT_JWT_SIGNING_KEY_FILE": str(key),
+        "STOREFRONT_PAGE_TOKEN_SECRET_FILE": str(page),
+    }
+    for gateway in ({}, {"STOREFRONT_PAYMENT_GATEWAY": "sandbox"}):
+        assert config_error(production | gateway).startswith("STOREFRONT_PAYMENT_GATEWAY:")
+    assert Settings.from_env(production | http_gateway_env(tmp_path)).payment_gateway == "http"
+
+
+@pytest.mark.parametrize(
+    ("changes", "variable"),
+    [
+        ({"STOREFRONT_PAYMENT_BASE_URL": "http://payments.example.com"}, "BASE_URL"),
+        ({"STOREFRONT_PAYMENT_BASE_URL": "ftp://payments.example.com"}, "BASE_URL"),
+        ({"STOREFRONT_PAYMENT_BASE_URL": "https://user:pw@payments.example.com"}, "BASE_URL"),
+    ],
+)
+def test_an_unusable_base_url_is_refused_when_the_gateway_is_built(
+    tmp_path: Path, changes: dict[str, str], variable: str
+) -> None:
+    settings = Settings.from_env(http_gateway_env(tmp_path, **changes))
+    with pytest.raises(ConfigError) as caught:
+        build_payment_gateway(settings)
+    assert str(caught.value).startswith(f"STOREFRONT_PAYMENT_{variable}:")
+
+
+def test_an_unusable_secret_key_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    settings = Settings.from_env(http_gateway_env(tmp_path))
+    assert settings.payment_secret_key_file is not None
+    settings.payment_secret_key_file.write_text("sk_live two words")
+    with pytest.raises(ConfigError) as caught:
+        build_payment_gateway(settings)
+    message = str(caught.value)
+    assert message.startswith("STOREFRONT_PAYMENT_SECRET_KEY_FILE:")
+    assert "sk_live" not in message and "two words" not in message
+    settings.payment_secret_key_file.write_text("sk_live_secret_value\n")
+    gateway = build_payment_gateway(settings)
+    assert "sk_live_secret_value" not in repr(gateway)

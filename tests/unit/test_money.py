@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from fractions import Fraction
 
@@ -9,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.domain import currencies, money
+from server.config import DEFAULT_SHIPPING_RULES_FILE, DEFAULT_TAX_RATES_FILE
+from server.domain import currencies, exchange_rates, money, shipping, taxes
 from server.domain.money import INT64_MAX, INT64_MIN, Money, RateError
 from server.migrations.m0003_currency import SEED_RATES
 
@@ -266,3 +268,153 @@ def test_a_formatted_rate_parses_back_to_itself(rate: Decimal) -> None:
 
 def test_int64_bounds_are_the_protobuf_ones() -> None:
     assert (INT64_MIN, INT64_MAX) == (-(2**63), 2**63 - 1)
+
+
+# --- applying a rate (tax) and pricing an order --------------------------------------------------
+
+int64s = st.integers(min_value=INT64_MIN, max_value=INT64_MAX)
+# Non-negative rates of any scale: 0.19, 0.000001, 1, 250, 1E+3 ...
+fractions = st.builds(
+    lambda digits, scale: Decimal(digits).scaleb(-scale),
+    st.integers(min_value=0, max_value=10**12),
+    st.integers(min_value=-3, max_value=15),
+)
+# What the tax rates file accepts: 0 to 1 with at most 6 decimals.
+tax_rates = st.integers(min_value=0, max_value=10**6).map(lambda n: Decimal(n).scaleb(-6))
+
+
+def decimal_product(amount_minor: int, rate: Decimal) -> int:
+    """amount x rate with Decimal at a precision far beyond any input, rounded half to even."""
+    with localcontext() as context:
+        context.prec = 200
+        return int((Decimal(amount_minor) * rate).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+
+@given(amount=int64s, rate=fractions)
+def test_apply_rate_is_the_exact_product_rounded_half_to_even(amount: int, rate: Decimal) -> None:
+    applied = money.apply_rate(amount, rate)
+    assert applied == decimal_product(amount, rate)
+    assert abs(applied - Fraction(amount) * Fraction(rate)) <= Fraction(1, 2)
+
+
+@given(amount=st.integers(min_value=0, max_value=INT64_MAX), rate=tax_rates)
+def test_tax_never_exceeds_its_base(amount: int, rate: Decimal) -> None:
+    assert 0 <= money.apply_rate(amount, rate) <= amount
+
+
+@pytest.mark.parametrize(
+    ("amount", "rate", "expected"),
+    [
+        (50, "0.19", 10),  # 9.5 -> 10
+        (150, "0.19", 28),  # 28.5 -> 28
+        (250, "0.01", 2),  # 2.5 -> 2
+        (350, "0.01", 4),  # 3.5 -> 4
+        (-150, "0.19", -28),
+        (1, "0.5", 0),
+        (3, "0.5", 2),
+        (7, "1E+2", 700),
+        (123, "0", 0),
+    ],
+)
+def test_apply_rate_examples(amount: int, rate: str, expected: int) -> None:
+    assert money.apply_rate(amount, Decimal(rate)) == expected
+
+
+def test_a_negative_rate_is_refused() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        money.apply_rate(100, Decimal("-0.19"))
+
+
+SHIPPING_RULES = shipping.load_rules(DEFAULT_SHIPPING_RULES_FILE)
+TAX_RATES = taxes.load_rates(DEFAULT_TAX_RATES_FILE)
+SEEDED_RATES = {
+    code: exchange_rates.Rate(code, Decimal(rate), dt.datetime(2024, 1, 1), "seed")
+    for code, rate in SEED_RATES.items()
+}
+# (catalog currency, unit price in its minor units, quantity, weight in grams per unit)
+order_lines = st.lists(
+    st.tuples(
+        st.sampled_from(SEEDED),
+        st.integers(min_value=0, max_value=10**9),
+        st.integers(min_value=1, max_value=1000),
+        st.integers(min_value=0, max_value=5000),
+    ),
+    min_size=1,
+    max_size=8,
+)
+countries = st.sampled_from(["DE", "US", "FI", "CH", "JP", "CA", "BR", "AU", "HU"])
+
+
+def priced_as_checkout(
+    lines: list[tuple[str, int, int, int]], currency: str, country: str
+) -> tuple[int, int, int, int]:
+    """(subtotal, shipping, tax, total) computed with the functions checkout uses, as it does:
+    each unit price converted once, times the quantity, summed, + shipping + tax."""
+    units = [
+        exchange_rates.convert_with(SEEDED_RATES, Money(code, price), currency).amount_minor
+        for code, price, _, _ in lines
+    ]
+    subtotal = sum(unit * quantity for unit, (_, _, quantity, _) in zip(units, lines, strict=True))
+    weight = sum(quantity * grams for _, _, quantity, grams in lines)
+    quote = shipping.price(
+        SHIPPING_RULES,
+        country=country,
+        weight_grams=weight,
+        subtotal=Money(currency, subtotal),
+        rates=SEEDED_RATES,
+    )
+    shipping_minor = quote.cost.amount_minor
+    tax = TAX_RATES.tax_minor(country, subtotal_minor=subtotal, shipping_minor=shipping_minor)
+    return subtotal, shipping_minor, tax, subtotal + shipping_minor + tax
+
+
+def priced_with_decimal(
+    lines: list[tuple[str, int, int, int]], currency: str, country: str
+) -> tuple[int, int, int, int]:
+    """The same order priced from the documented rules with Decimal at 200 digits."""
+
+    def to_currency(code: str, amount: int) -> int:
+        if code == currency:
+            return amount
+        return decimal_formula(
+            amount,
+            currencies.exponent(code),
+            currencies.exponent(currency),
+            Decimal(SEED_RATES[code]),
+            Decimal(SEED_RATES[currency]),
+        )
+
+    subtotal = sum(to_currency(code, price) * quantity for code, price, quantity, _ in lines)
+    zone = SHIPPING_RULES.zone_for(country)
+    started_kg = -(-sum(quantity * grams for _, _, quantity, grams in lines) // 1000)
+    threshold = zone.free_shipping_threshold_minor
+    free = threshold is not None and subtotal >= to_currency(SHIPPING_RULES.currency, threshold)
+    shipping_minor = (
+        0
+        if free
+        else to_currency(
+            SHIPPING_RULES.currency, zone.base_cost_minor + zone.per_kg_cost_minor * started_kg
+        )
+    )
+    taxed = subtotal + (shipping_minor if TAX_RATES.shipping_taxable else 0)
+    tax = decimal_product(taxed, TAX_RATES.rate_for(country))
+    return subtotal, shipping_minor, tax, subtotal + shipping_minor + tax
+
+
+@given(lines=order_lines, currency=st.sampled_from(SEEDED), country=countries)
+def test_an_order_total_is_exact_in_minor_units(
+    lines: list[tuple[str, int, int, int]], currency: str, country: str
+) -> None:
+    priced = priced_as_checkout(lines, currency, country)
+    assert priced == priced_with_decimal(lines, currency, country)
+    subtotal, shipping_minor, tax, total = priced
+    assert all(isinstance(part, int) for part in priced)
+    assert total == subtotal + shipping_minor + tax
+    assert min(priced) >= 0
+
+
+def test_each_unit_price_is_converted_once_before_multiplying() -> None:
+    # 1 USD cent is 0.9213 EUR cents -> 1 cent; 1000 of them are 1000 cents, not 921.
+    lines = [("USD", 1, 1000, 0)]
+    subtotal, _, _, _ = priced_as_checkout(lines, "EUR", "US")
+    assert subtotal == 1000

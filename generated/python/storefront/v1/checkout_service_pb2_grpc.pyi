@@ -66,9 +66,10 @@ class CheckoutServiceStub:
     request whose payment never completed (the order is PAYMENT_FAILED; use a new request_id).
     UNAVAILABLE with reason PAYMENT_PROVIDER_UNAVAILABLE when the provider cannot be reached or
     its circuit is open: nothing was charged; the order stays PENDING_PAYMENT with its stock
-    reserved so that a retry with the same request_id (and token) charges it, and without a retry
-    it becomes PAYMENT_FAILED and its stock is released once STOREFRONT_RECONCILE_AFTER_SECONDS
-    have passed. INVALID_ARGUMENT for an unsupported currency, an unknown country, or a
+    reserved so that a retry with the same request_id (and token) charges it. Without a retry it
+    becomes PAYMENT_FAILED and its stock is released when the provider, asked once
+    STOREFRONT_RECONCILE_AFTER_SECONDS have passed, confirms it holds no charge, or at the latest
+    when the reservation expires (STOREFRONT_RESERVATION_TTL_SECONDS). INVALID_ARGUMENT for an unsupported currency, an unknown country, or a
     payment_method_token that is missing, malformed or looks like a card number (which is never
     echoed or stored).
     """
@@ -111,9 +112,10 @@ class CheckoutServiceAsyncStub(CheckoutServiceStub):
     request whose payment never completed (the order is PAYMENT_FAILED; use a new request_id).
     UNAVAILABLE with reason PAYMENT_PROVIDER_UNAVAILABLE when the provider cannot be reached or
     its circuit is open: nothing was charged; the order stays PENDING_PAYMENT with its stock
-    reserved so that a retry with the same request_id (and token) charges it, and without a retry
-    it becomes PAYMENT_FAILED and its stock is released once STOREFRONT_RECONCILE_AFTER_SECONDS
-    have passed. INVALID_ARGUMENT for an unsupported currency, an unknown country, or a
+    reserved so that a retry with the same request_id (and token) charges it. Without a retry it
+    becomes PAYMENT_FAILED and its stock is released when the provider, asked once
+    STOREFRONT_RECONCILE_AFTER_SECONDS have passed, confirms it holds no charge, or at the latest
+    when the reservation expires (STOREFRONT_RESERVATION_TTL_SECONDS). INVALID_ARGUMENT for an unsupported currency, an unknown country, or a
     payment_method_token that is missing, malformed or looks like a card number (which is never
     echoed or stored).
     """
@@ -159,9 +161,10 @@ class CheckoutServiceServicer(metaclass=_abc_1.ABCMeta):
         request whose payment never completed (the order is PAYMENT_FAILED; use a new request_id).
         UNAVAILABLE with reason PAYMENT_PROVIDER_UNAVAILABLE when the provider cannot be reached or
         its circuit is open: nothing was charged; the order stays PENDING_PAYMENT with its stock
-        reserved so that a retry with the same request_id (and token) charges it, and without a retry
-        it becomes PAYMENT_FAILED and its stock is released once STOREFRONT_RECONCILE_AFTER_SECONDS
-        have passed. INVALID_ARGUMENT for an unsupported currency, an unknown country, or a
+        reserved so that a retry with the same request_id (and token) charges it. Without a retry it
+        becomes PAYMENT_FAILED and its stock is released when the provider, asked once
+        STOREFRONT_RECONCILE_AFTER_SECONDS have passed, confirms it holds no charge, or at the latest
+        when the reservation expires (STOREFRONT_RESERVATION_TTL_SECONDS). INVALID_ARGUMENT for an unsupported currency, an unknown country, or a
         payment_method_token that is missing, malformed or looks like a card number (which is never
         echoed or stored).
         """

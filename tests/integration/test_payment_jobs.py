@@ -1,0 +1,539 @@
+"""The payment reconciler and refund delivery on both engines, with orders placed by checkout.
+
+The provider is the in-process SandboxGateway behind `ScriptedProvider`, a stand-in for the
+payment provider's network that can be down, lose answers, or let a test act while a lookup is
+in progress. Nothing of storefront's own is replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import peewee
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from server.config import DEFAULT_SHIPPING_RULES_FILE, DEFAULT_TAX_RATES_FILE
+from server.db import utcnow
+from server.domain import carts, checkout, orders, payment_jobs, shipping, taxes
+from server.domain.orders import RefundStatus, State
+from server.domain.principal import Principal, Role
+from server.errors import DomainError, FailedPrecondition
+from server.models.order import Order, OrderEvent, OrderRefund
+from server.models.stock import StockLevel, StockMovement
+from server.payments import (
+    Charge,
+    PaymentOutcomeUnknown,
+    PaymentProviderUnavailable,
+    Refund,
+    SandboxGateway,
+)
+from tests.conftest import insert_product
+from tests.integration.test_inventory import run_concurrently
+
+RULES = shipping.load_rules(DEFAULT_SHIPPING_RULES_FILE)
+RATES = taxes.load_rates(DEFAULT_TAX_RATES_FILE)
+ADDRESS = checkout.Address("Ada Lovelace", "1 Main St", "", "Berlin", "", "10115", "DE")
+STAFF = Principal("staff-1", Role.STAFF, "token-staff")
+AFTER = dt.timedelta(seconds=60)
+TTL = dt.timedelta(seconds=900)
+WAIT = 10.0  # seconds: a bound on waiting for another thread, never reached when all is well
+
+
+class ScriptedProvider:
+    """A PaymentGateway: the sandbox behind a network the test controls."""
+
+    def __init__(self) -> None:
+        self.sandbox = SandboxGateway()
+        self.down = False
+        self.lose_next_answers = 0  # calls carried out whose answer is then lost
+        self.during_next_lookup: Callable[[], None] | None = None
+        self.before_next_charge: Callable[[], None] | None = None
+
+    def _network(self) -> None:
+        if self.down:
+            raise PaymentProviderUnavailable("The payment provider is unavailable; retry later.")
+
+    def _answer_lost(self, key: str) -> None:
+        if self.lose_next_answers:
+            self.lose_next_answers -= 1
+            raise PaymentOutcomeUnknown("The answer was lost.", idempotency_key=key)
+
+    def charge(
+        self,
+        *,
+        idempotency_key: str,
+        amount_minor: int,
+        currency: str,
+        payment_method_token: str,
+        description: str,
+    ) -> Charge:
+        hook, self.before_next_charge = self.before_next_charge, None
+        if hook is not None:
+            hook()
+        self._network()
+        charge = self.sandbox.charge(
+            idempotency_key=idempotency_key,
+            amount_minor=amount_minor,
+            currency=currency,
+            payment_method_token=payment_method_token,
+            description=description,
+        )
+        self._answer_lost(idempotency_key)
+        return charge
+
+    def refund(self, *, idempotency_key: str, charge_id: str, amount_minor: int) -> Refund:
+        self._network()
+        refund = self.sandbox.refund(
+            idempotency_key=idempotency_key, charge_id=charge_id, amount_minor=amount_minor
+        )
+        self._answer_lost(idempotency_key)
+        return refund
+
+    def find_charge(self, *, idempotency_key: str) -> Charge | None:
+        self._network()
+        # The answer is what the provider knew when asked; the hook runs before it arrives.
+        answer = self.sandbox.find_charge(idempotency_key=idempotency_key)
+        hook, self.during_next_lookup = self.during_next_lookup, None
+        if hook is not None:
+            hook()
+        return answer
+
+
+@pytest.fixture
+def provider() -> ScriptedProvider:
+    return ScriptedProvider()
+
+
+def new_customer() -> Principal:
+    return Principal(f"user-{uuid.uuid4().hex[:12]}", Role.CUSTOMER, "token-customer")
+
+
+def order_request(token: str, request_id: str | None = None) -> checkout.PlaceOrder:
+    return checkout.PlaceOrder(request_id or str(uuid.uuid4()), ADDRESS, "EUR", token)
+
+
+def place(
+    gateway: ScriptedProvider,
+    customer: Principal,
+    request: checkout.PlaceOrder,
+    lines: dict[str, int] | None = None,
+) -> Order:
+    """Fills the cart with `lines`, places the order (whatever the outcome); returns it."""
+    for product_id, quantity in (lines or {}).items():
+        carts.add(customer.subject, product_id=product_id, quantity=quantity)
+    config = checkout.Checkout(gateway=gateway, shipping_rules=RULES, tax_rates=RATES)
+    with contextlib.suppress(DomainError):
+        checkout.place_order(config, customer, request)
+    return Order.get(
+        (Order.customer_id == customer.subject) & (Order.request_id == request.request_id)
+    )
+
+
+def current(order_id: str) -> Order:
+    return Order.get_by_id(order_id)
+
+
+def later(seconds: float = 3600) -> dt.datetime:
+    return utcnow() + dt.timedelta(seconds=seconds)
+
+
+def reconcile(provider: ScriptedProvider, now: dt.datetime | None = None) -> payment_jobs.Report:
+    return payment_jobs.reconcile(
+        provider, reconcile_after=AFTER, reservation_ttl=TTL, now=now or later()
+    )
+
+
+def movements(order_id: str) -> Counter[tuple[str, str]]:
+    """(product id, kind) -> entries in the ledger for the order."""
+    rows = StockMovement.select().where(StockMovement.reference == orders.stock_reference(order_id))
+    return Counter((row.product_id, row.kind) for row in rows)
+
+
+def events(order_id: str) -> list[str]:
+    rows = OrderEvent.select().where(OrderEvent.order == order_id).order_by(OrderEvent.id)
+    return [row.type for row in rows]
+
+
+def levels(product_id: str) -> tuple[int, int]:
+    level = StockLevel.get(StockLevel.product == product_id)
+    return int(level.on_hand), int(level.reserved)
+
+
+# --- when an attempt is old enough -------------------------------------------------------------
+
+
+def test_young_attempts_are_left_alone(db: peewee.Database, provider: ScriptedProvider) -> None:
+    product_id = insert_product(on_hand=5)
+    order = place(provider, new_customer(), order_request("tok_timeout"), {product_id: 2})
+    assert order.state == State.PENDING_PAYMENT
+    attempt = order.charge_attempt_time
+
+    just_too_young = attempt + AFTER - dt.timedelta(microseconds=1)
+    report = reconcile(provider, now=just_too_young)
+    assert (report.paid, report.failed, report.expired, report.still_pending) == ([], [], [], 0)
+    assert current(order.id).state == State.PENDING_PAYMENT
+    assert levels(product_id) == (5, 2)
+
+    report = reconcile(provider, now=attempt + AFTER)
+    assert report.paid == [order.id]
+    assert current(order.id).state == State.PAID
+    assert levels(product_id) == (3, 0)
+
+
+@pytest.mark.parametrize(
+    ("token", "state", "failure_code", "event"),
+    [
+        ("tok_timeout", State.PAID, "", "PAYMENT_CAPTURED"),
+        ("tok_timeout_declined", State.PAYMENT_FAILED, "card_declined", "PAYMENT_DECLINED"),
+        (
+            "tok_provider_down",
+            State.PAYMENT_FAILED,
+            orders.NOT_COMPLETED,
+            "PAYMENT_NOT_COMPLETED",
+        ),
+    ],
+)
+def test_the_providers_answer_settles_a_pending_order(
+    db: peewee.Database,
+    provider: ScriptedProvider,
+    token: str,
+    state: State,
+    failure_code: str,
+    event: str,
+) -> None:
+    product_id = insert_product(on_hand=5)
+    customer = new_customer()
+    order = place(provider, customer, order_request(token), {product_id: 2})
+    assert order.state == State.PENDING_PAYMENT
+    assert levels(product_id) == (5, 2)
+
+    reconcile(provider)
+    settled = current(order.id)
+    assert (settled.state, settled.payment_failure_code) == (state, failure_code)
+    assert events(order.id)[-1] == event
+    kind = "SALE" if state == State.PAID else "RELEASE"
+    assert movements(order.id) == {(product_id, "RESERVATION"): 1, (product_id, kind): 1}
+    assert levels(product_id) == ((3, 0) if state == State.PAID else (5, 0))
+    in_cart = [line.quantity for line in carts.get(customer.subject).lines]
+    assert in_cart == ([] if state == State.PAID else [2])
+
+
+def test_a_newer_attempt_than_the_one_read_is_not_overtaken(
+    db: peewee.Database, provider: ScriptedProvider
+) -> None:
+    product_id = insert_product(on_hand=5)
+    customer = new_customer()
+    request = order_request("tok_visa")
+    provider.down = True
+    order = place(provider, customer, request, {product_id: 1})
+    assert order.state == State.PENDING_PAYMENT  # nothing charged; the retry will charge it
+    provider.down = False
+
+    charging, release = threading.Event(), threading.Event()
+    outcome: list[object] = []
+
+    def customer_retries() -> None:
+        # A retry with the same request_id: a new attempt that is charging while the
+        # reconciler acts on the lookup it made before the retry began.
+        def hold_the_charge() -> None:
+            charging.set()
+            assert release.wait(WAIT)
+
+        provider.before_next_charge = hold_the_charge
+        with db.connection_context():
+            outcome.append(place(provider, customer, request))
+
+    retry = threading.Thread(target=customer_retries)
+
+    def retry_starts_during_the_lookup() -> None:
+        retry.start()
+        assert charging.wait(WAIT)
+
+    provider.during_next_lookup = retry_starts_during_the_lookup
+    try:
+        report = reconcile(provider)
+        # The lookup found nothing, but the order has a newer attempt: the reconciler leaves it.
+        assert (report.failed, report.paid) == ([], [])
+        assert current(order.id).state == State.PENDING_PAYMENT
+        assert current(order.id).charge_attempt_time > order.charge_attempt_time
+        assert levels(product_id) == (5, 1)
+    finally:
+        release.set()
+        retry.join(WAIT)
+    assert not retry.is_alive()
+
+    paid = current(order.id)
+    assert paid.state == State.PAID and paid.captured_minor == paid.total_minor
+    assert [c.idempotency_key for c in provider.sandbox.list_charges()] == [
+        orders.payment_key(order.id)
+    ]
+    assert movements(order.id) == {(product_id, "RESERVATION"): 1, (product_id, "SALE"): 1}
+    assert events(order.id).count("PAYMENT_CAPTURED") == 1
+
+
+def test_concurrent_passes_settle_each_order_once(
+    db: peewee.Database, provider: ScriptedProvider
+) -> None:
+    products = [insert_product(on_hand=100) for _ in range(2)]
+    tokens = ["tok_timeout", "tok_timeout_declined", "tok_provider_down"] * 3
+    placed = {
+        place(provider, new_customer(), order_request(token), {p: 2 for p in products}).id: token
+        for token in tokens
+    }
+    assert {current(order_id).state for order_id in placed} == {State.PENDING_PAYMENT}
+
+    now = later()
+    reports = run_concurrently(db, [lambda: reconcile(provider, now=now)] * 2)
+    assert all(isinstance(report, payment_jobs.Report) for report in reports)
+    paid = [order_id for r in reports for order_id in r.paid]  # type: ignore[union-attr]
+    failed = [order_id for r in reports for order_id in r.failed]  # type: ignore[union-attr]
+    assert sorted(paid) == sorted(o for o, t in placed.items() if t == "tok_timeout")
+    assert sorted(failed) == sorted(o for o, t in placed.items() if t != "tok_timeout")
+
+    for order_id, token in placed.items():
+        kind = "SALE" if token == "tok_timeout" else "RELEASE"
+        expected = {(p, k): 1 for p in products for k in ("RESERVATION", kind)}
+        assert movements(order_id) == expected, token
+        settling = [e for e in events(order_id) if e.startswith("PAYMENT_")]
+        assert len(settling) == 1 + (token != "tok_provider_down"), settling
+    sold = 2 * tokens.count("tok_timeout")
+    assert [levels(p) for p in products] == [(100 - sold, 0)] * 2
+
+
+def test_a_lookup_that_cannot_be_made_keeps_the_order_until_its_reservation_expires(
+    db: peewee.Database, provider: ScriptedProvider
+) -> None:
+    product_id = insert_product(on_hand=5)
+    order = place(provider, new_customer(), order_request("tok_timeout"), {product_id: 1})
+    provider.down = True
+
+    report = reconcile(provider, now=order.create_time + TTL - dt.timedelta(seconds=1))
+    assert (report.expired, report.still_pending) == ([], 1)
+    assert current(order.id).state == State.PENDING_PAYMENT
+
+    report = reconcile(provider, now=order.create_time + TTL)
+    assert report.expired == [order.id]
+    expired = current(order.id)
+    assert (expired.state, expired.payment_failure_code) == (
+        State.PAYMENT_FAILED,
+        orders.RESERVATION_EXPIRED,
+    )
+    assert expired.payment_unresolved
+    assert levels(product_id) == (5, 0)
+
+    # The provider is back and holds the charge the lost answer was about: refunded in full.
+    provider.down = False
+    report = reconcile(provider)
+    assert report.late_charges_refunded == [order.id]
+    [charge] = provider.sandbox.list_charges()
+    assert provider.sandbox.refunded_minor(charge.id) == charge.amount_minor == expired.total_minor
+    refunded = current(order.id)
+    assert (refunded.state, refunded.payment_unresolved) == (State.PAYMENT_FAILED, False)
+    assert (refunded.captured_minor, refunded.refunded_minor) == (charge.amount_minor,) * 2
+    assert [r.status for r in OrderRefund.select().where(OrderRefund.order == order.id)] == [
+        RefundStatus.SUCCEEDED
+    ]
+    assert events(order.id)[-3:] == [
+        "RESERVATION_EXPIRED",
+        "LATE_CHARGE_REFUNDED",
+        "REFUND_SUCCEEDED",
+    ]
+    assert levels(product_id) == (5, 0)
+
+    report = reconcile(provider)  # nothing left to do
+    assert (report.late_charges_refunded, report.refunds_succeeded) == ([], [])
+    assert provider.sandbox.refunded_minor(charge.id) == charge.amount_minor
+
+
+def test_an_expired_order_the_provider_never_charged_is_marked_resolved(
+    db: peewee.Database, provider: ScriptedProvider
+) -> None:
+    product_id = insert_product(on_hand=5)
+    provider.down = True
+    order = place(provider, new_customer(), order_request("tok_visa"), {product_id: 1})
+    assert reconcile(provider, now=order.create_time + TTL).expired == [order.id]
+    assert current(order.id).payment_unresolved
+
+    provider.down = False
+    report = reconcile(provider)
+    assert report.late_charges_refunded == []
+    resolved = current(order.id)
+    assert (resolved.state, resolved.payment_unresolved) == (State.PAYMENT_FAILED, False)
+    assert (resolved.captured_minor, resolved.refunded_minor) == (0, 0)
+    assert provider.sandbox.list_charges() == []
+
+
+# --- refunds -------------------------------------------------------------------------------------
+
+
+def shipped_order(provider: ScriptedProvider, on_hand: int = 5, quantity: int = 2) -> Order:
+    """A PAID order placed through checkout with tok_visa, then shipped."""
+    product_id = insert_product(on_hand=on_hand)
+    order = place(provider, new_customer(), order_request("tok_visa"), {product_id: quantity})
+    assert order.state == State.PAID
+    orders.ship(STAFF, order_id=order.id, carrier="DHL", tracking_number="JJD000")
+    return current(order.id)
+
+
+def refunds_of(order_id: str) -> list[OrderRefund]:
+    return list(
+        OrderRefund.select().where(OrderRefund.order == order_id).order_by(OrderRefund.create_time)
+    )
+
+
+def refund(order_id: str, amount_minor: int | None) -> str:
+    return orders.refund(
+        STAFF, order_id=order_id, amount_minor=amount_minor, currency="EUR", reason="damaged"
+    )
+
+
+def test_pending_refunds_are_retried_until_the_provider_confirms_them(
+    db: peewee.Database, provider: ScriptedProvider
+) -> None:
+    order = shipped_order(provider)
+    refund_id = refund(order.id, 700)
+    provider.down = True
+    for attempt in (1, 2):
+        report = payment_jobs.deliver_refunds(provider, order_id=order.id)
+        assert (report.refunds_succeeded, report.still_pending) == ([], 1)
+        [pending] = refunds_of(order.id)
+        assert (pending.status, pending.attempts) == (RefundStatus.PENDING, attempt)
+    assert current(order.id).refunded_minor == 700  # owed, whatever the provider says
+
+    provider.down = False
+    report = payment_jobs.deliver_refunds(provider)
+    assert report.refunds_succeeded == [refund_id]
+    [sent] = refunds_of(order.id)
+    assert (sent.status, sent.attempts) == (RefundStatus.SUCCEEDED, 3)
+    assert provider.sandbox.refunded_minor(str(order.charge_id)) == 700
+    assert events(order.id)[-2:] == ["REFUND_REQUESTED", "REFUND_SUCCEEDED"]
+
+    # Nothing is pending any more; a repeat sends nothing.
+    assert payment_jobs.deliver_refunds(provider).refunds_succeeded == []
+    assert provider.sandbox.refunded_minor(str(order.charge_id)) == 700
+
+
+def test_a_refund_sent_again_after_a_lost_answer_is_made_once(
+    db: peewee.Database, provider: ScriptedProvider
+) -> None:
+    order = shipped_order(provider)
+    refund(order.id, None)
+    provider.lose_next_answers = 1  # the provider refunds, the answer never arrives
+    report = payment_jobs.deliver_refunds(provider, order_id=order.id)
+    assert report.still_pending == 1
+    assert provider.sandbox.refunded_minor(str(order.charge_id)) == order.total_minor
+
+    report = payment_jobs.deliver_refunds(provider, order_id=order.id)
+    [sent] = refunds_of(order.id)
+    assert report.refunds_succeeded == [sent.id]
+    assert sent.status == RefundStatus.SUCCEEDED
+    # Under its own key the second request is a replay; a new key would have been refused.
+    assert provider.sandbox.refunded_minor(str(order.charge_id)) == order.total_minor
+
+    # Even recorded PENDING again (a crash before the answer was stored), it refunds nothing.
+    first_id = sent.provider_refund_id
+    OrderRefund.update(status=RefundStatus.PENDING.value).where(OrderRefund.id == sent.id).execute()
+    payment_jobs.deliver_refunds(provider, order_id=order.id)
+    [again] = refunds_of(order.id)
+    assert (again.status, again.provider_refund_id) == (RefundStatus.SUCCEEDED, first_id)
+    assert provider.sandbox.refunded_minor(str(order.charge_id)) == order.total_minor
+
+
+def test_concurrent_deliveries_settle_a_refund_once(
+    db: peewee.Database, provider: ScriptedProvider
+) -> None:
+    order = shipped_order(provider)
+    refund_id = refund(order.id, 500)
+    reports = run_concurrently(
+        db, [lambda: payment_jobs.deliver_refunds(provider, order_id=order.id)] * 4
+    )
+    succeeded = [r for report in reports for r in report.refunds_succeeded]  # type: ignore[union-attr]
+    assert succeeded == [refund_id]
+    assert provider.sandbox.refunded_minor(str(order.charge_id)) == 500
+    assert events(order.id).count("REFUND_SUCCEEDED") == 1
+
+
+def test_a_refund_the_provider_refuses_is_failed_and_not_retried(
+    db: peewee.Database, provider: ScriptedProvider
+) -> None:
+    order = shipped_order(provider)
+    charge_id = str(order.charge_id)
+    # Someone refunded part of the charge at the provider, outside storefront.
+    provider.sandbox.refund(idempotency_key="dashboard-1", charge_id=charge_id, amount_minor=100)
+    refund(order.id, None)  # everything: more than the provider has left
+    report = payment_jobs.deliver_refunds(provider)
+    [refused] = refunds_of(order.id)
+    assert report.refunds_failed == [refused.id]
+    assert refused.status == RefundStatus.FAILED
+    assert events(order.id)[-1] == "REFUND_FAILED"
+    assert payment_jobs.deliver_refunds(provider).refunds_failed == []
+    assert provider.sandbox.refunded_minor(charge_id) == 100
+
+
+# --- refunds never exceed the capture ------------------------------------------------------------
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(amounts=st.lists(st.one_of(st.none(), st.integers(min_value=1, max_value=6000)), max_size=8))
+def test_a_sequence_of_refunds_never_exceeds_the_capture(
+    db: peewee.Database, amounts: list[int | None]
+) -> None:
+    provider = ScriptedProvider()
+    order = shipped_order(provider, on_hand=3, quantity=3)
+    captured = int(order.captured_minor)
+    owed = 0
+    for amount in amounts:
+        remaining = captured - owed
+        try:
+            refund(order.id, amount)
+        except FailedPrecondition as exc:
+            if remaining == 0:
+                assert exc.reason == "ILLEGAL_TRANSITION"  # REFUNDED is final
+            else:
+                assert exc.reason == "REFUND_EXCEEDS_CAPTURED"
+                assert amount is not None and amount > remaining
+                assert exc.metadata == {"refundable_minor": str(remaining)}
+        else:
+            assert remaining > 0
+            owed += remaining if amount is None else amount
+        now = current(order.id)
+        assert now.refunded_minor == owed <= captured
+        assert sum(r.amount_minor for r in refunds_of(order.id)) == owed
+        expected = State.REFUNDED if owed == captured else State.SHIPPED
+        if 0 < owed < captured:
+            expected = State.PARTIALLY_REFUNDED
+        assert now.state == expected
+    payment_jobs.deliver_refunds(provider, order_id=order.id)
+    assert provider.sandbox.refunded_minor(str(order.charge_id)) == owed
+
+
+def test_concurrent_refunds_never_exceed_the_capture(db: peewee.Database) -> None:
+    provider = ScriptedProvider()
+    order = shipped_order(provider, on_hand=3, quantity=3)
+    captured = int(order.captured_minor)
+    share = captured // 3 + 1  # three of these would be too much; two fit
+    outcomes = run_concurrently(db, [lambda: refund(order.id, share)] * 6)
+    made = [o for o in outcomes if isinstance(o, str)]
+    refused = [o for o in outcomes if isinstance(o, DomainError)]
+    assert len(made) == 2 and len(refused) == 4
+    assert {e.reason for e in refused} == {"REFUND_EXCEEDS_CAPTURED"}
+    after = current(order.id)
+    assert (after.refunded_minor, after.state) == (2 * share, State.PARTIALLY_REFUNDED)
+    assert sorted(r.id for r in refunds_of(order.id)) == sorted(made)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_hooks(provider: ScriptedProvider) -> Iterator[None]:
+    yield
+    assert provider.during_next_lookup is None and provider.before_next_charge is None
