@@ -86,9 +86,9 @@ class CheckoutServiceServicer:
         reserved so that a retry with the same request_id (and token) charges it. Without a retry it
         becomes PAYMENT_FAILED and its stock is released when the provider, asked once
         STOREFRONT_RECONCILE_AFTER_SECONDS have passed, confirms it holds no charge, or at the latest
-        when the reservation expires (STOREFRONT_RESERVATION_TTL_SECONDS). INVALID_ARGUMENT for an unsupported currency, an unknown country, or a
-        payment_method_token that is missing, malformed or looks like a card number (which is never
-        echoed or stored).
+        when the reservation expires (STOREFRONT_RESERVATION_TTL_SECONDS). INVALID_ARGUMENT for an
+        unsupported currency, an unknown country, or a payment_method_token that is missing,
+        malformed or looks like a card number (which is never echoed or stored).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

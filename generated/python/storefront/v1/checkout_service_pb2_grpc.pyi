@@ -69,9 +69,9 @@ class CheckoutServiceStub:
     reserved so that a retry with the same request_id (and token) charges it. Without a retry it
     becomes PAYMENT_FAILED and its stock is released when the provider, asked once
     STOREFRONT_RECONCILE_AFTER_SECONDS have passed, confirms it holds no charge, or at the latest
-    when the reservation expires (STOREFRONT_RESERVATION_TTL_SECONDS). INVALID_ARGUMENT for an unsupported currency, an unknown country, or a
-    payment_method_token that is missing, malformed or looks like a card number (which is never
-    echoed or stored).
+    when the reservation expires (STOREFRONT_RESERVATION_TTL_SECONDS). INVALID_ARGUMENT for an
+    unsupported currency, an unknown country, or a payment_method_token that is missing,
+    malformed or looks like a card number (which is never echoed or stored).
     """
 
 @_typing.type_check_only
@@ -115,9 +115,9 @@ class CheckoutServiceAsyncStub(CheckoutServiceStub):
     reserved so that a retry with the same request_id (and token) charges it. Without a retry it
     becomes PAYMENT_FAILED and its stock is released when the provider, asked once
     STOREFRONT_RECONCILE_AFTER_SECONDS have passed, confirms it holds no charge, or at the latest
-    when the reservation expires (STOREFRONT_RESERVATION_TTL_SECONDS). INVALID_ARGUMENT for an unsupported currency, an unknown country, or a
-    payment_method_token that is missing, malformed or looks like a card number (which is never
-    echoed or stored).
+    when the reservation expires (STOREFRONT_RESERVATION_TTL_SECONDS). INVALID_ARGUMENT for an
+    unsupported currency, an unknown country, or a payment_method_token that is missing,
+    malformed or looks like a card number (which is never echoed or stored).
     """
 
 class CheckoutServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -164,9 +164,9 @@ class CheckoutServiceServicer(metaclass=_abc_1.ABCMeta):
         reserved so that a retry with the same request_id (and token) charges it. Without a retry it
         becomes PAYMENT_FAILED and its stock is released when the provider, asked once
         STOREFRONT_RECONCILE_AFTER_SECONDS have passed, confirms it holds no charge, or at the latest
-        when the reservation expires (STOREFRONT_RESERVATION_TTL_SECONDS). INVALID_ARGUMENT for an unsupported currency, an unknown country, or a
-        payment_method_token that is missing, malformed or looks like a card number (which is never
-        echoed or stored).
+        when the reservation expires (STOREFRONT_RESERVATION_TTL_SECONDS). INVALID_ARGUMENT for an
+        unsupported currency, an unknown country, or a payment_method_token that is missing,
+        malformed or looks like a card number (which is never echoed or stored).
         """
 
 def add_CheckoutServiceServicer_to_server(servicer: CheckoutServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
