@@ -209,7 +209,8 @@ def list_(
 ) -> listing.Page[OrderDetails]:
     """Returns one page of the orders `viewer` may see."""
     sees_all = viewer.role in SEES_ALL_ORDERS
-    # A token is bound to the caller, so a customer cannot page through another's orders.
+    # A token is bound to the caller (as the contract says, staff included) and to what the
+    # caller sees, so nobody resumes a listing someone else started.
     request = listing.parse_list_request(
         ORDER_LIST,
         page_size=page_size,
@@ -217,7 +218,7 @@ def list_(
         filter_text=filter_text,
         order_by=order_by,
         secret=secret,
-        scope="all" if sees_all else f"customer={viewer.subject}",
+        scope=f"{'all' if sees_all else 'customer'}={viewer.subject}",
     )
     if not sees_all and any(term.field == "customer_id" for term in request.filter):
         raise listing.filter_error("customer_id may only be filtered on by staff")
@@ -472,7 +473,8 @@ def refund(
             v.add("amount.currency_code", f"must be the order's currency, {order.currency}")
             v.raise_if_any()
         amount = remaining if amount_minor is None else amount_minor
-        if amount > remaining:
+        # amount is only below 1 when nothing is left to refund, e.g. an order whose total was 0.
+        if amount > remaining or amount < 1:
             raise _exceeds_captured(remaining)
         if amount == remaining:
             target = State.REFUNDED
