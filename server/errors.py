@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from dataclasses import dataclass, field
 
@@ -102,6 +103,11 @@ def is_id(value: str) -> bool:
         return False
 
 
+def has_control_characters(text: str) -> bool:
+    """Whether `text` holds control, format or line/paragraph separator characters."""
+    return any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in text)
+
+
 class Validator:
     """Collects field violations and raises them together as one InvalidArgument."""
 
@@ -123,6 +129,19 @@ class Validator:
             self.add(field_path, "is required")
         elif not is_id(value):
             self.add(field_path, f"must be a {kind} id (a lower-case UUID)")
+
+    def text(self, field_path: str, raw: str, max_length: int, *, required: bool = True) -> str:
+        """Returns `raw` without surrounding whitespace; records a violation if it is missing (when
+        `required`), longer than `max_length`, or holds control, format or line-break characters."""
+        text = raw.strip()
+        if not text:
+            if required:
+                self.add(field_path, "is required")
+        elif len(text) > max_length:
+            self.add(field_path, f"must be at most {max_length} characters")
+        elif has_control_characters(text):
+            self.add(field_path, "must not contain control characters")
+        return text
 
     def raise_if_any(self, message: str = "The request has invalid fields.") -> None:
         """Raises InvalidArgument listing every recorded violation, if there are any."""

@@ -99,17 +99,6 @@ class Checkout:
 # --- validation ---------------------------------------------------------------------------------
 
 
-def _text(v: Validator, path: str, raw: str, max_length: int, *, required: bool) -> str:
-    text = raw.strip()
-    if required and not text:
-        v.add(path, "is required")
-    elif len(text) > max_length:
-        v.add(path, f"must be at most {max_length} characters")
-    elif not text.isprintable():
-        v.add(path, "must not contain control characters")
-    return text
-
-
 def _normalized(request: PlaceOrder) -> PlaceOrder:
     """The request with surrounding spaces removed and codes upper-cased (not validated)."""
     a = request.address
@@ -133,12 +122,12 @@ def check(v: Validator, request: PlaceOrder) -> None:
     """Adds every violation of a (normalised) PlaceOrder request, request_id aside."""
     a = request.address
     prefix = "shipping_address."
-    _text(v, prefix + "recipient_name", a.recipient_name, NAME_MAX_LENGTH, required=True)
-    _text(v, prefix + "line1", a.line1, LINE_MAX_LENGTH, required=True)
-    _text(v, prefix + "line2", a.line2, LINE_MAX_LENGTH, required=False)
-    _text(v, prefix + "city", a.city, CITY_MAX_LENGTH, required=True)
-    _text(v, prefix + "region", a.region, REGION_MAX_LENGTH, required=False)
-    _text(v, prefix + "postal_code", a.postal_code, POSTAL_CODE_MAX_LENGTH, required=False)
+    v.text(prefix + "recipient_name", a.recipient_name, NAME_MAX_LENGTH, required=True)
+    v.text(prefix + "line1", a.line1, LINE_MAX_LENGTH, required=True)
+    v.text(prefix + "line2", a.line2, LINE_MAX_LENGTH, required=False)
+    v.text(prefix + "city", a.city, CITY_MAX_LENGTH, required=True)
+    v.text(prefix + "region", a.region, REGION_MAX_LENGTH, required=False)
+    v.text(prefix + "postal_code", a.postal_code, POSTAL_CODE_MAX_LENGTH, required=False)
     if not a.country_code:
         v.add(prefix + "country_code", "is required")
     elif not countries.is_known(a.country_code):
@@ -448,9 +437,10 @@ def _charge(checkout: Checkout, order: Order, request: PlaceOrder, *, actor: str
     and without one the reconciler fails it once the attempt is old enough.
     """
     if order.total_minor == 0:
-        if orders.payment_captured(order.id, None, actor=actor):
-            checkout.on_placed(order)
-        return Order.get_by_id(order.id)
+        settled = orders.payment_captured(order, None, actor=actor)
+        if settled is not None:
+            checkout.on_placed(settled)
+        return settled or Order.get_by_id(order.id)
     try:
         charge = checkout.gateway.charge(
             idempotency_key=orders.payment_key(order.id),
@@ -460,15 +450,18 @@ def _charge(checkout: Checkout, order: Order, request: PlaceOrder, *, actor: str
             description=f"storefront order {order.id}",
         )
     except PaymentDeclined as declined:
-        orders.payment_failed(
-            order.id, failure_code=declined.code, event_type="PAYMENT_DECLINED", actor=actor
+        settled = orders.payment_failed(
+            order, failure_code=declined.code, event_type="PAYMENT_DECLINED", actor=actor
         )
     except PaymentOutcomeUnknown:
         orders.payment_outcome_unknown(order.id, actor=actor)
+        return order
     else:
-        if orders.payment_captured(order.id, charge, actor=actor):
-            checkout.on_placed(order)
-    return Order.get_by_id(order.id)
+        settled = orders.payment_captured(order, charge, actor=actor)
+        if settled is not None:
+            checkout.on_placed(settled)
+    # None: another call settled it first (a retry that took over); answer with its outcome.
+    return settled or Order.get_by_id(order.id)
 
 
 def _new_id() -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -44,17 +43,6 @@ def available(level: StockLevel) -> int:
 
 def _product_not_found() -> NotFound:
     return NotFound("The product does not exist.", reason="PRODUCT_NOT_FOUND")
-
-
-def _check_text(v: Validator, field: str, raw: str, max_length: int) -> str:
-    text = raw.strip()
-    if not text:
-        v.add(field, "is required")
-    elif len(text) > max_length:
-        v.add(field, f"must be at most {max_length} characters")
-    elif any(unicodedata.category(ch) in ("Cc", "Cf") for ch in text):
-        v.add(field, "must not contain control characters")
-    return text
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -134,7 +122,7 @@ def check_adjustment(v: Validator, *, product_id: str, delta: int, reason: str) 
         v.add("delta", "must not be zero")
     elif abs(delta) > MAX_DELTA:
         v.add("delta", f"must be between -{MAX_DELTA:,} and {MAX_DELTA:,}")
-    return _check_text(v, "reason", reason, REASON_MAX_LENGTH)
+    return v.text("reason", reason, REASON_MAX_LENGTH)
 
 
 def adjust(
@@ -336,9 +324,9 @@ def _merged_lines(
         if not 1 <= quantity <= MAX_DELTA:
             v.add(f"lines[{index}].quantity", f"must be between 1 and {MAX_DELTA:,}")
         totals[product_id] = totals.get(product_id, 0) + quantity
-    reference = _check_text(v, "reference", reference, REFERENCE_MAX_LENGTH)
+    reference = v.text("reference", reference, REFERENCE_MAX_LENGTH)
     if reason:
-        reason = _check_text(v, "reason", reason, REASON_MAX_LENGTH)
+        reason = v.text("reason", reason, REASON_MAX_LENGTH)
     v.raise_if_any()
     # One order for every transaction: two checkouts locking rows in opposite orders would
     # deadlock on PostgreSQL.

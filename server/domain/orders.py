@@ -124,8 +124,8 @@ def payment_key(order_id: str) -> str:
 
 
 def refund_key(refund_id: str) -> str:
-    """The payment provider idempotency key of one refund."""
-    return f"refund:{refund_id}"
+    """The payment provider idempotency key of one refund (the refund's own id)."""
+    return refund_id
 
 
 def stock_reference(order_id: str) -> str:
@@ -294,7 +294,8 @@ def _locked(order_id: str, viewer: Principal | None) -> Order:
 
 
 def _set_state(order: Order, target: State, now: dt.datetime, **changes: Any) -> None:
-    """Writes the new state if the order is still in the state it was read in."""
+    """Writes the new state if the order is still in the state it was read in, and updates
+    `order` to match."""
     updated = (
         Order.update(state=target.value, update_time=now, **changes)
         .where((Order.id == order.id) & (Order.state == order.state))
@@ -302,6 +303,8 @@ def _set_state(order: Order, target: State, now: dt.datetime, **changes: Any) ->
     )
     if updated != 1:  # cannot happen while the order's lock is held; refuse rather than guess
         raise RuntimeError(f"order {order.id} changed state under its lock")
+    for name, value in {"state": target.value, "update_time": now, **changes}.items():
+        setattr(order, name, value)
 
 
 def _stock_lines(order_id: str) -> list[inventory.StockLine]:
@@ -311,52 +314,61 @@ def _stock_lines(order_id: str) -> list[inventory.StockLine]:
     ]
 
 
-def _check_text(v: Validator, field: str, raw: str, max_length: int, *, required: bool) -> str:
-    text = raw.strip()
-    if required and not text:
-        v.add(field, "is required")
-    elif len(text) > max_length:
-        v.add(field, f"must be at most {max_length} characters")
-    elif not text.isprintable():
-        v.add(field, "must not contain control characters")
-    return text
-
-
 def check_ship(v: Validator, *, order_id: str, carrier: str, tracking_number: str) -> None:
     """Adds the violations of a ShipOrder request."""
     _check_order_id(v, order_id)
-    _check_text(v, "carrier", carrier, CARRIER_MAX_LENGTH, required=True)
-    _check_text(v, "tracking_number", tracking_number, TRACKING_NUMBER_MAX_LENGTH, required=True)
+    v.text("carrier", carrier, CARRIER_MAX_LENGTH, required=True)
+    v.text("tracking_number", tracking_number, TRACKING_NUMBER_MAX_LENGTH, required=True)
 
 
 def check_order_action(v: Validator, *, order_id: str, reason: str = "") -> None:
     """Adds the violations of a request naming an order and an optional reason."""
     _check_order_id(v, order_id)
-    _check_text(v, "reason", reason, REASON_MAX_LENGTH, required=False)
+    v.text("reason", reason, REASON_MAX_LENGTH, required=False)
+
+
+def _transition(
+    actor: Principal,
+    order_id: str,
+    action: Action,
+    event_type: str,
+    now: dt.datetime,
+    *,
+    note: str = "",
+    **changes: Any,
+) -> Order:
+    """Moves the caller's order by `action` and records the event; call in a transaction."""
+    order = _locked(order_id, actor)
+    source = State(order.state)
+    target = next_state(source, action)
+    _set_state(order, target, now, **changes)
+    record_event(
+        order.id,
+        event_type,
+        from_state=source,
+        to_state=target,
+        actor=actor.subject,
+        now=now,
+        note=note,
+    )
+    return order
 
 
 def ship(actor: Principal, *, order_id: str, carrier: str, tracking_number: str) -> None:
     """PAID -> SHIPPED with the carrier's tracking number."""
+    carrier, tracking_number = carrier.strip(), tracking_number.strip()
     now = utcnow()
     with database.atomic():
-        order = _locked(order_id, actor)
-        target = next_state(State(order.state), Action.SHIP)
-        _set_state(
-            order,
-            target,
-            now,
-            carrier=carrier.strip(),
-            tracking_number=tracking_number.strip(),
-            ship_time=now,
-        )
-        record_event(
-            order.id,
+        _transition(
+            actor,
+            order_id,
+            Action.SHIP,
             "ORDER_SHIPPED",
-            from_state=State(order.state),
-            to_state=target,
-            actor=actor.subject,
-            now=now,
-            note=f"{carrier.strip()} {tracking_number.strip()}",
+            now,
+            note=f"{carrier} {tracking_number}",
+            carrier=carrier,
+            tracking_number=tracking_number,
+            ship_time=now,
         )
 
 
@@ -364,17 +376,7 @@ def deliver(actor: Principal, *, order_id: str) -> None:
     """SHIPPED -> DELIVERED."""
     now = utcnow()
     with database.atomic():
-        order = _locked(order_id, actor)
-        target = next_state(State(order.state), Action.DELIVER)
-        _set_state(order, target, now, deliver_time=now)
-        record_event(
-            order.id,
-            "ORDER_DELIVERED",
-            from_state=State(order.state),
-            to_state=target,
-            actor=actor.subject,
-            now=now,
-        )
+        _transition(actor, order_id, Action.DELIVER, "ORDER_DELIVERED", now, deliver_time=now)
 
 
 def _owe_refund(order: Order, amount_minor: int, reason: str, now: dt.datetime) -> str:
@@ -418,24 +420,15 @@ def cancel(actor: Principal, *, order_id: str, reason: str) -> str | None:
     now = utcnow()
     reason = reason.strip()
     with database.atomic():
-        order = _locked(order_id, actor)
-        source = State(order.state)
-        target = next_state(source, Action.CANCEL)
-        _set_state(order, target, now, cancel_time=now)
+        order = _transition(
+            actor, order_id, Action.CANCEL, "ORDER_CANCELLED", now, note=reason, cancel_time=now
+        )
+        target = State(order.state)
         inventory.restock(
             _stock_lines(order.id),
             reference=stock_reference(order.id),
             actor=actor.subject,
             reason="order cancelled",
-        )
-        record_event(
-            order.id,
-            "ORDER_CANCELLED",
-            from_state=source,
-            to_state=target,
-            actor=actor.subject,
-            now=now,
-            note=reason,
         )
         remaining = int(order.captured_minor) - int(order.refunded_minor)
         if remaining <= 0:
@@ -507,106 +500,116 @@ def check_refund(
 # --- payment outcomes (checkout and the reconciler) ----------------------------------------------
 
 
-def remove_ordered_from_cart(order_id: str, customer_id: str) -> None:
-    """Takes the order's units out of the customer's cart (lines added since stay)."""
-    for product_id, quantity in _stock_lines(order_id):
-        line = CartLine.get_or_none(
-            (CartLine.cart == customer_id) & (CartLine.product == product_id)
+def remove_ordered_from_cart(customer_id: str, lines: Sequence[inventory.StockLine]) -> None:
+    """Takes the ordered units out of the customer's cart (lines added since stay); call with the
+    cart's lock held."""
+    ordered = dict(lines)
+    in_cart = list(
+        CartLine.select(CartLine.id, CartLine.product, CartLine.quantity).where(
+            (CartLine.cart == customer_id) & CartLine.product.in_(list(ordered))
         )
-        if line is None:
-            continue
-        if line.quantity <= quantity:
-            CartLine.delete().where(CartLine.id == line.id).execute()
-        else:
-            CartLine.update(quantity=CartLine.quantity - quantity).where(
+    )
+    emptied = [line.id for line in in_cart if line.quantity <= ordered[line.product_id]]
+    if emptied:
+        CartLine.delete().where(CartLine.id.in_(emptied)).execute()
+    for line in in_cart:
+        if line.quantity > ordered[line.product_id]:
+            CartLine.update(quantity=CartLine.quantity - ordered[line.product_id]).where(
                 CartLine.id == line.id
             ).execute()
 
 
+def _still_pending(order: Order, attempt_time: dt.datetime | None) -> Order | None:
+    """Locks the order and returns it as it is now if it is still PENDING_PAYMENT (and, with
+    `attempt_time`, still on that charge attempt: the reconciler must not overtake a newer one)."""
+    current = _locked(order.id, None)
+    if current.state != State.PENDING_PAYMENT or (
+        attempt_time is not None and current.charge_attempt_time != attempt_time
+    ):
+        return None
+    return current
+
+
 def payment_captured(
-    order_id: str,
+    order: Order,
     charge: Charge | None,
     *,
     actor: str,
     attempt_time: dt.datetime | None = None,
-) -> bool:
+) -> Order | None:
     """PENDING_PAYMENT -> PAID: reserved units sold, ordered units out of the cart.
 
-    `charge` is None for an order whose total is zero. With `attempt_time`, only an order whose
-    last charge attempt is that one is moved (the reconciler must not overtake a newer attempt).
-    Returns whether this call moved it.
+    `charge` is None for an order whose total is zero. Returns the order as it is now, or None
+    if it was no longer pending (on `attempt_time`), when nothing is changed.
     """
     now = utcnow()
     with database.atomic():
-        order = _locked(order_id, None)
-        if order.state != State.PENDING_PAYMENT or (
-            attempt_time is not None and order.charge_attempt_time != attempt_time
-        ):
-            return False
+        # Locks in the order every path takes them: cart, then order, then stock rows.
+        lock_transaction_on(f"cart:{order.customer_id}")
+        current = _still_pending(order, attempt_time)
+        if current is None:
+            return None
         captured = 0 if charge is None else charge.amount_minor
-        if captured != order.total_minor:
+        if captured != current.total_minor:
             raise RuntimeError(f"order {order.id}: charge of {captured}, total {order.total_minor}")
         _set_state(
-            order,
+            current,
             State.PAID,
             now,
             captured_minor=captured,
             charge_id=None if charge is None else charge.id,
             paid_time=now,
         )
-        inventory.commit_sale(
-            _stock_lines(order.id), reference=stock_reference(order.id), actor=actor
-        )
-        remove_ordered_from_cart(order.id, order.customer_id)
+        lines = _stock_lines(current.id)
+        inventory.commit_sale(lines, reference=stock_reference(current.id), actor=actor)
+        remove_ordered_from_cart(current.customer_id, lines)
         record_event(
-            order.id,
+            current.id,
             "PAYMENT_CAPTURED",
             from_state=State.PENDING_PAYMENT,
             to_state=State.PAID,
             actor=actor,
             now=now,
-            note="" if charge is None else f"{captured} {order.currency} (charge {charge.id})",
+            note="" if charge is None else f"{captured} {current.currency} (charge {charge.id})",
         )
-        return True
+        return current
 
 
 def payment_failed(
-    order_id: str,
+    order: Order,
     *,
     failure_code: str,
     event_type: str,
     actor: str,
     attempt_time: dt.datetime | None = None,
     unresolved: bool = False,
-) -> bool:
+) -> Order | None:
     """PENDING_PAYMENT -> PAYMENT_FAILED: the reservations are released.
 
     `unresolved` marks an order whose provider outcome is still unknown (its reservation
-    expired); the reconciler keeps asking and refunds a charge that turns up. Returns whether
-    this call moved it.
+    expired); the reconciler keeps asking and refunds a charge that turns up. Returns the order
+    as it is now, or None if it was no longer pending (on `attempt_time`).
     """
     now = utcnow()
     with database.atomic():
-        order = _locked(order_id, None)
-        if order.state != State.PENDING_PAYMENT or (
-            attempt_time is not None and order.charge_attempt_time != attempt_time
-        ):
-            return False
+        current = _still_pending(order, attempt_time)
+        if current is None:
+            return None
         _set_state(
-            order,
+            current,
             State.PAYMENT_FAILED,
             now,
             payment_failure_code=failure_code,
             payment_unresolved=unresolved,
         )
         inventory.release(
-            _stock_lines(order.id),
-            reference=stock_reference(order.id),
+            _stock_lines(current.id),
+            reference=stock_reference(current.id),
             actor=actor,
             reason=f"payment failed: {failure_code}",
         )
         record_event(
-            order.id,
+            current.id,
             event_type,
             from_state=State.PENDING_PAYMENT,
             to_state=State.PAYMENT_FAILED,
@@ -614,7 +617,7 @@ def payment_failed(
             now=now,
             note=failure_code,
         )
-        return True
+        return current
 
 
 def late_charge_found(order_id: str, charge: Charge) -> str | None:

@@ -76,7 +76,7 @@ def _settle_pending(
     expire_before: dt.datetime,
 ) -> None:
     pending = list(
-        Order.select(Order.id, Order.charge_attempt_time, Order.create_time)
+        Order.select(Order.id, Order.customer_id, Order.charge_attempt_time, Order.create_time)
         .where(
             (Order.state == State.PENDING_PAYMENT.value)
             & (Order.charge_attempt_time <= attempted_before)
@@ -100,7 +100,7 @@ def _settle_one(
         charge = gateway.find_charge(idempotency_key=orders.payment_key(order.id))
     except (*_TRY_LATER, PaymentProviderError) as exc:
         if order.create_time <= expire_before and orders.payment_failed(
-            order.id,
+            order,
             failure_code=orders.RESERVATION_EXPIRED,
             event_type="RESERVATION_EXPIRED",
             actor=orders.SYSTEM_ACTOR,
@@ -113,14 +113,12 @@ def _settle_one(
         log.warning("payment of order %s not settled: %s", order.id, type(exc).__name__)
         return
     if charge is not None and charge.status is ChargeStatus.SUCCEEDED:
-        if orders.payment_captured(
-            order.id, charge, actor=orders.SYSTEM_ACTOR, attempt_time=attempt
-        ):
+        if orders.payment_captured(order, charge, actor=orders.SYSTEM_ACTOR, attempt_time=attempt):
             report.paid.append(order.id)
         return
     code = orders.NOT_COMPLETED if charge is None else (charge.decline_code or "card_declined")
     if orders.payment_failed(
-        order.id,
+        order,
         failure_code=code,
         event_type="PAYMENT_DECLINED" if charge is not None else "PAYMENT_NOT_COMPLETED",
         actor=orders.SYSTEM_ACTOR,

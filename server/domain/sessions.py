@@ -19,6 +19,7 @@ from server.errors import (
     ResourceExhausted,
     Unauthenticated,
     Validator,
+    has_control_characters,
 )
 from server.models import session as session_model
 from server.models import user as user_model
@@ -101,7 +102,7 @@ def login(*, email: str, password: str, policy: SessionPolicy) -> tuple[User, Se
     email = users.normalize_email(email)
     v.check(bool(email), "email", "is required")
     v.check(len(email) <= user_model.EMAIL_MAX_LENGTH, "email", "is too long")
-    v.check(not users.has_control_characters(email), "email", "must not contain control characters")
+    v.check(not has_control_characters(email), "email", "must not contain control characters")
     v.check(bool(password), "password", "is required")
     v.check(len(password) <= 1024, "password", "is too long")
     v.raise_if_any()

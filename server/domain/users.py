@@ -15,7 +15,15 @@ from server.domain import listing
 from server.domain import passwords as passwords_mod
 from server.domain.passwords import PasswordHasher
 from server.domain.principal import Principal, Role
-from server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound, Validator, is_id
+from server.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    Validator,
+    has_control_characters,
+    is_id,
+)
 from server.models import session as session_model
 from server.models import user as user_model
 from server.models.session import Session
@@ -31,11 +39,6 @@ _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 def normalize_email(raw: str) -> str:
     """Returns the canonical form of an email: NFKC, trimmed, lower-cased."""
     return unicodedata.normalize("NFKC", raw).strip().lower()
-
-
-def has_control_characters(text: str) -> bool:
-    """Whether `text` has control or format characters (never valid in names or emails)."""
-    return any(unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
 
 
 def validate_email(v: Validator, field: str, raw: str) -> str:
@@ -62,12 +65,7 @@ def validate_password(v: Validator, field: str, password: str) -> None:
 
 def validate_display_name(v: Validator, field: str, raw: str) -> str:
     """Checks and trims a display name, recording violations in `v`."""
-    name = raw.strip()
-    if len(name) > DISPLAY_NAME_MAX_LENGTH:
-        v.add(field, f"must be at most {DISPLAY_NAME_MAX_LENGTH} characters")
-    elif has_control_characters(name):
-        v.add(field, "must not contain control characters")
-    return name
+    return v.text(field, raw, DISPLAY_NAME_MAX_LENGTH, required=False)
 
 
 USER_LIST = listing.ListSpec(
