@@ -49,6 +49,7 @@ from server.domain import (
     checkout,
     exchange_rates,
     key_files,
+    passwords,
     payment_jobs,
     sessions,
     shipping,
@@ -289,6 +290,8 @@ def create_app(settings: Settings) -> App:
     """
     db = init_database(settings.database_url, pool_size=settings.db_pool_size)
     migrations.check_schema(db)
+    # Process-wide: password hashes on many worker threads would otherwise keep ~19 MiB each.
+    passwords.return_hash_memory_to_the_os()
 
     assert settings.jwt_signing_key_file is not None
     keyring = tokens.load_keyring(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+import threading
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import peewee
@@ -37,6 +39,48 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
+class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
+    """Pooled SQLite whose write transactions queue on a lock in this process.
+
+    SQLite admits one writer; the others wait in its busy handler, which polls with sleeps of up
+    to 100 ms, so under load a waiting writer often sleeps long after the lock came free (the
+    tail latency of checkouts). A threading.Lock hands the turn over at once. busy_timeout still
+    covers writers in other processes (a CLI command, a second server).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._writer = threading.Lock()
+        self._holding = threading.local()
+
+    def _release_writer(self) -> None:
+        if getattr(self._holding, "held", False):
+            self._holding.held = False
+            self._writer.release()
+
+    def begin(self, lock_type: str | None = None) -> None:
+        """Waits for this process's turn to write, then BEGINs (IMMEDIATE)."""
+        self._writer.acquire()
+        self._holding.held = True
+        try:
+            super().begin(lock_type)
+        except BaseException:
+            self._release_writer()
+            raise
+
+    def commit(self) -> None:
+        """Commits; the turn passes on only if it worked (a failed commit is rolled back)."""
+        super().commit()
+        self._release_writer()
+
+    def rollback(self) -> None:
+        """Rolls back and passes the turn on, even if the rollback itself fails."""
+        try:
+            super().rollback()
+        finally:
+            self._release_writer()
+
+
 def connect_url(url: str, *, pool_size: int = 20, **connect_params: object) -> peewee.Database:
     """Returns an (unconnected) database for `url`: sqlite:///path or psycopg3+pool://..."""
     scheme = urlparse(url).scheme
@@ -48,7 +92,7 @@ def connect_url(url: str, *, pool_size: int = 20, **connect_params: object) -> p
         # transaction never fails with "database is locked" when it upgrades to a write.
         # Pooled: opening a connection and applying the pragmas costs ~0.9 ms, more than a typical
         # RPC's queries; a pooled connection is reused by whichever worker thread takes it next.
-        return PooledSqliteDatabase(
+        return _SqliteDatabase(
             path,
             pragmas=SQLITE_PRAGMAS,
             timeout=10,

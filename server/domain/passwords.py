@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import threading
 
 import argon2
 
 MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 128
+# glibc's mallopt parameter, and the size from which allocations get their own mapping.
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
+
+
+def return_hash_memory_to_the_os() -> bool:
+    """Makes each argon2 work area (19 MiB) its own mapping, given back to the OS when freed.
+
+    glibc raises its mmap threshold after the first such area is freed, so later ones come from
+    the calling thread's heap arena and stay resident: measured, 64 hashes on 16 threads left a
+    process at 326 MiB instead of 15 MiB. A fixed threshold stops that. Returns False where it
+    cannot be set (not glibc).
+    """
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES))
 
 
 class PasswordHasher:

@@ -1,0 +1,77 @@
+"""SQLite write transactions take turns on a lock in the process, and always give it back."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import peewee
+import pytest
+
+from server import db as dbmod
+
+
+@pytest.fixture
+def sqlite(tmp_path: Path) -> Iterator[peewee.Database]:
+    db = dbmod.connect_url(f"sqlite:///{tmp_path / 'turns.db'}", pool_size=8)
+    with db.connection_context():
+        db.execute_sql("CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
+        db.execute_sql("INSERT INTO counter (id, n) VALUES (1, 0)")
+    yield db
+    db.close_all()  # type: ignore[attr-defined]
+
+
+def _count(db: peewee.Database) -> int:
+    with db.connection_context():
+        return int(db.execute_sql("SELECT n FROM counter WHERE id = 1").fetchone()[0])
+
+
+def _increment(db: peewee.Database) -> None:
+    """A read-modify-write: only correct if transactions really run one at a time."""
+    with db.connection_context(), db.atomic():
+        n = db.execute_sql("SELECT n FROM counter WHERE id = 1").fetchone()[0]
+        db.execute_sql("UPDATE counter SET n = ? WHERE id = 1", (n + 1,))
+
+
+def test_concurrent_writers_all_finish_one_at_a_time(sqlite: peewee.Database) -> None:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda _: _increment(sqlite), range(400)))
+    assert _count(sqlite) == 400
+
+
+def test_a_failed_transaction_gives_the_turn_back(sqlite: peewee.Database) -> None:
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), sqlite.connection_context(), sqlite.atomic():
+        sqlite.execute_sql("UPDATE counter SET n = 99 WHERE id = 1")
+        raise Boom
+    # Another thread can write at once (a held turn would block it until the timeout).
+    done = threading.Event()
+    writer = threading.Thread(target=lambda: (_increment(sqlite), done.set()))
+    writer.start()
+    assert done.wait(timeout=10)
+    writer.join()
+    assert _count(sqlite) == 1
+
+
+def test_a_failed_begin_gives_the_turn_back(sqlite: peewee.Database) -> None:
+    with sqlite.connection_context():
+        # BEGIN inside an open transaction fails in SQLite itself.
+        sqlite.execute_sql("BEGIN")
+        with pytest.raises(peewee.OperationalError), sqlite.atomic():
+            pass
+        sqlite.execute_sql("ROLLBACK")
+    _increment(sqlite)
+    assert _count(sqlite) == 1
+
+
+def test_nested_atomic_blocks_take_one_turn(sqlite: peewee.Database) -> None:
+    with sqlite.connection_context(), sqlite.atomic():
+        with sqlite.atomic():  # a savepoint, not a second BEGIN: no second turn to wait for
+            sqlite.execute_sql("UPDATE counter SET n = n + 1 WHERE id = 1")
+        sqlite.execute_sql("UPDATE counter SET n = n + 1 WHERE id = 1")
+    _increment(sqlite)
+    assert _count(sqlite) == 3
