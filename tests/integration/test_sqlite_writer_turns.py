@@ -50,7 +50,12 @@ def test_a_failed_transaction_gives_the_turn_back(sqlite: peewee.Database) -> No
         raise Boom
     # Another thread can write at once (a held turn would block it until the timeout).
     done = threading.Event()
-    writer = threading.Thread(target=lambda: (_increment(sqlite), done.set()))
+
+    def write() -> None:
+        _increment(sqlite)
+        done.set()
+
+    writer = threading.Thread(target=write)
     writer.start()
     assert done.wait(timeout=10)
     writer.join()
