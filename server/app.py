@@ -38,7 +38,7 @@ from storefront.v1 import (
 )
 
 from server import migrations
-from server.config import ConfigError, Settings
+from server.config import ConfigError, Settings, payment_worst_case_seconds
 from server.db import (
     close_database,
     close_idle_connections,
@@ -48,6 +48,7 @@ from server.db import (
 from server.domain import (
     checkout,
     exchange_rates,
+    idempotency,
     key_files,
     passwords,
     payment_jobs,
@@ -250,6 +251,20 @@ def build_payment_gateway(settings: Settings) -> PaymentGateway:
     """Returns the configured payment gateway; raises ConfigError naming the variable."""
     if settings.payment_gateway == "sandbox":
         return SandboxGateway()
+    worst = payment_worst_case_seconds(
+        connect_timeout=settings.payment_connect_timeout_seconds,
+        read_timeout=settings.payment_read_timeout_seconds,
+        max_retries=settings.payment_max_retries,
+        backoff=settings.payment_backoff_seconds,
+    )
+    # A checkout still waiting on the provider when its request_id's claim goes stale would be
+    # taken over by a retry and answered ABORTED although it went through.
+    if worst >= idempotency.STALE_CLAIM_AFTER.total_seconds():
+        raise ConfigError(
+            f"STOREFRONT_PAYMENT_READ_TIMEOUT_SECONDS: the payment client's worst case of "
+            f"{worst:g} s (attempts x (connect + read timeout) + pauses) must stay below "
+            f"{idempotency.STALE_CLAIM_AFTER.total_seconds():g} s"
+        )
     assert settings.payment_secret_key_file is not None
     secret = settings.payment_secret_key_file.read_text(encoding="utf-8").strip()
     try:

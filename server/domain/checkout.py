@@ -8,11 +8,14 @@ The flow, and why each step commits on its own:
    a network call.
 3. Charge the provider with the key `order:<order id>`, outside any transaction.
 4. One transaction records the outcome (PAID: units sold and out of the cart; declined:
-   PAYMENT_FAILED, reservations released) and stores the response under the request_id.
+   PAYMENT_FAILED, reservations released); then the order id is stored under the request_id
+   (not for a failure: the order itself gives a retry the same answer).
 
 A crash between steps leaves a PENDING_PAYMENT order. Orders are unique per (customer,
 request_id), so a retry finds it and charges again with the same provider key, which never
 charges twice; without a retry the reconciler (payment_jobs) asks the provider and settles it.
+The same cart cannot be checked out again while an order for it awaits its payment
+(CHECKOUT_PENDING), so a double submit with a new request_id cannot charge it twice.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from server.domain import (
     idempotency,
     inventory,
     orders,
+    payment_jobs,
     shipping,
     taxes,
 )
@@ -171,13 +175,6 @@ def _fingerprint(request: PlaceOrder) -> bytes:
     return "\x00".join(parts).encode()
 
 
-def _key_reused() -> FailedPrecondition:
-    return FailedPrecondition(
-        "This request_id was already used for a different request; send a new request_id.",
-        reason="IDEMPOTENCY_KEY_REUSED",
-    )
-
-
 # --- the flow -----------------------------------------------------------------------------------
 
 
@@ -224,24 +221,29 @@ def _place_order(
     return orders.details([order])[0]
 
 
+def _cart_units(owner: str) -> dict[str, int]:
+    return {
+        line.product_id: int(line.quantity)
+        for line in CartLine.select().where(CartLine.cart == owner)
+    }
+
+
+def _ordered_units(order_id: str) -> dict[str, int]:
+    return {
+        line.product_id: int(line.quantity)
+        for line in OrderLine.select().where(OrderLine.order == order_id)
+    }
+
+
 def _check_cart_matches(order: Order) -> None:
     """A request_id names one cart's order: a retry with other lines in the cart is refused.
 
     An empty cart matches (the order emptied it); so does a cart still holding exactly the
     order's lines (the payment is pending, or failed).
     """
-    in_cart = {
-        line.product_id: int(line.quantity)
-        for line in CartLine.select().where(CartLine.cart == order.customer_id)
-    }
-    if not in_cart:
-        return
-    ordered = {
-        line.product_id: int(line.quantity)
-        for line in OrderLine.select().where(OrderLine.order == order.id)
-    }
-    if in_cart != ordered:
-        raise _key_reused()
+    in_cart = _cart_units(order.customer_id)
+    if in_cart and in_cart != _ordered_units(order.id):
+        raise idempotency.key_reused()
 
 
 def _failed_payment_error(order: Order) -> FailedPrecondition:
@@ -268,14 +270,18 @@ def _pending_order(checkout: Checkout, owner: str, request: PlaceOrder, digest: 
         )
         if existing is not None:
             if existing.request_hash != digest:
-                raise _key_reused()
+                raise idempotency.key_reused()
             _check_cart_matches(existing)
+            # The order's lock (after the cart's: the order every path takes them in) makes a
+            # reconciler that read the previous attempt wait, then see this one and leave it.
+            lock_transaction_on(f"order:{existing.id}")
+            existing = Order.get_by_id(existing.id)
             if existing.state == State.PENDING_PAYMENT:
                 # A new attempt: the reconciler leaves the order alone while it may be running.
-                Order.update(charge_attempt_time=utcnow()).where(
-                    (Order.id == existing.id) & (Order.state == State.PENDING_PAYMENT.value)
+                existing.charge_attempt_time = utcnow()
+                Order.update(charge_attempt_time=existing.charge_attempt_time).where(
+                    Order.id == existing.id
                 ).execute()
-                existing = Order.get_by_id(existing.id)
             return existing
         return _create_order(checkout, owner, request, digest)
 
@@ -299,6 +305,20 @@ def _create_order(checkout: Checkout, owner: str, request: PlaceOrder, digest: s
         raise FailedPrecondition(
             "The cart is empty; add products before placing an order.", reason="CART_EMPTY"
         )
+    # The cart stays as it is until a payment succeeds: checking the same cart out again (a
+    # double submit with a new request_id) while its payment is pending could charge twice.
+    in_cart = {row.product_id: int(row.quantity) for row in rows}
+    waiting = Order.select(Order.id).where(
+        (Order.customer_id == owner) & (Order.state == State.PENDING_PAYMENT.value)
+    )
+    for pending in waiting:
+        if _ordered_units(pending.id) == in_cart:
+            raise FailedPrecondition(
+                "This cart's checkout is still waiting for its payment's outcome; retry it "
+                "with its request_id, or check out again once it is settled (GetOrder).",
+                reason="CHECKOUT_PENDING",
+                metadata={"order_id": pending.id},
+            )
     currency = request.currency_code
     country = request.address.country_code
     needed = {currency, checkout.shipping_rules.currency}
@@ -347,9 +367,13 @@ def _create_order(checkout: Checkout, owner: str, request: PlaceOrder, digest: s
             violations=[FieldViolation("currency_code", "the order total does not fit in int64")],
         ) from None
 
+    order_id = _new_id()
+    _reserve(order_id, priced, owner)
+    # After the reservation, which may have waited for other checkouts' row locks: the attempt
+    # starts now, and the reconciler measures its age from here.
     now = utcnow()
     order = Order.create(
-        id=_new_id(),
+        id=order_id,
         customer_id=owner,
         request_id=request.request_id,
         request_hash=digest,
@@ -391,7 +415,6 @@ def _create_order(checkout: Checkout, owner: str, request: PlaceOrder, digest: s
             for position, line in enumerate(priced)
         ]
     ).execute()
-    _reserve(order, priced, owner)
     orders.record_event(
         order.id,
         "ORDER_PLACED",
@@ -404,12 +427,12 @@ def _create_order(checkout: Checkout, owner: str, request: PlaceOrder, digest: s
     return order
 
 
-def _reserve(order: Order, priced: list[_PricedLine], owner: str) -> None:
+def _reserve(order_id: str, priced: list[_PricedLine], owner: str) -> None:
     """Reserves every line or raises OUT_OF_STOCK naming the cart lines that fall short."""
     try:
         inventory.reserve(
             [(line.product.id, line.quantity) for line in priced],
-            reference=orders.stock_reference(order.id),
+            reference=orders.stock_reference(order_id),
             actor=owner,
         )
     except FailedPrecondition as exc:
@@ -460,6 +483,11 @@ def _charge(checkout: Checkout, order: Order, request: PlaceOrder, *, actor: str
         settled = orders.payment_captured(order, charge, actor=actor)
         if settled is not None:
             checkout.on_placed(settled)
+            return settled
+        # Another call settled the order first. If it failed it (its reservation expired while
+        # this charge was on its way), the money goes back in full.
+        if orders.charge_after_failure(order.id, charge) is not None:
+            payment_jobs.deliver_refunds(checkout.gateway, order_id=order.id)
     # None: another call settled it first (a retry that took over); answer with its outcome.
     return settled or Order.get_by_id(order.id)
 

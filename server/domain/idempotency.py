@@ -68,6 +68,14 @@ def check_key(v: Validator, field: str, key: str) -> str:
     return key.lower()
 
 
+def key_reused() -> FailedPrecondition:
+    """The error for a request_id already used for a different request."""
+    return FailedPrecondition(
+        "This request_id was already used for a different request; send a new request_id.",
+        reason="IDEMPOTENCY_KEY_REUSED",
+    )
+
+
 def request_hash(operation: str, request_fingerprint: bytes) -> str:
     """Returns the hex digest that identifies one request to one operation."""
     return hashlib.sha256(operation.encode() + b"\x00" + request_fingerprint).hexdigest()
@@ -222,11 +230,7 @@ def _claim(
                 continue  # a failed first call deleted its claim between the INSERT and the read
             verdict = judge(existing, digest=digest, now=now)
             if verdict is Verdict.REUSED:
-                raise FailedPrecondition(
-                    "This request_id was already used for a different request; "
-                    "send a new request_id.",
-                    reason="IDEMPOTENCY_KEY_REUSED",
-                )
+                raise key_reused()
             if verdict is Verdict.REPLAY:
                 assert existing.response is not None  # DONE always stores the response
                 return bytes(existing.response)

@@ -458,13 +458,13 @@ def refund(
     reason = reason.strip()
     with database.atomic():
         order = _locked(order_id, actor)
-        source = State(order.state)
-        target = next_state(source, Action.REFUND)
-        remaining = int(order.captured_minor) - int(order.refunded_minor)
         if amount_minor is not None and currency != order.currency:
             v = Validator()
             v.add("amount.currency_code", f"must be the order's currency, {order.currency}")
             v.raise_if_any()
+        source = State(order.state)
+        target = next_state(source, Action.REFUND)
+        remaining = int(order.captured_minor) - int(order.refunded_minor)
         amount = remaining if amount_minor is None else amount_minor
         # amount is only below 1 when nothing is left to refund, e.g. an order whose total was 0.
         if amount > remaining or amount < 1:
@@ -620,13 +620,14 @@ def payment_failed(
         return current
 
 
-def late_charge_found(order_id: str, charge: Charge) -> str | None:
-    """A charge turned up for a PAYMENT_FAILED order whose outcome was unresolved: records it
-    as captured and owes it back in full. Returns the refund's id (None if already handled)."""
+def charge_after_failure(order_id: str, charge: Charge) -> str | None:
+    """A succeeded charge turned up for a PAYMENT_FAILED order (its reservation expired while
+    the provider could not be asked, or while the charge was on its way): records it as
+    captured and owes it back in full. Returns the refund's id (None if already recorded)."""
     now = utcnow()
     with database.atomic():
         order = _locked(order_id, None)
-        if order.state != State.PAYMENT_FAILED or not order.payment_unresolved:
+        if order.state != State.PAYMENT_FAILED or order.charge_id is not None:
             return None
         Order.update(
             captured_minor=charge.amount_minor,

@@ -136,14 +136,21 @@ def _settle_unresolved(gateway: PaymentGateway, report: Report) -> None:
     )
     for order in unresolved:
         try:
-            charge = gateway.find_charge(idempotency_key=orders.payment_key(order.id))
-        except (*_TRY_LATER, PaymentProviderError):
-            continue
-        if charge is not None and charge.status is ChargeStatus.SUCCEEDED:
-            if orders.late_charge_found(order.id, charge) is not None:
-                report.late_charges_refunded.append(order.id)
-        else:
-            orders.mark_resolved(order.id)
+            _resolve_one(gateway, report, order.id)
+        except Exception:
+            log.exception("could not resolve the payment of order %s", order.id)
+
+
+def _resolve_one(gateway: PaymentGateway, report: Report, order_id: str) -> None:
+    try:
+        charge = gateway.find_charge(idempotency_key=orders.payment_key(order_id))
+    except (*_TRY_LATER, PaymentProviderError):
+        return
+    if charge is not None and charge.status is ChargeStatus.SUCCEEDED:
+        if orders.charge_after_failure(order_id, charge) is not None:
+            report.late_charges_refunded.append(order_id)
+    else:
+        orders.mark_resolved(order_id)
 
 
 def deliver_refunds(
@@ -171,34 +178,32 @@ def _deliver(gateway: PaymentGateway, refund: OrderRefund, report: Report) -> No
     order: Order = refund.order
     if order.charge_id is None:  # a refund is only ever owed on a captured charge
         raise RuntimeError(f"refund {refund.id} of order {order.id} has no charge")
-    failure = ""
     try:
         made = gateway.refund(
             idempotency_key=orders.refund_key(refund.id),
             charge_id=order.charge_id,
             amount_minor=int(refund.amount_minor),
         )
-    except _TRY_LATER as exc:
+    except (*_TRY_LATER, PaymentProviderError) as exc:
+        # PaymentProviderError is configuration (a rejected secret key), not an answer about
+        # this refund: it stays owed and is sent again once that is mended.
         OrderRefund.update(attempts=OrderRefund.attempts + 1, update_time=utcnow()).where(
             OrderRefund.id == refund.id
         ).execute()
         report.still_pending += 1
-        log.warning("refund %s not confirmed yet: %s", refund.id, type(exc).__name__)
+        log.warning("refund %s not made yet: %s", refund.id, exc)
         return
-    except (RefundExceedsCharge, PaymentProviderError) as exc:
-        failure = exc.message if isinstance(exc, RefundExceedsCharge) else str(exc)
-        log.error("refund %s of order %s refused by the provider: %s", refund.id, order.id, failure)
+    except RefundExceedsCharge as exc:
+        log.error("refund %s of order %s refused by the provider: %s", refund.id, order.id, exc)
         made = None
-    _settle_refund(refund, order, made.id if made else None, failure, report)
+    _settle_refund(refund, order, made.id if made else None, report)
 
 
 def _settle_refund(
-    refund: OrderRefund,
-    order: Order,
-    provider_refund_id: str | None,
-    failure: str,
-    report: Report,
+    refund: OrderRefund, order: Order, provider_refund_id: str | None, report: Report
 ) -> None:
+    """Records the provider's answer: SUCCEEDED, or FAILED with the amount no longer counted as
+    refunded (the provider holds less to refund than storefront thought: staff look into it)."""
     now = utcnow()
     status = RefundStatus.SUCCEEDED if provider_refund_id else RefundStatus.FAILED
     with database.atomic():
@@ -216,6 +221,10 @@ def _settle_refund(
         )
         if settled != 1:
             return  # another process settled it first
+        if status is RefundStatus.FAILED:
+            Order.update(
+                refunded_minor=Order.refunded_minor - refund.amount_minor, update_time=now
+            ).where(Order.id == order.id).execute()
         state = State(Order.get_by_id(order.id).state)
         orders.record_event(
             order.id,
@@ -225,6 +234,6 @@ def _settle_refund(
             actor=orders.SYSTEM_ACTOR,
             now=now,
             note=f"{refund.amount_minor} {order.currency} (refund {refund.id})"
-            + (f": {failure}" if failure else ""),
+            + ("" if provider_refund_id else ": refused by the payment provider"),
         )
     (report.refunds_succeeded if provider_refund_id else report.refunds_failed).append(refund.id)

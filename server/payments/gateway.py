@@ -15,6 +15,8 @@ IDEMPOTENCY_KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,199}")
 CURRENCY_PATTERN = re.compile(r"[A-Z]{3}")
 DESCRIPTION_MAX_LENGTH = 500
 _CARD_NUMBER_PATTERN = re.compile(r"[0-9]{12,19}")
+_CARD_NUMBER_SEPARATORS = str.maketrans("", "", " -_.")
+_DECLINE_CODE_PATTERN = re.compile(r"[a-z0-9_]{1,64}")
 # Messages safe to show a customer; the provider's own wording is not passed on.
 _DECLINE_MESSAGES = {
     "card_declined": "The card was declined.",
@@ -135,8 +137,17 @@ class PaymentGateway(Protocol):
         ...
 
 
+def clean_decline_code(raw: object) -> str:
+    """Returns the provider's decline code if it is a plain code (lower-case letters, digits and
+    '_', at most 64), else "card_declined": it is stored, logged and shown to the customer."""
+    if isinstance(raw, str) and _DECLINE_CODE_PATTERN.fullmatch(raw):
+        return raw
+    return "card_declined"
+
+
 def payment_declined(code: str) -> PaymentDeclined:
     """Returns the error for a decline with the provider's `code`."""
+    code = clean_decline_code(code)
     return PaymentDeclined(_DECLINE_MESSAGES.get(code, "The card was declined."), code=code)
 
 
@@ -189,8 +200,9 @@ def check_refund_arguments(*, idempotency_key: str, charge_id: str, amount_minor
 
 
 def looks_like_card_number(value: str) -> bool:
-    """Tells whether `value` is 12-19 digits, possibly grouped by spaces or dashes (a PAN)."""
-    return _CARD_NUMBER_PATTERN.fullmatch(value.replace(" ", "").replace("-", "")) is not None
+    """Tells whether `value` is 12-19 digits, possibly grouped by spaces, dashes, underscores or
+    dots (a PAN)."""
+    return _CARD_NUMBER_PATTERN.fullmatch(value.translate(_CARD_NUMBER_SEPARATORS)) is not None
 
 
 def check_idempotency_key(key: str) -> None:

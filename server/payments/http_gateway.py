@@ -26,6 +26,7 @@ from server.payments.gateway import (
     check_charge_arguments,
     check_idempotency_key,
     check_refund_arguments,
+    clean_decline_code,
     payment_declined,
 )
 
@@ -145,9 +146,7 @@ class HttpPaymentGateway:
             caller_key=idempotency_key,
         )
         if response.status == 402:
-            raise payment_declined(
-                _error_field(response, "decline_code", "code") or "card_declined"
-            )
+            raise payment_declined(_error_field(response, "decline_code", "code"))
         self._raise_for_refusal(response, "charge")
         charge = _parse_charge(response.body, idempotency_key)
         if charge is None:
@@ -375,10 +374,7 @@ def _parse_charge(body: object, key: str) -> Charge | None:
     ):
         return None
     failure_code = body.get("failure_code")
-    decline_code = None
-    if status == "failed":
-        decline_code = failure_code if isinstance(failure_code, str) and failure_code else None
-        decline_code = decline_code or "card_declined"
+    decline_code = clean_decline_code(failure_code) if status == "failed" else None
     return Charge(
         id=charge_id,
         idempotency_key=key,

@@ -126,6 +126,10 @@ class Shop:
         """Places an order for `quantity` units through cart and checkout; returns it as placed:
         PAID, PENDING_PAYMENT (tok_timeout) or PAYMENT_FAILED (tok_declined)."""
         buyer = customer or self.customer
+        if product_id is None and payment_method == "tok_timeout":
+            # A cart whose order awaits its payment cannot be checked out again
+            # (CHECKOUT_PENDING): each pending order gets a product of its own.
+            product_id = self.new_product(on_hand=1000)
         # A declined or pending checkout leaves the cart as it was: start from an empty one.
         buyer.cart.EmptyCart(cart_service_pb2.EmptyCartRequest())
         buyer.cart.AddCartItem(

@@ -515,6 +515,7 @@ def test_the_secret_key_never_appears_in_logs_or_errors(
     err = rpc_error(lambda: shop.place())
     assert err.code() == StatusCode.UNAVAILABLE
     visible += [err.details(), err.trailing_metadata()]
+    shop.reconcile()  # settles that order: its cart cannot be checked out again while pending
     shop.provider.hang_next(ATTEMPTS, processed=True)
     assert shop.place().state == OrderState.ORDER_STATE_PENDING_PAYMENT
     shop.reconcile()

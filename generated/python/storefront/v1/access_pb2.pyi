@@ -67,8 +67,9 @@ class AccessRule(_message.Message):
     public: _builtins.bool
     """Anyone may call the RPC, with or without an access token."""
     owner_only: _builtins.bool
-    """The RPC acts only on resources owned by the caller (e.g. their own account); another owner's
-    resource is reported as NOT_FOUND.
+    """A customer (or any user, for their own account) acts only on resources they own; another
+    owner's resource is reported as NOT_FOUND. Staff and admin roles listed in `roles` act on
+    every owner's resources (e.g. orders), as the RPC's comment says.
     """
     @_builtins.property
     def roles(self) -> _containers.RepeatedScalarFieldContainer[Global___Role.ValueType]:

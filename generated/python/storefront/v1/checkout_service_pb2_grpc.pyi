@@ -58,6 +58,11 @@ class CheckoutServiceStub:
     provider until the outcome is known and moves it to PAID or PAYMENT_FAILED (poll GetOrder).
 
     Returns FAILED_PRECONDITION with reason CART_EMPTY for an empty cart; with reason
+    CHECKOUT_PENDING (metadata `order_id`) while an order of the caller for exactly this cart is
+    still PENDING_PAYMENT (so a double submit with a new request_id cannot charge the same cart
+    twice: retry that order's request_id, or wait for it to settle); with
+    reason PRICE_NOT_CONVERTIBLE if a product is priced in a currency without an exchange rate;
+    with reason
     OUT_OF_STOCK when some lines cannot be reserved (metadata `line_ids` and `product_ids` name
     them, comma-separated; nothing is reserved or charged); with reason PAYMENT_DECLINED (metadata
     `decline_code`, `order_id`) when the provider refused the payment method (the order is
@@ -70,8 +75,9 @@ class CheckoutServiceStub:
     becomes PAYMENT_FAILED and its stock is released when the provider, asked once
     STOREFRONT_RECONCILE_AFTER_SECONDS have passed, confirms it holds no charge, or at the latest
     when the reservation expires (STOREFRONT_RESERVATION_TTL_SECONDS). INVALID_ARGUMENT for an
-    unsupported currency, an unknown country, or a payment_method_token that is missing,
-    malformed or looks like a card number (which is never echoed or stored).
+    unsupported currency, an unknown country, a total too large for int64 in the currency
+    (field currency_code), or a payment_method_token that is missing, malformed or looks like a
+    card number (which is never echoed or stored).
     """
 
 @_typing.type_check_only
@@ -104,6 +110,11 @@ class CheckoutServiceAsyncStub(CheckoutServiceStub):
     provider until the outcome is known and moves it to PAID or PAYMENT_FAILED (poll GetOrder).
 
     Returns FAILED_PRECONDITION with reason CART_EMPTY for an empty cart; with reason
+    CHECKOUT_PENDING (metadata `order_id`) while an order of the caller for exactly this cart is
+    still PENDING_PAYMENT (so a double submit with a new request_id cannot charge the same cart
+    twice: retry that order's request_id, or wait for it to settle); with
+    reason PRICE_NOT_CONVERTIBLE if a product is priced in a currency without an exchange rate;
+    with reason
     OUT_OF_STOCK when some lines cannot be reserved (metadata `line_ids` and `product_ids` name
     them, comma-separated; nothing is reserved or charged); with reason PAYMENT_DECLINED (metadata
     `decline_code`, `order_id`) when the provider refused the payment method (the order is
@@ -116,8 +127,9 @@ class CheckoutServiceAsyncStub(CheckoutServiceStub):
     becomes PAYMENT_FAILED and its stock is released when the provider, asked once
     STOREFRONT_RECONCILE_AFTER_SECONDS have passed, confirms it holds no charge, or at the latest
     when the reservation expires (STOREFRONT_RESERVATION_TTL_SECONDS). INVALID_ARGUMENT for an
-    unsupported currency, an unknown country, or a payment_method_token that is missing,
-    malformed or looks like a card number (which is never echoed or stored).
+    unsupported currency, an unknown country, a total too large for int64 in the currency
+    (field currency_code), or a payment_method_token that is missing, malformed or looks like a
+    card number (which is never echoed or stored).
     """
 
 class CheckoutServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -153,6 +165,11 @@ class CheckoutServiceServicer(metaclass=_abc_1.ABCMeta):
         provider until the outcome is known and moves it to PAID or PAYMENT_FAILED (poll GetOrder).
 
         Returns FAILED_PRECONDITION with reason CART_EMPTY for an empty cart; with reason
+        CHECKOUT_PENDING (metadata `order_id`) while an order of the caller for exactly this cart is
+        still PENDING_PAYMENT (so a double submit with a new request_id cannot charge the same cart
+        twice: retry that order's request_id, or wait for it to settle); with
+        reason PRICE_NOT_CONVERTIBLE if a product is priced in a currency without an exchange rate;
+        with reason
         OUT_OF_STOCK when some lines cannot be reserved (metadata `line_ids` and `product_ids` name
         them, comma-separated; nothing is reserved or charged); with reason PAYMENT_DECLINED (metadata
         `decline_code`, `order_id`) when the provider refused the payment method (the order is
@@ -165,8 +182,9 @@ class CheckoutServiceServicer(metaclass=_abc_1.ABCMeta):
         becomes PAYMENT_FAILED and its stock is released when the provider, asked once
         STOREFRONT_RECONCILE_AFTER_SECONDS have passed, confirms it holds no charge, or at the latest
         when the reservation expires (STOREFRONT_RESERVATION_TTL_SECONDS). INVALID_ARGUMENT for an
-        unsupported currency, an unknown country, or a payment_method_token that is missing,
-        malformed or looks like a card number (which is never echoed or stored).
+        unsupported currency, an unknown country, a total too large for int64 in the currency
+        (field currency_code), or a payment_method_token that is missing, malformed or looks like a
+        card number (which is never echoed or stored).
         """
 
 def add_CheckoutServiceServicer_to_server(servicer: CheckoutServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -82,7 +82,10 @@ class _RefundStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RefundSt
     REFUND_STATUS_SUCCEEDED: _RefundStatus.ValueType  # 2
     """Confirmed by the provider."""
     REFUND_STATUS_FAILED: _RefundStatus.ValueType  # 3
-    """Refused by the provider; needs staff attention (the order's events say why)."""
+    """Refused by the provider (it holds less to refund than storefront expected, e.g. after a
+    refund made outside storefront); no longer counted in the order's `refunded`. Needs staff
+    attention.
+    """
 
 class RefundStatus(_RefundStatus, metaclass=_RefundStatusEnumTypeWrapper):
     """RefundStatus is where a refund is at the payment provider."""
@@ -94,7 +97,10 @@ REFUND_STATUS_PENDING: RefundStatus.ValueType  # 1
 REFUND_STATUS_SUCCEEDED: RefundStatus.ValueType  # 2
 """Confirmed by the provider."""
 REFUND_STATUS_FAILED: RefundStatus.ValueType  # 3
-"""Refused by the provider; needs staff attention (the order's events say why)."""
+"""Refused by the provider (it holds less to refund than storefront expected, e.g. after a
+refund made outside storefront); no longer counted in the order's `refunded`. Needs staff
+attention.
+"""
 Global___RefundStatus: _TypeAlias = RefundStatus  # noqa: Y015
 
 @_typing.final

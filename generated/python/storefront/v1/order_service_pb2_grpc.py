@@ -151,7 +151,8 @@ class OrderServiceServicer:
         """Cancels a PAID order that has not shipped: the stock goes back on hand and everything
         captured and not yet refunded is refunded to the payment method. The order is CANCELLED when
         this returns; the refund is listed on the order, SUCCEEDED or (if the payment provider did
-        not answer) PENDING, in which case storefront retries it until the provider confirms it.
+        not answer) PENDING, in which case storefront retries it until the provider confirms it
+        (FAILED only if the provider refuses it, see RefundStatus).
         Customers may cancel their own orders; staff any order. Returns NOT_FOUND (ORDER_NOT_FOUND)
         and FAILED_PRECONDITION (ILLEGAL_TRANSITION) for any state but PAID.
         """
@@ -184,7 +185,7 @@ class OrderServiceServicer:
         Returns NOT_FOUND (ORDER_NOT_FOUND); FAILED_PRECONDITION with reason ILLEGAL_TRANSITION for
         another state, with reason REFUND_EXCEEDS_CAPTURED when the amount is more than what is left
         to refund (nothing is refunded); INVALID_ARGUMENT for an amount in another currency than the
-        order's, or not positive.
+        order's (checked before the state), or not positive.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -76,7 +76,8 @@ class OrderServiceStub:
     """Cancels a PAID order that has not shipped: the stock goes back on hand and everything
     captured and not yet refunded is refunded to the payment method. The order is CANCELLED when
     this returns; the refund is listed on the order, SUCCEEDED or (if the payment provider did
-    not answer) PENDING, in which case storefront retries it until the provider confirms it.
+    not answer) PENDING, in which case storefront retries it until the provider confirms it
+    (FAILED only if the provider refuses it, see RefundStatus).
     Customers may cancel their own orders; staff any order. Returns NOT_FOUND (ORDER_NOT_FOUND)
     and FAILED_PRECONDITION (ILLEGAL_TRANSITION) for any state but PAID.
     """
@@ -97,7 +98,7 @@ class OrderServiceStub:
     Returns NOT_FOUND (ORDER_NOT_FOUND); FAILED_PRECONDITION with reason ILLEGAL_TRANSITION for
     another state, with reason REFUND_EXCEEDS_CAPTURED when the amount is more than what is left
     to refund (nothing is refunded); INVALID_ARGUMENT for an amount in another currency than the
-    order's, or not positive.
+    order's (checked before the state), or not positive.
     """
     ListOrderEvents: _grpc.UnaryUnaryMultiCallable[_order_service_pb2.ListOrderEventsRequest, _order_service_pb2.ListOrderEventsResponse]
     """Lists an order's history, oldest first: every state change and payment event with who made
@@ -153,7 +154,8 @@ class OrderServiceAsyncStub(OrderServiceStub):
     """Cancels a PAID order that has not shipped: the stock goes back on hand and everything
     captured and not yet refunded is refunded to the payment method. The order is CANCELLED when
     this returns; the refund is listed on the order, SUCCEEDED or (if the payment provider did
-    not answer) PENDING, in which case storefront retries it until the provider confirms it.
+    not answer) PENDING, in which case storefront retries it until the provider confirms it
+    (FAILED only if the provider refuses it, see RefundStatus).
     Customers may cancel their own orders; staff any order. Returns NOT_FOUND (ORDER_NOT_FOUND)
     and FAILED_PRECONDITION (ILLEGAL_TRANSITION) for any state but PAID.
     """
@@ -174,7 +176,7 @@ class OrderServiceAsyncStub(OrderServiceStub):
     Returns NOT_FOUND (ORDER_NOT_FOUND); FAILED_PRECONDITION with reason ILLEGAL_TRANSITION for
     another state, with reason REFUND_EXCEEDS_CAPTURED when the amount is more than what is left
     to refund (nothing is refunded); INVALID_ARGUMENT for an amount in another currency than the
-    order's, or not positive.
+    order's (checked before the state), or not positive.
     """
     ListOrderEvents: _aio.UnaryUnaryMultiCallable[_order_service_pb2.ListOrderEventsRequest, _order_service_pb2.ListOrderEventsResponse]  # type: ignore[assignment]
     """Lists an order's history, oldest first: every state change and payment event with who made
@@ -245,7 +247,8 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         """Cancels a PAID order that has not shipped: the stock goes back on hand and everything
         captured and not yet refunded is refunded to the payment method. The order is CANCELLED when
         this returns; the refund is listed on the order, SUCCEEDED or (if the payment provider did
-        not answer) PENDING, in which case storefront retries it until the provider confirms it.
+        not answer) PENDING, in which case storefront retries it until the provider confirms it
+        (FAILED only if the provider refuses it, see RefundStatus).
         Customers may cancel their own orders; staff any order. Returns NOT_FOUND (ORDER_NOT_FOUND)
         and FAILED_PRECONDITION (ILLEGAL_TRANSITION) for any state but PAID.
         """
@@ -284,7 +287,7 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         Returns NOT_FOUND (ORDER_NOT_FOUND); FAILED_PRECONDITION with reason ILLEGAL_TRANSITION for
         another state, with reason REFUND_EXCEEDS_CAPTURED when the amount is more than what is left
         to refund (nothing is refunded); INVALID_ARGUMENT for an amount in another currency than the
-        order's, or not positive.
+        order's (checked before the state), or not positive.
         """
 
     @_abc_1.abstractmethod
