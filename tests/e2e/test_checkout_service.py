@@ -437,7 +437,13 @@ def test_invalid_requests_are_refused_and_write_nothing(
 
 @pytest.mark.parametrize(
     "card_number",
-    [CARD_NUMBER, "4242424242424242", "4242-4242-4242-4242", "378282246310005"],
+    [
+        CARD_NUMBER,
+        "4242424242424242",
+        "4242-4242-4242-4242",
+        "4242_4242_4242_4242",
+        "378282246310005",
+    ],
 )
 def test_a_card_number_as_token_is_refused_and_never_echoed(
     running: Running, customer: Customer, card_number: str

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from server.config import DEFAULT_SHIPPING_RULES_FILE, DEFAULT_TAX_RATES_FILE
-from server.db import utcnow
+from server.db import database, is_sqlite, lock_transaction_on, utcnow
 from server.domain import carts, checkout, orders, payment_jobs, shipping, taxes
 from server.domain.orders import RefundStatus, State
 from server.domain.principal import Principal, Role
@@ -29,7 +29,9 @@ from server.models.order import Order, OrderEvent, OrderRefund
 from server.models.stock import StockLevel, StockMovement
 from server.payments import (
     Charge,
+    ChargeStatus,
     PaymentOutcomeUnknown,
+    PaymentProviderError,
     PaymentProviderUnavailable,
     Refund,
     SandboxGateway,
@@ -55,6 +57,8 @@ class ScriptedProvider:
         self.lose_next_answers = 0  # calls carried out whose answer is then lost
         self.during_next_lookup: Callable[[], None] | None = None
         self.before_next_charge: Callable[[], None] | None = None
+        self.rejects_credentials = False  # as a provider does for a wrong or rotated secret key
+        self.recorded: dict[str, Charge] = {}  # what lookups by key answer instead of the sandbox
 
     def _network(self) -> None:
         if self.down:
@@ -90,6 +94,8 @@ class ScriptedProvider:
 
     def refund(self, *, idempotency_key: str, charge_id: str, amount_minor: int) -> Refund:
         self._network()
+        if self.rejects_credentials:
+            raise PaymentProviderError("The payment provider rejected the secret key (HTTP 401).")
         refund = self.sandbox.refund(
             idempotency_key=idempotency_key, charge_id=charge_id, amount_minor=amount_minor
         )
@@ -99,7 +105,9 @@ class ScriptedProvider:
     def find_charge(self, *, idempotency_key: str) -> Charge | None:
         self._network()
         # The answer is what the provider knew when asked; the hook runs before it arrives.
-        answer = self.sandbox.find_charge(idempotency_key=idempotency_key)
+        answer = self.recorded.get(idempotency_key) or self.sandbox.find_charge(
+            idempotency_key=idempotency_key
+        )
         hook, self.during_next_lookup = self.during_next_lookup, None
         if hook is not None:
             hook()
@@ -473,8 +481,176 @@ def test_a_refund_the_provider_refuses_is_failed_and_not_retried(
     assert report.refunds_failed == [refused.id]
     assert refused.status == RefundStatus.FAILED
     assert events(order.id)[-1] == "REFUND_FAILED"
+    # No longer counted as refunded: `refunded` is what is owed or made.
+    assert current(order.id).refunded_minor == 0
+    note = OrderEvent.select().where(OrderEvent.order == order.id).order_by(OrderEvent.id)[-1].note
+    assert note.endswith("refused by the payment provider")  # the provider's words stay in the log
     assert payment_jobs.deliver_refunds(provider).refunds_failed == []
     assert provider.sandbox.refunded_minor(charge_id) == 100
+
+
+def test_a_refund_refused_for_the_secret_key_stays_owed(
+    db: peewee.Database, provider: ScriptedProvider
+) -> None:
+    order = shipped_order(provider)
+    refund_id = refund(order.id, 300)
+    provider.rejects_credentials = True  # configuration, not an answer about this refund
+    report = payment_jobs.deliver_refunds(provider)
+    assert (report.refunds_failed, report.still_pending) == ([], 1)
+    [owed] = refunds_of(order.id)
+    assert (owed.status, owed.attempts) == (RefundStatus.PENDING, 1)
+    assert current(order.id).refunded_minor == 300
+
+    provider.rejects_credentials = False  # the key file is mended
+    assert payment_jobs.deliver_refunds(provider).refunds_succeeded == [refund_id]
+    assert provider.sandbox.refunded_minor(str(order.charge_id)) == 300
+
+
+def test_an_order_that_cannot_be_resolved_does_not_stop_the_pass(
+    db: peewee.Database, provider: ScriptedProvider
+) -> None:
+    # Order A's reservation expired while the provider was down.
+    product_id = insert_product(on_hand=5)
+    provider.down = True
+    stuck = place(provider, new_customer(), order_request("tok_visa"), {product_id: 1})
+    assert reconcile(provider, now=later(TTL.total_seconds() + 60)).expired == [stuck.id]
+    provider.down = False
+    # The provider answers with a charge storefront cannot record (more than the order's
+    # total), so settling A fails on every pass.
+    provider.recorded[orders.payment_key(stuck.id)] = Charge(
+        id="ch_odd",
+        idempotency_key=orders.payment_key(stuck.id),
+        status=ChargeStatus.SUCCEEDED,
+        amount_minor=int(stuck.total_minor) + 1,
+        currency="EUR",
+    )
+    # Order B was cancelled while the provider was down: its refund waits.
+    cancelled = shipped_order(provider)  # placed while the provider was up
+    provider.down = True
+    refund_id = refund(cancelled.id, None)
+    payment_jobs.deliver_refunds(provider)
+    provider.down = False
+
+    report = reconcile(provider)
+    assert report.refunds_succeeded == [refund_id]  # B is served although A fails
+    assert current(stuck.id).payment_unresolved  # A stays to be looked at again
+
+
+def test_a_charge_that_lands_on_a_failed_order_is_refunded_in_full(
+    db: peewee.Database, provider: ScriptedProvider
+) -> None:
+    product_id = insert_product(on_hand=5)
+    customer = new_customer()
+    request = order_request("tok_visa")
+    provider.down = True
+    order = place(provider, customer, request, {product_id: 1})
+    provider.down = False
+
+    def order_fails_meanwhile() -> None:
+        # As if its reservation expired while this retry's charge was on its way.
+        assert orders.payment_failed(
+            current(order.id),
+            failure_code=orders.RESERVATION_EXPIRED,
+            event_type="RESERVATION_EXPIRED",
+            actor=orders.SYSTEM_ACTOR,
+        )
+
+    provider.before_next_charge = order_fails_meanwhile
+    config = checkout.Checkout(gateway=provider, shipping_rules=RULES, tax_rates=RATES)
+    with pytest.raises(FailedPrecondition) as refused:
+        checkout.place_order(config, customer, request)
+    assert refused.value.reason == "PAYMENT_NOT_COMPLETED"
+
+    failed = current(order.id)
+    assert failed.state == State.PAYMENT_FAILED
+    assert failed.captured_minor == failed.refunded_minor == failed.total_minor
+    [back] = refunds_of(order.id)
+    assert (back.status, back.amount_minor) == (RefundStatus.SUCCEEDED, failed.total_minor)
+    assert provider.sandbox.refunded_minor(str(failed.charge_id)) == failed.total_minor
+    # The stock was released once and never sold.
+    assert movements(order.id) == {(product_id, "RESERVATION"): 1, (product_id, "RELEASE"): 1}
+    assert levels(product_id) == (5, 0)
+
+
+def test_a_cart_awaiting_its_payment_is_not_checked_out_twice(
+    db: peewee.Database, provider: ScriptedProvider
+) -> None:
+    product_id, other_id = insert_product(on_hand=5), insert_product(on_hand=5)
+    customer = new_customer()
+    provider.lose_next_answers = 1  # charged, but the answer never arrives
+    pending = place(provider, customer, order_request("tok_visa"), {product_id: 1})
+    assert pending.state == State.PENDING_PAYMENT
+    config = checkout.Checkout(gateway=provider, shipping_rules=RULES, tax_rates=RATES)
+
+    # A double submit: the same cart under a new request_id.
+    with pytest.raises(FailedPrecondition) as twice:
+        checkout.place_order(config, customer, order_request("tok_visa"))
+    assert (twice.value.reason, twice.value.metadata) == (
+        "CHECKOUT_PENDING",
+        {"order_id": pending.id},
+    )
+    assert len(provider.sandbox.list_charges()) == 1
+
+    # Another cart is another order.
+    carts.add(customer.subject, product_id=other_id, quantity=1)
+    assert checkout.place_order(config, customer, order_request("tok_visa")).order.state == "PAID"
+    # Once the first is settled (PAID: its units leave the cart), nothing is pending.
+    assert reconcile(provider).paid == [pending.id]
+    assert len(provider.sandbox.list_charges()) == 2
+
+
+def test_a_retry_waits_for_the_orders_lock_before_its_new_attempt(
+    db: peewee.Database, provider: ScriptedProvider
+) -> None:
+    """On PostgreSQL the reconciler settles an order under its lock; a retry's new attempt must
+    wait for that lock, or the reconciler could fail an order whose new charge then succeeds."""
+    if is_sqlite():
+        pytest.skip("SQLite runs one write transaction at a time anyway")
+    product_id = insert_product(on_hand=5)
+    customer = new_customer()
+    request = order_request("tok_visa")
+    provider.down = True
+    order = place(provider, customer, request, {product_id: 1})
+    provider.down = False
+
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_orders_lock() -> None:
+        with db.connection_context(), database.atomic():
+            lock_transaction_on(f"order:{order.id}")
+            locked.set()
+            assert release.wait(WAIT)
+
+    holder = threading.Thread(target=hold_the_orders_lock)
+    holder.start()
+    assert locked.wait(WAIT)
+    outcome: list[Order] = []
+
+    def customer_retries() -> None:
+        with db.connection_context():
+            outcome.append(place(provider, customer, request))
+
+    retry = threading.Thread(target=customer_retries)
+    retry.start()
+    try:
+        # The retry queues on the order's advisory lock, its attempt not yet stamped.
+        pause = threading.Event()  # never set: waits between polls, bounded by WAIT in all
+        waiting = False
+        for _ in range(int(WAIT / 0.05)):
+            row = database.execute_sql(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            ).fetchone()
+            if row[0] >= 1:
+                waiting = True
+                break
+            pause.wait(0.05)
+        assert waiting
+        assert current(order.id).charge_attempt_time == order.charge_attempt_time
+    finally:
+        release.set()
+        holder.join(WAIT)
+        retry.join(WAIT)
+    assert outcome and outcome[0].state == State.PAID
 
 
 # --- refunds never exceed the capture ------------------------------------------------------------

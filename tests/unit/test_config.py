@@ -297,3 +297,16 @@ def test_an_unusable_secret_key_is_refused_without_echoing_it(tmp_path: Path) ->
     settings.payment_secret_key_file.write_text("sk_live_secret_value\n")
     gateway = build_payment_gateway(settings)
     assert "sk_live_secret_value" not in repr(gateway)
+
+
+def test_a_payment_client_slower_than_a_checkouts_claim_is_refused(tmp_path: Path) -> None:
+    # 3 attempts x (2 + 20 s) = 66 s: a retry would take over a checkout still waiting on it.
+    settings = Settings.from_env(
+        http_gateway_env(
+            tmp_path,
+            STOREFRONT_PAYMENT_READ_TIMEOUT_SECONDS="20",
+            STOREFRONT_RECONCILE_AFTER_SECONDS="120",
+        )
+    )
+    with pytest.raises(ConfigError, match=r"STOREFRONT_PAYMENT_READ_TIMEOUT_SECONDS: .* below 60"):
+        build_payment_gateway(settings)

@@ -20,6 +20,7 @@ from server.payments import (
     RefundExceedsCharge,
     SandboxGateway,
 )
+from server.payments.gateway import clean_decline_code, looks_like_card_number, payment_declined
 
 
 @pytest.fixture
@@ -224,3 +225,29 @@ def test_a_card_number_is_refused_without_being_echoed(
         charge(gateway, number)
     assert number not in str(caught.value)
     assert "4242" not in str(caught.value) and "5555" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "token", ["4242_4242_4242_4242", "4242.4242.4242.4242", "4242 4242-4242_4242"]
+)
+def test_card_numbers_with_other_separators_are_recognised(token: str) -> None:
+    assert looks_like_card_number(token)
+
+
+@pytest.mark.parametrize(
+    ("raw", "kept"),
+    [
+        ("insufficient_funds", "insufficient_funds"),
+        ("do_not_honor", "do_not_honor"),
+        ("", "card_declined"),
+        ("x" * 65, "card_declined"),
+        ("Card Declined!", "card_declined"),
+        ("lost_card\n<script>", "card_declined"),
+        (None, "card_declined"),
+        (42, "card_declined"),
+    ],
+)
+def test_only_plain_decline_codes_are_kept(raw: object, kept: str) -> None:
+    assert clean_decline_code(raw) == kept
+    if isinstance(raw, str):
+        assert payment_declined(raw).code == kept
