@@ -636,9 +636,7 @@ def charge_after_failure(order_id: str, charge: Charge) -> str | None:
             update_time=now,
         ).where(Order.id == order.id).execute()
         order = Order.get_by_id(order.id)
-        refund_id = _owe_refund(
-            order, charge.amount_minor, "charge after the reservation expired", now
-        )
+        refund_id = _owe_refund(order, charge.amount_minor, "charged after the order failed", now)
         record_event(
             order.id,
             "LATE_CHARGE_REFUNDED",
