@@ -6,11 +6,13 @@ import grpc
 from storefront.v1 import cart_service_pb2, cart_service_pb2_grpc, catalog_service_pb2
 
 from server import call_context
-from server.domain import carts
+from server.domain import carts, idempotency
 from server.domain.money import Money
-from server.services.converters import money_to_proto, timestamp
+from server.services.converters import money_to_proto, request_fingerprint, timestamp
 
 pb = cart_service_pb2
+
+ADD_CART_ITEM_METHOD = "/storefront.v1.CartService/AddCartItem"
 
 STATE_TO_PROTO = {
     "ACTIVE": catalog_service_pb2.PRODUCT_STATE_ACTIVE,
@@ -63,10 +65,26 @@ class CartServicer(cart_service_pb2_grpc.CartServiceServicer):
     def AddCartItem(
         self, request: pb.AddCartItemRequest, context: grpc.ServicerContext
     ) -> pb.AddCartItemResponse:
-        cart, line_id = carts.add(
-            _owner(), product_id=request.product_id, quantity=request.quantity
-        )
-        return pb.AddCartItemResponse(cart=cart_to_proto(cart), line_id=line_id)
+        owner = _owner()
+        if not request.request_id:
+            cart, line_id = carts.add(
+                owner, product_id=request.product_id, quantity=request.quantity
+            )
+            return pb.AddCartItemResponse(cart=cart_to_proto(cart), line_id=line_id)
+        # Only the line id is stored: a retry shows the cart as it is now, like every response.
+        line_id = idempotency.run_once(
+            principal=owner,
+            key=request.request_id,
+            operation=ADD_CART_ITEM_METHOD,
+            request_fingerprint=request_fingerprint(request),
+            execute=lambda: carts.add(
+                owner, product_id=request.product_id, quantity=request.quantity
+            )[1].encode(),
+            validate=lambda v: carts.check_add(
+                v, product_id=request.product_id, quantity=request.quantity
+            ),
+        ).decode()
+        return pb.AddCartItemResponse(cart=cart_to_proto(carts.get(owner)), line_id=line_id)
 
     def UpdateCartItem(
         self, request: pb.UpdateCartItemRequest, context: grpc.ServicerContext

@@ -293,3 +293,76 @@ def test_only_customers_have_carts(running: Running, role: Role) -> None:
 def test_anonymous_callers_are_unauthenticated(running: Running) -> None:
     err = rpc_error(lambda: running.client().cart.GetCart(pb.GetCartRequest()))
     assert err.code() == StatusCode.UNAUTHENTICATED
+
+
+# --- AddCartItem with a request_id ---------------------------------------------------------------
+
+
+def test_a_retried_add_with_its_request_id_adds_once(
+    running: Running, customer: StorefrontClient
+) -> None:
+    knife, pan = products(running, 2, on_hand=10)
+    request_id = str(uuid.uuid4())
+
+    def add_knife(quantity: int = 2) -> pb.AddCartItemResponse:
+        return customer.cart.AddCartItem(
+            pb.AddCartItemRequest(product_id=knife, quantity=quantity, request_id=request_id)
+        )
+
+    first = add_knife()
+    add(customer, pan, 1)  # the cart changes between the first call and its retry
+    retried = add_knife()
+    assert retried.line_id == first.line_id
+    # The retry added nothing, and shows the cart as it is now.
+    assert [(line.product_id, line.quantity) for line in retried.cart.lines] == [
+        (knife, 2),
+        (pan, 1),
+    ]
+
+    # The same request_id for another request is refused and changes nothing.
+    for other in (
+        lambda: add_knife(quantity=3),
+        lambda: customer.cart.AddCartItem(
+            pb.AddCartItemRequest(product_id=pan, quantity=2, request_id=request_id)
+        ),
+    ):
+        err = rpc_error(other)
+        assert err.code() == StatusCode.FAILED_PRECONDITION
+        assert error_info(err)[0] == "IDEMPOTENCY_KEY_REUSED"
+    lines = customer.cart.GetCart(pb.GetCartRequest()).cart.lines
+    assert [(line.product_id, line.quantity) for line in lines] == [(knife, 2), (pan, 1)]
+
+    # Without a request_id, every call adds.
+    add(customer, knife, 2)
+    add(customer, knife, 2)
+    [knife_line, _] = customer.cart.GetCart(pb.GetCartRequest()).cart.lines
+    assert knife_line.quantity == 6
+
+
+def test_a_failed_add_is_not_remembered_under_its_request_id(
+    running: Running, customer: StorefrontClient
+) -> None:
+    [scarce] = products(running, 1, on_hand=1)
+    request_id = str(uuid.uuid4())
+    request = pb.AddCartItemRequest(product_id=scarce, quantity=99, request_id=request_id)
+    add(customer, scarce, 1)
+    err = rpc_error(lambda: customer.cart.AddCartItem(request))  # 1 + 99 > 99
+    assert error_info(err)[0] == "LINE_QUANTITY_EXCEEDED"
+    customer.cart.EmptyCart(pb.EmptyCartRequest())
+    # The refusal was not stored: the retry runs again and now succeeds.
+    assert customer.cart.AddCartItem(request).cart.lines[0].quantity == 99
+
+
+@pytest.mark.parametrize("request_id", ["not-a-uuid", "123", "x" * 36])
+def test_a_malformed_request_id_is_invalid(
+    running: Running, customer: StorefrontClient, request_id: str
+) -> None:
+    [product_id] = products(running, 1)
+    err = rpc_error(
+        lambda: customer.cart.AddCartItem(
+            pb.AddCartItemRequest(product_id=product_id, quantity=1, request_id=request_id)
+        )
+    )
+    assert err.code() == StatusCode.INVALID_ARGUMENT
+    assert violated_fields(err) == {"request_id"}
+    assert list(customer.cart.GetCart(pb.GetCartRequest()).cart.lines) == []

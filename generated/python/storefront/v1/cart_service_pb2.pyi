@@ -187,19 +187,23 @@ class AddCartItemRequest(_message.Message):
 
     PRODUCT_ID_FIELD_NUMBER: _builtins.int
     QUANTITY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     product_id: _builtins.str
     """The product's id."""
     quantity: _builtins.int
     """Units to add, 1 to 99; the line may hold at most 99 in all."""
+    request_id: _builtins.str
+    """Optional: a new UUID per add, reused on retries, so that a retry never adds twice."""
     def __init__(
         self,
         *,
         product_id: _builtins.str = ...,
         quantity: _builtins.int = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["product_id", b"product_id", "quantity", b"quantity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["product_id", b"product_id", "quantity", b"quantity", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

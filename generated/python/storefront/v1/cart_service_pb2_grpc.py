@@ -95,7 +95,11 @@ class CartServiceServicer:
 
     def AddCartItem(self, request, context):
         """Adds units of a product to the caller's cart: to the product's existing line if there is
-        one, else as a new line. Not idempotent: a retry adds the units again. Returns
+        one, else as a new line. With a request_id, a retry with the same request_id adds nothing
+        again and returns the same line id (with the cart as it is now); the same request_id with
+        another product or quantity is FAILED_PRECONDITION (IDEMPOTENCY_KEY_REUSED), and ABORTED
+        (REQUEST_IN_FLIGHT) while the first call runs. Without one, a retry adds the units again.
+        Returns
         INVALID_ARGUMENT for a malformed product id or a quantity outside 1 to 99; NOT_FOUND (reason
         PRODUCT_NOT_FOUND) if no product has the id; FAILED_PRECONDITION with reason
         PRODUCT_ARCHIVED if the product is not for sale, with reason LINE_QUANTITY_EXCEEDED if the

@@ -48,7 +48,11 @@ class CartServiceStub:
     """Gets the caller's cart; a customer who never added anything has an empty cart."""
     AddCartItem: _grpc.UnaryUnaryMultiCallable[_cart_service_pb2.AddCartItemRequest, _cart_service_pb2.AddCartItemResponse]
     """Adds units of a product to the caller's cart: to the product's existing line if there is
-    one, else as a new line. Not idempotent: a retry adds the units again. Returns
+    one, else as a new line. With a request_id, a retry with the same request_id adds nothing
+    again and returns the same line id (with the cart as it is now); the same request_id with
+    another product or quantity is FAILED_PRECONDITION (IDEMPOTENCY_KEY_REUSED), and ABORTED
+    (REQUEST_IN_FLIGHT) while the first call runs. Without one, a retry adds the units again.
+    Returns
     INVALID_ARGUMENT for a malformed product id or a quantity outside 1 to 99; NOT_FOUND (reason
     PRODUCT_NOT_FOUND) if no product has the id; FAILED_PRECONDITION with reason
     PRODUCT_ARCHIVED if the product is not for sale, with reason LINE_QUANTITY_EXCEEDED if the
@@ -89,7 +93,11 @@ class CartServiceAsyncStub(CartServiceStub):
     """Gets the caller's cart; a customer who never added anything has an empty cart."""
     AddCartItem: _aio.UnaryUnaryMultiCallable[_cart_service_pb2.AddCartItemRequest, _cart_service_pb2.AddCartItemResponse]  # type: ignore[assignment]
     """Adds units of a product to the caller's cart: to the product's existing line if there is
-    one, else as a new line. Not idempotent: a retry adds the units again. Returns
+    one, else as a new line. With a request_id, a retry with the same request_id adds nothing
+    again and returns the same line id (with the cart as it is now); the same request_id with
+    another product or quantity is FAILED_PRECONDITION (IDEMPOTENCY_KEY_REUSED), and ABORTED
+    (REQUEST_IN_FLIGHT) while the first call runs. Without one, a retry adds the units again.
+    Returns
     INVALID_ARGUMENT for a malformed product id or a quantity outside 1 to 99; NOT_FOUND (reason
     PRODUCT_NOT_FOUND) if no product has the id; FAILED_PRECONDITION with reason
     PRODUCT_ARCHIVED if the product is not for sale, with reason LINE_QUANTITY_EXCEEDED if the
@@ -139,7 +147,11 @@ class CartServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_cart_service_pb2.AddCartItemResponse, _abc.Awaitable[_cart_service_pb2.AddCartItemResponse]]:
         """Adds units of a product to the caller's cart: to the product's existing line if there is
-        one, else as a new line. Not idempotent: a retry adds the units again. Returns
+        one, else as a new line. With a request_id, a retry with the same request_id adds nothing
+        again and returns the same line id (with the cart as it is now); the same request_id with
+        another product or quantity is FAILED_PRECONDITION (IDEMPOTENCY_KEY_REUSED), and ABORTED
+        (REQUEST_IN_FLIGHT) while the first call runs. Without one, a retry adds the units again.
+        Returns
         INVALID_ARGUMENT for a malformed product id or a quantity outside 1 to 99; NOT_FOUND (reason
         PRODUCT_NOT_FOUND) if no product has the id; FAILED_PRECONDITION with reason
         PRODUCT_ARCHIVED if the product is not for sale, with reason LINE_QUANTITY_EXCEEDED if the
