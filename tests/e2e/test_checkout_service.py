@@ -28,6 +28,7 @@ from storefront_client import RetryPolicy, StorefrontClient, error_info
 from server.domain import checkout
 from server.domain.principal import Role
 from server.logs import JsonFormatter
+from server.models.exchange_rate import ExchangeRate
 from server.models.idempotency_key import IdempotencyKey
 from server.models.order import Order
 from server.models.product import Product
@@ -493,6 +494,34 @@ def test_an_empty_cart_is_failed_precondition_and_the_request_id_stays_usable(
     # Failures are not stored: the same request_id runs again once the cart has something.
     add(customer, product(running), 1)
     assert place(customer, request).state == OrderState.ORDER_STATE_PAID
+
+
+def test_a_price_in_a_currency_without_a_rate_is_failed_precondition(
+    running: Running, customer: Customer
+) -> None:
+    # ISO 4217 knows AFN, storefront has no exchange rate for it: the price cannot be converted.
+    add(customer, product(running, currency="AFN"), 1)
+    before = written(running)
+    err = rpc_error(lambda: place(customer, order_request()))
+    assert err.code() == StatusCode.FAILED_PRECONDITION
+    assert error_info(err)[0] == "PRICE_NOT_CONVERTIBLE"
+    assert "AFN" in (err.details() or "")
+    assert written(running) == before
+
+
+def test_a_total_beyond_int64_is_invalid_argument_on_the_currency(
+    running: Running, customer: Customer
+) -> None:
+    # The largest valid line (99 x 1e8 USD minor units) in a currency worth a billionth of a
+    # dollar (the largest rate UpdateExchangeRates accepts) is beyond int64 minor units.
+    add(customer, product(running, currency="USD", price_minor=100_000_000), 99)
+    with running.db.connection_context():
+        ExchangeRate.update(rate="1000000000").where(ExchangeRate.currency_code == "CHF").execute()
+    before = written(running)
+    err = rpc_error(lambda: place(customer, order_request(currency_code="CHF")))
+    assert err.code() == StatusCode.INVALID_ARGUMENT
+    assert violated_fields(err) == {"currency_code"}
+    assert written(running) == before
 
 
 def test_out_of_stock_names_exactly_the_short_lines_and_reserves_nothing(
