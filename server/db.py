@@ -18,9 +18,10 @@ database = peewee.DatabaseProxy()
 # WAL lets readers run beside the one writer; busy_timeout makes writers queue instead of failing;
 # synchronous=normal is durable across process crashes in WAL mode (only an OS crash can lose the
 # last commits); foreign keys are off by default in SQLite.
+SQLITE_BUSY_TIMEOUT_MS = 10_000
 SQLITE_PRAGMAS = {
     "journal_mode": "wal",
-    "busy_timeout": 10_000,
+    "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
     "synchronous": "normal",
     "foreign_keys": 1,
 }
@@ -52,6 +53,9 @@ class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self._writer = threading.Lock()
         self._holding = threading.local()
+        # As long as SQLite's own busy timeout, and failing the same way, so that a writer stuck
+        # for good cannot hang every other writer of the process.
+        self.turn_timeout_seconds = SQLITE_BUSY_TIMEOUT_MS / 1000
 
     def _release_writer(self) -> None:
         if getattr(self._holding, "held", False):
@@ -60,7 +64,8 @@ class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
 
     def begin(self, lock_type: str | None = None) -> None:
         """Waits for this process's turn to write, then BEGINs (IMMEDIATE)."""
-        self._writer.acquire()
+        if not self._writer.acquire(timeout=self.turn_timeout_seconds):
+            raise peewee.OperationalError("database is locked")
         self._holding.held = True
         try:
             super().begin(lock_type)

@@ -80,3 +80,27 @@ def test_nested_atomic_blocks_take_one_turn(sqlite: peewee.Database) -> None:
         sqlite.execute_sql("UPDATE counter SET n = n + 1 WHERE id = 1")
     _increment(sqlite)
     assert _count(sqlite) == 3
+
+
+def test_a_writer_that_never_gets_its_turn_fails_like_a_locked_database(
+    sqlite: peewee.Database,
+) -> None:
+    sqlite.turn_timeout_seconds = 0.2  # type: ignore[attr-defined]
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_turn() -> None:
+        with sqlite.connection_context(), sqlite.atomic():
+            holding.set()
+            assert release.wait(10)
+
+    holder = threading.Thread(target=hold_the_turn)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        with pytest.raises(peewee.OperationalError, match="database is locked"):
+            _increment(sqlite)
+    finally:
+        release.set()
+        holder.join(10)
+    _increment(sqlite)  # the turn is free again, and the refused writer left nothing held
+    assert _count(sqlite) == 1
