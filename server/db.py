@@ -64,6 +64,9 @@ class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
 
     def begin(self, lock_type: str | None = None) -> None:
         """Waits for this process's turn to write, then BEGINs (IMMEDIATE)."""
+        if getattr(self._holding, "held", False):
+            # A second BEGIN on this thread would wait for its own turn.
+            raise peewee.OperationalError("a write transaction is already open on this thread")
         if not self._writer.acquire(timeout=self.turn_timeout_seconds):
             raise peewee.OperationalError("database is locked")
         self._holding.held = True
@@ -82,6 +85,13 @@ class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
         """Rolls back and passes the turn on, even if the rollback itself fails."""
         try:
             super().rollback()
+        finally:
+            self._release_writer()
+
+    def _close(self, conn: Any, close_conn: bool = False) -> None:
+        """Returns (or closes) the connection; a turn still held by this thread goes with it."""
+        try:
+            super()._close(conn, close_conn)
         finally:
             self._release_writer()
 

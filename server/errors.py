@@ -103,9 +103,13 @@ def is_id(value: str) -> bool:
         return False
 
 
+_NOT_TEXT = frozenset({"Cc", "Cf", "Co", "Cn", "Cs", "Zl", "Zp"})
+
+
 def has_control_characters(text: str) -> bool:
-    """Whether `text` holds control, format or line/paragraph separator characters."""
-    return any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in text)
+    """Whether `text` holds control, format, private-use, unassigned or surrogate code points, or
+    line/paragraph separators: nothing a name or an address is written with."""
+    return any(unicodedata.category(ch) in _NOT_TEXT for ch in text)
 
 
 class Validator:

@@ -35,7 +35,7 @@ from server.models.idempotency_key import IdempotencyKey
 # - Keys live KEY_TTL from their claim; expired keys count as unused and are purged now and then.
 
 KEY_TTL = dt.timedelta(hours=24)
-STALE_CLAIM_AFTER = dt.timedelta(seconds=60)
+STALE_CLAIM_AFTER = dt.timedelta(seconds=120)
 # One call in this many also deletes expired keys, so no scheduler is needed.
 PURGE_ONE_IN = 100
 PRINCIPAL_MAX_LENGTH = 64

@@ -293,6 +293,24 @@ def _locked(order_id: str, viewer: Principal | None) -> Order:
     return order
 
 
+def locked(order_id: str) -> Order:
+    """Serialises on the order until the transaction ends and reads it (any owner)."""
+    return _locked(order_id, None)
+
+
+def refund_refused(order: Order, amount_minor: int, now: dt.datetime) -> State:
+    """The provider refused a refund: it no longer counts as refunded, and a REFUNDED order that
+    is owed money again becomes PARTIALLY_REFUNDED, so staff can refund the rest. Call with the
+    order locked; returns its state."""
+    order.refunded_minor = int(order.refunded_minor) - amount_minor
+    Order.update(refunded_minor=order.refunded_minor, update_time=now).where(
+        Order.id == order.id
+    ).execute()
+    if order.state == State.REFUNDED and order.refunded_minor < order.captured_minor:
+        _set_state(order, State.PARTIALLY_REFUNDED, now)
+    return State(order.state)
+
+
 def _set_state(order: Order, target: State, now: dt.datetime, **changes: Any) -> None:
     """Writes the new state if the order is still in the state it was read in, and updates
     `order` to match."""

@@ -6,12 +6,13 @@ change is a guarded transition, every provider call is keyed):
 1. Orders PENDING_PAYMENT whose last charge attempt is older than `reconcile_after` (longer than
    a charge call can take, so none is still in flight): ask the provider by the order's key.
    A succeeded charge -> PAID; a declined one -> PAYMENT_FAILED; none at all -> PAYMENT_FAILED
-   (payment_not_completed). Either failure releases the reservations.
+   (payment_not_completed, marked unresolved). Either failure releases the reservations.
 2. If the provider cannot be asked and the order is older than `reservation_ttl`, its
    reservations expire: PAYMENT_FAILED (reservation_expired), marked unresolved. Unresolved
-   orders are asked again on later passes; a charge that turns up is refunded in full.
-3. Refunds still PENDING (the provider did not answer when they were made) are sent again under
-   their own keys, which never refunds twice.
+   orders are asked again on later passes until `reservation_ttl` after their creation; a charge
+   that turns up is refunded in full.
+3. Refunds still PENDING (no answer, or the secret key was rejected) are sent again under their
+   own keys, which never refunds twice, oldest attempt first.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from server.payments import (
     ChargeStatus,
     PaymentGateway,
     PaymentOutcomeUnknown,
+    PaymentProviderAuthError,
     PaymentProviderError,
     PaymentProviderUnavailable,
     RefundExceedsCharge,
@@ -64,7 +66,7 @@ def reconcile(
     now = now or utcnow()
     report = Report()
     _settle_pending(gateway, report, now - reconcile_after, now - reservation_ttl)
-    _settle_unresolved(gateway, report)
+    _settle_unresolved(gateway, report, now - reservation_ttl)
     deliver_refunds(gateway, report=report)
     return report
 
@@ -123,34 +125,39 @@ def _settle_one(
         event_type="PAYMENT_DECLINED" if charge is not None else "PAYMENT_NOT_COMPLETED",
         actor=orders.SYSTEM_ACTOR,
         attempt_time=attempt,
+        # "No charge" may only mean "not yet": asked again until the reservation TTL is over,
+        # a charge that still turns up is refunded.
+        unresolved=charge is None,
     ):
         report.failed.append(order.id)
 
 
-def _settle_unresolved(gateway: PaymentGateway, report: Report) -> None:
+def _settle_unresolved(gateway: PaymentGateway, report: Report, expire_before: dt.datetime) -> None:
     unresolved = list(
-        Order.select(Order.id)
+        Order.select(Order.id, Order.create_time)
         .where((Order.state == State.PAYMENT_FAILED.value) & Order.payment_unresolved)
         .order_by(Order.update_time)
         .limit(BATCH_SIZE)
     )
     for order in unresolved:
         try:
-            _resolve_one(gateway, report, order.id)
+            _resolve_one(gateway, report, order, expire_before)
         except Exception:
             log.exception("could not resolve the payment of order %s", order.id)
 
 
-def _resolve_one(gateway: PaymentGateway, report: Report, order_id: str) -> None:
+def _resolve_one(
+    gateway: PaymentGateway, report: Report, order: Order, expire_before: dt.datetime
+) -> None:
     try:
-        charge = gateway.find_charge(idempotency_key=orders.payment_key(order_id))
+        charge = gateway.find_charge(idempotency_key=orders.payment_key(order.id))
     except (*_TRY_LATER, PaymentProviderError):
         return
     if charge is not None and charge.status is ChargeStatus.SUCCEEDED:
-        if orders.charge_after_failure(order_id, charge) is not None:
-            report.late_charges_refunded.append(order_id)
-    else:
-        orders.mark_resolved(order_id)
+        if orders.charge_after_failure(order.id, charge) is not None:
+            report.late_charges_refunded.append(order.id)
+    elif charge is not None or order.create_time <= expire_before:
+        orders.mark_resolved(order.id)
 
 
 def deliver_refunds(
@@ -165,7 +172,8 @@ def deliver_refunds(
     )
     if order_id is not None:
         query = query.where(OrderRefund.order == order_id)
-    for refund in list(query.order_by(OrderRefund.create_time).limit(BATCH_SIZE)):
+    # Oldest attempt first: a refund tried again goes behind the others.
+    for refund in list(query.order_by(OrderRefund.update_time).limit(BATCH_SIZE)):
         try:
             _deliver(gateway, refund, report)
         except Exception:
@@ -184,16 +192,16 @@ def _deliver(gateway: PaymentGateway, refund: OrderRefund, report: Report) -> No
             charge_id=order.charge_id,
             amount_minor=int(refund.amount_minor),
         )
-    except (*_TRY_LATER, PaymentProviderError) as exc:
-        # PaymentProviderError is configuration (a rejected secret key), not an answer about
-        # this refund: it stays owed and is sent again once that is mended.
+    except (*_TRY_LATER, PaymentProviderAuthError) as exc:
+        # A rejected secret key is configuration, not an answer about this refund: it stays
+        # owed and is sent again once the key is mended. Retried refunds go to the back.
         OrderRefund.update(attempts=OrderRefund.attempts + 1, update_time=utcnow()).where(
             OrderRefund.id == refund.id
         ).execute()
         report.still_pending += 1
         log.warning("refund %s not made yet: %s", refund.id, exc)
         return
-    except RefundExceedsCharge as exc:
+    except (RefundExceedsCharge, PaymentProviderError) as exc:
         log.error("refund %s of order %s refused by the provider: %s", refund.id, order.id, exc)
         made = None
     _settle_refund(refund, order, made.id if made else None, report)
@@ -207,6 +215,8 @@ def _settle_refund(
     now = utcnow()
     status = RefundStatus.SUCCEEDED if provider_refund_id else RefundStatus.FAILED
     with database.atomic():
+        # The order's lock first, as every path that changes what an order has refunded.
+        current = orders.locked(order.id)
         settled = (
             OrderRefund.update(
                 status=status.value,
@@ -221,16 +231,14 @@ def _settle_refund(
         )
         if settled != 1:
             return  # another process settled it first
+        before = after = State(current.state)
         if status is RefundStatus.FAILED:
-            Order.update(
-                refunded_minor=Order.refunded_minor - refund.amount_minor, update_time=now
-            ).where(Order.id == order.id).execute()
-        state = State(Order.get_by_id(order.id).state)
+            after = orders.refund_refused(current, int(refund.amount_minor), now)
         orders.record_event(
             order.id,
             f"REFUND_{status.value}",
-            from_state=state,
-            to_state=state,
+            from_state=before,
+            to_state=after,
             actor=orders.SYSTEM_ACTOR,
             now=now,
             note=f"{refund.amount_minor} {order.currency} (refund {refund.id})"

@@ -124,7 +124,7 @@ class OrderRefund(_Frozen):
         table_name = "order_refunds"
         indexes = (
             (("order", "create_time"), False),
-            (("status", "create_time"), False),
+            (("status", "update_time"), False),
         )
 
 

@@ -106,6 +106,11 @@ class PaymentProviderError(Exception):
     """
 
 
+class PaymentProviderAuthError(PaymentProviderError):
+    """The provider rejected storefront's secret key: nothing about the request itself, so a
+    refund still owed is sent again once the key is mended."""
+
+
 class PaymentGateway(Protocol):
     """Charges and refunds payment method tokens; implementations are thread-safe.
 

@@ -19,6 +19,7 @@ from server.payments.gateway import (
     Charge,
     ChargeStatus,
     PaymentOutcomeUnknown,
+    PaymentProviderAuthError,
     PaymentProviderError,
     PaymentProviderUnavailable,
     Refund,
@@ -323,7 +324,7 @@ class HttpPaymentGateway:
         if 200 <= response.status < 300:
             return
         if response.status in (401, 403):
-            raise PaymentProviderError(
+            raise PaymentProviderAuthError(
                 f"payment provider rejected the secret key (HTTP {response.status}); "
                 "check STOREFRONT_PAYMENT_SECRET_KEY_FILE"
             )

@@ -31,6 +31,7 @@ from server.payments import (
     Charge,
     ChargeStatus,
     PaymentOutcomeUnknown,
+    PaymentProviderAuthError,
     PaymentProviderError,
     PaymentProviderUnavailable,
     Refund,
@@ -58,6 +59,7 @@ class ScriptedProvider:
         self.during_next_lookup: Callable[[], None] | None = None
         self.before_next_charge: Callable[[], None] | None = None
         self.rejects_credentials = False  # as a provider does for a wrong or rotated secret key
+        self.refuses_requests = False  # as a provider does for a request it finds malformed
         self.recorded: dict[str, Charge] = {}  # what lookups by key answer instead of the sandbox
 
     def _network(self) -> None:
@@ -95,7 +97,9 @@ class ScriptedProvider:
     def refund(self, *, idempotency_key: str, charge_id: str, amount_minor: int) -> Refund:
         self._network()
         if self.rejects_credentials:
-            raise PaymentProviderError("The payment provider rejected the secret key (HTTP 401).")
+            raise PaymentProviderAuthError("The provider rejected the secret key (HTTP 401).")
+        if self.refuses_requests:
+            raise PaymentProviderError("The provider refused the refund: HTTP 400.")
         refund = self.sandbox.refund(
             idempotency_key=idempotency_key, charge_id=charge_id, amount_minor=amount_minor
         )
@@ -481,8 +485,10 @@ def test_a_refund_the_provider_refuses_is_failed_and_not_retried(
     assert report.refunds_failed == [refused.id]
     assert refused.status == RefundStatus.FAILED
     assert events(order.id)[-1] == "REFUND_FAILED"
-    # No longer counted as refunded: `refunded` is what is owed or made.
+    # No longer counted as refunded: `refunded` is what is owed or made, and the order, owed
+    # money again, can be refunded again.
     assert current(order.id).refunded_minor == 0
+    assert current(order.id).state == State.PARTIALLY_REFUNDED
     note = OrderEvent.select().where(OrderEvent.order == order.id).order_by(OrderEvent.id)[-1].note
     assert note.endswith("refused by the payment provider")  # the provider's words stay in the log
     assert payment_jobs.deliver_refunds(provider).refunds_failed == []
@@ -651,6 +657,60 @@ def test_a_retry_waits_for_the_orders_lock_before_its_new_attempt(
         holder.join(WAIT)
         retry.join(WAIT)
     assert outcome and outcome[0].state == State.PAID
+
+
+def test_a_charge_the_provider_records_after_saying_none_is_refunded(
+    db: peewee.Database, provider: ScriptedProvider
+) -> None:
+    product_id = insert_product(on_hand=5)
+    customer = new_customer()
+    provider.down = True
+    order = place(provider, customer, order_request("tok_visa"), {product_id: 1})
+    provider.down = False
+    soon = later(AFTER.total_seconds() + 60)  # old enough to ask, well within the TTL
+    # The provider has no charge yet: the order fails, its stock is released...
+    assert reconcile(provider, now=soon).failed == [order.id]
+    assert current(order.id).payment_failure_code == orders.NOT_COMPLETED
+    assert levels(product_id) == (5, 0)
+    # ...but "none" may mean "not yet": the charge is processed late.
+    provider.sandbox.charge(
+        idempotency_key=orders.payment_key(order.id),
+        amount_minor=int(order.total_minor),
+        currency="EUR",
+        payment_method_token="tok_visa",
+        description=f"storefront order {order.id}",
+    )
+    report = reconcile(provider, now=soon)
+    assert report.late_charges_refunded == [order.id]
+    assert provider.sandbox.refunded_minor(str(current(order.id).charge_id)) == order.total_minor
+
+
+def test_a_failed_order_with_no_charge_is_resolved_once_its_ttl_is_over(
+    db: peewee.Database, provider: ScriptedProvider
+) -> None:
+    product_id = insert_product(on_hand=5)
+    provider.down = True
+    order = place(provider, new_customer(), order_request("tok_visa"), {product_id: 1})
+    provider.down = False
+    soon = later(AFTER.total_seconds() + 60)
+    reconcile(provider, now=soon)
+    assert current(order.id).payment_unresolved  # asked again while a late charge may come
+    reconcile(provider, now=soon)
+    assert current(order.id).payment_unresolved
+    reconcile(provider, now=later(TTL.total_seconds() + 60))
+    assert not current(order.id).payment_unresolved
+
+
+def test_a_refund_the_provider_rejects_as_a_request_is_failed(
+    db: peewee.Database, provider: ScriptedProvider
+) -> None:
+    order = shipped_order(provider)
+    refund(order.id, 300)
+    provider.refuses_requests = True  # e.g. HTTP 400 for the refund itself
+    report = payment_jobs.deliver_refunds(provider)
+    [refused] = refunds_of(order.id)
+    assert (report.refunds_failed, refused.status) == ([refused.id], RefundStatus.FAILED)
+    assert current(order.id).refunded_minor == 0
 
 
 # --- refunds never exceed the capture ------------------------------------------------------------

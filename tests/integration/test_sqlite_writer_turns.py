@@ -104,3 +104,12 @@ def test_a_writer_that_never_gets_its_turn_fails_like_a_locked_database(
         holder.join(10)
     _increment(sqlite)  # the turn is free again, and the refused writer left nothing held
     assert _count(sqlite) == 1
+
+
+def test_a_second_begin_on_one_thread_fails_at_once(sqlite: peewee.Database) -> None:
+    with sqlite.connection_context(), sqlite.atomic():
+        with pytest.raises(peewee.OperationalError, match="already open on this thread"):
+            sqlite.begin()
+        sqlite.execute_sql("UPDATE counter SET n = n + 1 WHERE id = 1")
+    _increment(sqlite)  # the first transaction's turn was given back
+    assert _count(sqlite) == 2

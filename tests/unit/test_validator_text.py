@@ -19,6 +19,7 @@ from server.errors import Validator
         ("a\nb", True, "must not contain control characters"),
         ("a\u200bb", True, "must not contain control characters"),  # zero-width space (Cf)
         ("a\u2028b", True, "must not contain control characters"),  # line separator
+        ("a\ue000b", True, "must not contain control characters"),  # private use
         ("Fa\u00dfe\u00a0GmbH", True, None),  # non-breaking space and umlauts are text
     ],
 )

@@ -83,8 +83,8 @@ class _RefundStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RefundSt
     """Confirmed by the provider."""
     REFUND_STATUS_FAILED: _RefundStatus.ValueType  # 3
     """Refused by the provider (it holds less to refund than storefront expected, e.g. after a
-    refund made outside storefront); no longer counted in the order's `refunded`. Needs staff
-    attention.
+    refund made outside storefront); no longer counted in the order's `refunded`, and a REFUNDED
+    order becomes PARTIALLY_REFUNDED so the rest can be refunded again. Needs staff attention.
     """
 
 class RefundStatus(_RefundStatus, metaclass=_RefundStatusEnumTypeWrapper):
@@ -98,8 +98,8 @@ REFUND_STATUS_SUCCEEDED: RefundStatus.ValueType  # 2
 """Confirmed by the provider."""
 REFUND_STATUS_FAILED: RefundStatus.ValueType  # 3
 """Refused by the provider (it holds less to refund than storefront expected, e.g. after a
-refund made outside storefront); no longer counted in the order's `refunded`. Needs staff
-attention.
+refund made outside storefront); no longer counted in the order's `refunded`, and a REFUNDED
+order becomes PARTIALLY_REFUNDED so the rest can be refunded again. Needs staff attention.
 """
 Global___RefundStatus: _TypeAlias = RefundStatus  # noqa: Y015
 

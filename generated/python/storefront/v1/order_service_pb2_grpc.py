@@ -33,6 +33,8 @@ class OrderServiceStub:
     ILLEGAL_TRANSITION, and changes nothing):
 
     PENDING_PAYMENT    -> PAID or PAYMENT_FAILED, decided by the payment provider only
+    REFUNDED           -> PARTIALLY_REFUNDED only when the provider refuses a refund (the order
+    is owed money again)
     PAID               -> CancelOrder -> CANCELLED;  ShipOrder -> SHIPPED
     SHIPPED            -> MarkOrderDelivered -> DELIVERED;  RefundOrder -> (PARTIALLY_)REFUNDED
     DELIVERED          -> RefundOrder -> PARTIALLY_REFUNDED or REFUNDED
@@ -105,6 +107,8 @@ class OrderServiceServicer:
     ILLEGAL_TRANSITION, and changes nothing):
 
     PENDING_PAYMENT    -> PAID or PAYMENT_FAILED, decided by the payment provider only
+    REFUNDED           -> PARTIALLY_REFUNDED only when the provider refuses a refund (the order
+    is owed money again)
     PAID               -> CancelOrder -> CANCELLED;  ShipOrder -> SHIPPED
     SHIPPED            -> MarkOrderDelivered -> DELIVERED;  RefundOrder -> (PARTIALLY_)REFUNDED
     DELIVERED          -> RefundOrder -> PARTIALLY_REFUNDED or REFUNDED
@@ -254,6 +258,8 @@ class OrderService:
     ILLEGAL_TRANSITION, and changes nothing):
 
     PENDING_PAYMENT    -> PAID or PAYMENT_FAILED, decided by the payment provider only
+    REFUNDED           -> PARTIALLY_REFUNDED only when the provider refuses a refund (the order
+    is owed money again)
     PAID               -> CancelOrder -> CANCELLED;  ShipOrder -> SHIPPED
     SHIPPED            -> MarkOrderDelivered -> DELIVERED;  RefundOrder -> (PARTIALLY_)REFUNDED
     DELIVERED          -> RefundOrder -> PARTIALLY_REFUNDED or REFUNDED

@@ -34,6 +34,8 @@ class OrderServiceStub:
     ILLEGAL_TRANSITION, and changes nothing):
 
       PENDING_PAYMENT    -> PAID or PAYMENT_FAILED, decided by the payment provider only
+      REFUNDED           -> PARTIALLY_REFUNDED only when the provider refuses a refund (the order
+                            is owed money again)
       PAID               -> CancelOrder -> CANCELLED;  ShipOrder -> SHIPPED
       SHIPPED            -> MarkOrderDelivered -> DELIVERED;  RefundOrder -> (PARTIALLY_)REFUNDED
       DELIVERED          -> RefundOrder -> PARTIALLY_REFUNDED or REFUNDED
@@ -115,6 +117,8 @@ class OrderServiceAsyncStub(OrderServiceStub):
     ILLEGAL_TRANSITION, and changes nothing):
 
       PENDING_PAYMENT    -> PAID or PAYMENT_FAILED, decided by the payment provider only
+      REFUNDED           -> PARTIALLY_REFUNDED only when the provider refuses a refund (the order
+                            is owed money again)
       PAID               -> CancelOrder -> CANCELLED;  ShipOrder -> SHIPPED
       SHIPPED            -> MarkOrderDelivered -> DELIVERED;  RefundOrder -> (PARTIALLY_)REFUNDED
       DELIVERED          -> RefundOrder -> PARTIALLY_REFUNDED or REFUNDED
@@ -192,6 +196,8 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
     ILLEGAL_TRANSITION, and changes nothing):
 
       PENDING_PAYMENT    -> PAID or PAYMENT_FAILED, decided by the payment provider only
+      REFUNDED           -> PARTIALLY_REFUNDED only when the provider refuses a refund (the order
+                            is owed money again)
       PAID               -> CancelOrder -> CANCELLED;  ShipOrder -> SHIPPED
       SHIPPED            -> MarkOrderDelivered -> DELIVERED;  RefundOrder -> (PARTIALLY_)REFUNDED
       DELIVERED          -> RefundOrder -> PARTIALLY_REFUNDED or REFUNDED
