@@ -180,9 +180,19 @@ async def run(args: argparse.Namespace, workload: Workload) -> dict[str, Any]:
         async def caller(metadata: tuple[tuple[str, str], ...]) -> None:
             while loop.time() < end:
                 if prepare is not None and workload.before_each is not None:
-                    await prepare(
-                        workload.before_each[1], metadata=metadata, timeout=CALL_TIMEOUT_SECONDS
-                    )
+                    try:
+                        await prepare(
+                            workload.before_each[1],
+                            metadata=metadata,
+                            timeout=CALL_TIMEOUT_SECONDS,
+                        )
+                    except grpc.aio.AioRpcError as exc:
+                        # Counted like the measured call's errors, so the run goes on and says so.
+                        code = f"prepare:{exc.code().name}"
+                        tally.error_details.setdefault(code, exc.details() or "")
+                        if loop.time() >= start:
+                            tally.errors[code] += 1
+                        continue
                 if workload.make_request is not None:
                     request = workload.make_request()
                 else:

@@ -179,11 +179,7 @@ class App:
     def reconcile_once(self) -> payment_jobs.Report:
         """Runs one reconciliation pass (see payment_jobs) with this app's settings."""
         with self.db.connection_context():
-            return payment_jobs.reconcile(
-                self.gateway,
-                reconcile_after=dt.timedelta(seconds=self.settings.reconcile_after_seconds),
-                reservation_ttl=dt.timedelta(seconds=self.settings.reservation_ttl_seconds),
-            )
+            return reconcile_payments(self.settings, self.gateway)
 
     def _reconcile_payments(self) -> None:
         """Settles pending payments, expired reservations and pending refunds periodically."""
@@ -201,6 +197,15 @@ class App:
                     len(report.expired),
                     len(report.refunds_succeeded),
                 )
+
+
+def reconcile_payments(settings: Settings, gateway: PaymentGateway) -> payment_jobs.Report:
+    """One reconciliation pass with the configured timings; call with a connection open."""
+    return payment_jobs.reconcile(
+        gateway,
+        reconcile_after=dt.timedelta(seconds=settings.reconcile_after_seconds),
+        reservation_ttl=dt.timedelta(seconds=settings.reservation_ttl_seconds),
+    )
 
 
 def load_page_token_secret(settings: Settings) -> bytes:

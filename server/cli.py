@@ -117,11 +117,9 @@ def _migrate(settings: Settings) -> int:
 def _reconcile(settings: Settings) -> int:
     """Runs one payment reconciliation pass and prints what it did as one JSON line."""
     import dataclasses
-    import datetime as dt
     import json
 
-    from server.app import build_payment_gateway
-    from server.domain import payment_jobs
+    from server.app import build_payment_gateway, reconcile_payments
 
     if settings.payment_gateway == "sandbox":
         # The sandbox's charges live in the serving process's memory: asked from here it would
@@ -136,11 +134,7 @@ def _reconcile(settings: Settings) -> int:
     migrations.check_schema(db)
     gateway = build_payment_gateway(settings)
     with db.connection_context():
-        report = payment_jobs.reconcile(
-            gateway,
-            reconcile_after=dt.timedelta(seconds=settings.reconcile_after_seconds),
-            reservation_ttl=dt.timedelta(seconds=settings.reservation_ttl_seconds),
-        )
+        report = reconcile_payments(settings, gateway)
     print(json.dumps(dataclasses.asdict(report), sort_keys=True))
     return 0
 
