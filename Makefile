@@ -8,11 +8,12 @@ STAMP := $(VENV)/.installed
 PROTO_FILES := $(shell find protos/storefront -name '*.proto' | sort)
 GEN_PY := generated/python
 
-.PHONY: help venv generate check-generated lint format typecheck test test-fast run migrate bench clean
+.PHONY: help venv generate check-generated lint format typecheck test test-fast fuzz run migrate bench clean
 
 help:
 	@echo "make run     - serve gRPC on 127.0.0.1:50051 (SQLite in ./var), metrics on :9464"
 	@echo "make test    - lint, check generated stubs, run the whole test suite"
+	@echo "make fuzz    - nightly-size fuzz of every RPC (FUZZ_EXAMPLES per RPC, default 3000)"
 	@echo "make generate, make lint, make typecheck, make migrate, make bench"
 
 $(STAMP): pyproject.toml requirements.lock
@@ -47,13 +48,25 @@ check-generated: $(STAMP)
 		|| { echo "generated/ is stale: run 'make generate' and commit"; rm -rf $$tmp; exit 1; }; \
 	rm -rf $$tmp
 
+# The one deliberate breaking change (issue 9): Order, OrderLine, OrderRefund, OrderEvent,
+# OrderState, Address and RefundStatus moved from order_service.proto to order.proto, and Product,
+# ProductState and Category from catalog_service.proto to product.proto, before more services
+# import them. Their full names (storefront.v1.Order...) did not change, so the wire format and
+# JSON are the same; only generated modules moved (Python: order_pb2, product_pb2). buf breaking
+# (FILE) reports the move against a main without the new files, and nothing once main has them.
+PROTO_SPLIT_MARKER := protos/storefront/v1/order.proto
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code
 	@if git rev-parse --verify --quiet main >/dev/null && git cat-file -e main:protos 2>/dev/null; then \
-		$(BIN)/buf breaking --against '.git#branch=main'; \
+		if git cat-file -e main:$(PROTO_SPLIT_MARKER) 2>/dev/null; then \
+			$(BIN)/buf breaking --against '.git#branch=main'; \
+		else \
+			echo "buf breaking: skipped once, main predates the proto split (see Makefile)"; \
+		fi; \
 	fi
 
 typecheck: $(STAMP)
@@ -69,6 +82,12 @@ test: lint typecheck check-generated
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -x
+
+# Nightly-size run of tests/e2e/test_fuzz.py: FUZZ_EXAMPLES requests per RPC on SQLite, a sixth
+# of that on PostgreSQL (when STOREFRONT_TEST_POSTGRES_URL is set); no per-test time limit.
+FUZZ_EXAMPLES ?= 3000
+fuzz: $(STAMP)
+	STOREFRONT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q --timeout=0 tests/e2e/test_fuzz.py
 
 migrate: $(STAMP)
 	$(BIN)/storefront migrate

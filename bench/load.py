@@ -30,7 +30,7 @@ from storefront.v1 import (
     catalog_service_pb2,
     checkout_service_pb2,
     identity_service_pb2,
-    order_service_pb2,
+    order_pb2,
 )
 
 ECHO_METHOD = "/bench.v1.EchoService/Echo"
@@ -66,7 +66,7 @@ def place_order_request() -> bytes:
     """A PlaceOrder with a new request_id, shipped to Germany (shipping and 19% tax), in EUR."""
     return checkout_service_pb2.PlaceOrderRequest(
         request_id=str(uuid.uuid4()),
-        shipping_address=order_service_pb2.Address(
+        shipping_address=order_pb2.Address(
             recipient_name="Bench Customer",
             line1="Torstrasse 1",
             city="Berlin",

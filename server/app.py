@@ -1,211 +1,234 @@
-"""Composition root: settings -> database -> interceptors -> servicers -> grpc.Server."""
+"""Composition root: settings -> database -> interceptors -> servicers -> grpc.Server.
+
+`create_app` builds everything that needs no gRPC object (settings checked, database and schema,
+keys, rules, the payment gateway, metrics, jobs); `App.build_server` builds the servicers,
+the interceptor chain and the bound grpc.Server. server/runtime.py calls it when it starts
+serving, so a process may fork between the two. Nothing here starts anything.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import secrets
-import threading
-import time
-from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import peewee
-from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
-from storefront.v1 import (
-    cart_service_pb2,
-    cart_service_pb2_grpc,
-    catalog_service_pb2,
-    catalog_service_pb2_grpc,
-    checkout_service_pb2,
-    checkout_service_pb2_grpc,
-    currency_service_pb2,
-    currency_service_pb2_grpc,
-    identity_service_pb2,
-    identity_service_pb2_grpc,
-    inventory_service_pb2,
-    inventory_service_pb2_grpc,
-    order_service_pb2,
-    order_service_pb2_grpc,
-    shipping_service_pb2,
-    shipping_service_pb2_grpc,
-)
+from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from server import migrations
 from server.config import ConfigError, Settings, payment_worst_case_seconds
-from server.db import (
-    close_database,
-    close_idle_connections,
-    database_reachable,
-    init_database,
-)
+from server.db import init_database, utcnow
 from server.domain import (
     checkout,
     exchange_rates,
     idempotency,
     key_files,
+    outbox,
     passwords,
     payment_jobs,
+    product_cache,
     sessions,
     shipping,
     taxes,
     tokens,
 )
+from server.domain.page_tokens import PageTokenSigner
 from server.domain.passwords import PasswordHasher
 from server.domain.product_cache import ProductCache
 from server.domain.sessions import SessionPolicy
-from server.interceptors.auth import AuthInterceptor, access_rules
+from server.interceptors.auth import AccessRule, AuthInterceptor, access_rules
 from server.interceptors.db_scope import DatabaseScopeInterceptor
 from server.interceptors.errors import ErrorInterceptor
 from server.interceptors.metrics import MetricsInterceptor, ServerMetrics
+from server.interceptors.request_decoding import RequestDecodingInterceptor
 from server.interceptors.request_log import RequestLogInterceptor
+from server.jobs import Job
 from server.payments import CircuitBreaker, HttpPaymentGateway, PaymentGateway, SandboxGateway
 from server.payments.metrics import CommerceMetrics, MeasuredGateway
-from server.services.cart_service import CartServicer
-from server.services.catalog_service import CatalogServicer
-from server.services.checkout_service import CheckoutServicer
-from server.services.currency_service import CurrencyServicer
+from server.runtime import Runtime
+from server.services import registry
 from server.services.health_service import HealthServicer
-from server.services.identity_service import IdentityServicer
-from server.services.inventory_service import InventoryServicer
-from server.services.order_service import OrderServicer
-from server.services.shipping_service import ShippingServicer
+from server.services.registry import Dependencies
 
 log = logging.getLogger("storefront")
 
 MIN_PAGE_TOKEN_SECRET_BYTES = 32
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# Expired keys already count as unused (see domain/idempotency.py): purging only keeps the table
+# small, so a pass every ten minutes is plenty.
+IDEMPOTENCY_PURGE_INTERVAL_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class BuiltServer:
+    """What `App.build_server` returns: a grpc.Server bound to `port`, not started."""
+
+    server: grpc.Server
+    port: int
+    health: HealthServicer
 
 
 @dataclass
 class App:
-    """A built server and what its lifecycle needs; `server` and `port` are what callers use."""
+    """What `create_app` built, and `build_server` for the gRPC part.
 
-    server: grpc.Server
-    port: int
+    `runtime` (server/runtime.py) serves it. `start`, `stop`, `wait`, `port`, `metrics_port` and
+    `health` are the runtime's, here as well so that one object serves the command line and tests.
+    """
+
     settings: Settings
     db: peewee.Database
-    health: HealthServicer
-    service_names: list[str]
     metrics: ServerMetrics
     # The configured gateway (sandbox or http), unwrapped; servicers use a timed wrapper of it.
     payment_gateway: PaymentGateway
     gateway: PaymentGateway
-    metrics_port: int | None = None
-    _metrics_httpd: Any = None
-    _stopping: threading.Event = field(default_factory=threading.Event)
-    _watcher: threading.Thread | None = None
-    _reconciler: threading.Thread | None = None
+    # What the servicers of registry.SERVICES are made with.
+    dependencies: Dependencies
+    access_rules: dict[str, AccessRule]
+    token_service: tokens.TokenService
+    reconciler: Job[payment_jobs.Report]
+    # The jobs the runtime runs while serving (each one off when its interval is 0).
+    jobs: tuple[Job[Any], ...]
+    # The in-process outbox consumers the runtime subscribes while serving, by name.
+    consumers: dict[str, outbox.Consumer]
+    runtime: Runtime = field(init=False)
 
-    def start(self) -> None:
-        """Starts serving metrics, RPCs and the database health watch."""
-        if self.settings.metrics_address:
-            host, _, port = self.settings.metrics_address.rpartition(":")
-            try:
-                self._metrics_httpd, _ = start_http_server(
-                    int(port), host.strip("[]"), registry=self.metrics.registry
-                )
-            except OSError as exc:
-                raise ConfigError(
-                    f"STOREFRONT_METRICS_ADDRESS: cannot listen on "
-                    f"{self.settings.metrics_address} ({exc.strerror})"
-                ) from None
-            self.metrics_port = self._metrics_httpd.server_port
-        self.server.start()
-        self._watcher = threading.Thread(target=self._watch_database, name="db-health", daemon=True)
-        self._watcher.start()
-        if self.settings.reconcile_interval_seconds > 0:
-            self._reconciler = threading.Thread(
-                target=self._reconcile_payments, name="payment-reconciler", daemon=True
-            )
-            self._reconciler.start()
+    def __post_init__(self) -> None:
+        self.runtime = Runtime(self)
 
-    def stop(self, grace: float | None = None) -> None:
-        """Drains and stops: health NOT_SERVING, drain period, stop(grace), close the pool."""
-        if self._stopping.is_set():
-            return
-        self._stopping.set()
-        self.health.enter_graceful_shutdown()
-        # Load balancers and clients watching health move away during the drain period, before
-        # the server starts refusing new RPCs.
-        if self.settings.drain_seconds:
-            time.sleep(self.settings.drain_seconds)
-        grace = self.settings.shutdown_grace_seconds if grace is None else grace
-        self.server.stop(grace).wait()
-        if self._watcher is not None:
-            self._watcher.join(timeout=self.settings.health_check_seconds + 1)
-        if self._reconciler is not None:
-            # A pass in progress may be waiting on the provider; it is safe to abandon.
-            self._reconciler.join(timeout=grace + 1)
-        if self._metrics_httpd is not None:
-            self._metrics_httpd.shutdown()
-            self._metrics_httpd.server_close()
-        close_database()
+    @property
+    def service_names(self) -> list[str]:
+        """The full names of the storefront services, as health and reflection report them."""
+        return [service.name for service in registry.SERVICES]
 
-    def wait(self) -> None:
-        """Blocks until the server has stopped."""
-        self.server.wait_for_termination()
+    def build_server(self) -> BuiltServer:
+        """Builds the servicers, the interceptor chain and the server, bound to its port.
 
-    def set_serving(self, serving: bool) -> None:
-        """Reports SERVING (or NOT_SERVING) for "" and every storefront service."""
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
+        Raises ConfigError when the address cannot be listened on.
+        """
+        settings, db, metrics = self.settings, self.db, self.metrics
+        rules, token_service = self.access_rules, self.token_service
+
+        # Outermost first. A malformed body is refused inside the error scope (so it gets the usual
+        # error shape) but before a database connection is taken. The database scope wraps auth
+        # because auth checks, with one indexed query, that the token's session is still live.
+        interceptors = [
+            RequestLogInterceptor(),
+            MetricsInterceptor(metrics),
+            ErrorInterceptor(),
+            RequestDecodingInterceptor(),
+            DatabaseScopeInterceptor(db),
+            AuthInterceptor(rules, token_service, sessions.authorize),
+        ]
+        server = grpc.server(
+            futures.ThreadPoolExecutor(
+                max_workers=settings.worker_threads, thread_name_prefix="rpc"
+            ),
+            interceptors=interceptors,
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            options=[
+                # Off: a second server on the same port must fail, not silently share it.
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+            ],
         )
-        for name in ("", *self.service_names):
-            self.health.set(name, status)
+        for service in registry.SERVICES:
+            service.add_to(server, self.dependencies)
 
-    def _watch_database(self) -> None:
-        """Reports NOT_SERVING while the database is unreachable, SERVING when it is back."""
-        serving = True
-        while not self._stopping.wait(self.settings.health_check_seconds):
-            healthy = database_reachable(self.db)
-            if not healthy:
-                # Idle pooled connections may be dead (or, on SQLite, still open on a file that
-                # is gone): drop them so calls reconnect and fail or recover honestly.
-                close_idle_connections(self.db)
-            if healthy != serving and not self._stopping.is_set():
-                log.warning("database %s", "reachable again" if healthy else "unreachable")
-                self.set_serving(healthy)
-                serving = healthy
+        health_servicer = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        if settings.reflection:
+            reflection.enable_server_reflection(
+                [*self.service_names, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], server
+            )
+
+        credentials = _server_credentials(settings)
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(settings.grpc_address)
+            else:
+                port = server.add_secure_port(settings.grpc_address, credentials)
+        except RuntimeError:
+            raise ConfigError(
+                f"STOREFRONT_GRPC_ADDRESS: cannot listen on {settings.grpc_address} "
+                "(in use by another process?)"
+            ) from None
+        return BuiltServer(server, port, health_servicer)
 
     def reconcile_once(self) -> payment_jobs.Report:
         """Runs one reconciliation pass (see payment_jobs) with this app's settings."""
-        with self.db.connection_context():
-            return reconcile_payments(self.settings, self.gateway)
+        return self.reconciler.run_once()
 
-    def _reconcile_payments(self) -> None:
-        """Settles pending payments, expired reservations and pending refunds periodically."""
-        while not self._stopping.wait(self.settings.reconcile_interval_seconds):
-            try:
-                report = self.reconcile_once()
-            except Exception:
-                log.exception("payment reconciliation pass failed; retrying next interval")
-                continue
-            if report.paid or report.failed or report.expired or report.refunds_succeeded:
-                log.info(
-                    "reconciled payments: %d paid, %d failed, %d expired, %d refunds sent",
-                    len(report.paid),
-                    len(report.failed),
-                    len(report.expired),
-                    len(report.refunds_succeeded),
-                )
+    # --- lifecycle, the runtime's -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Builds the server and starts serving (see Runtime.start)."""
+        self.runtime.start()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Drains and stops (see Runtime.stop)."""
+        self.runtime.stop(grace)
+
+    def wait(self) -> None:
+        """Blocks until the server has stopped."""
+        self.runtime.wait()
+
+    @property
+    def port(self) -> int:
+        """The gRPC port, once started."""
+        return self.runtime.port
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The /metrics port, once started; None without a metrics endpoint."""
+        return self.runtime.metrics_port
+
+    @property
+    def health(self) -> HealthServicer:
+        """The health servicer, once started."""
+        return self.runtime.health
 
 
-def reconcile_payments(settings: Settings, gateway: PaymentGateway) -> payment_jobs.Report:
-    """One reconciliation pass with the configured timings; call with a connection open."""
-    return payment_jobs.reconcile(
-        gateway,
-        reconcile_after=dt.timedelta(seconds=settings.reconcile_after_seconds),
-        reservation_ttl=dt.timedelta(seconds=settings.reservation_ttl_seconds),
-    )
+def payment_reconciler(
+    settings: Settings, db: peewee.Database, gateway: PaymentGateway
+) -> Job[payment_jobs.Report]:
+    """The job settling pending payments, expired reservations and pending refunds."""
+
+    def run_once() -> payment_jobs.Report:
+        with db.connection_context():
+            report = payment_jobs.reconcile(
+                gateway,
+                reconcile_after=dt.timedelta(seconds=settings.reconcile_after_seconds),
+                reservation_ttl=dt.timedelta(seconds=settings.reservation_ttl_seconds),
+            )
+        if report.paid or report.failed or report.expired or report.refunds_succeeded:
+            log.info(
+                "reconciled payments: %d paid, %d failed, %d expired, %d refunds sent",
+                len(report.paid),
+                len(report.failed),
+                len(report.expired),
+                len(report.refunds_succeeded),
+            )
+        return report
+
+    return Job("payment-reconciler", settings.reconcile_interval_seconds, run_once)
+
+
+def idempotency_key_purge(db: peewee.Database) -> Job[int]:
+    """The job deleting expired idempotency keys."""
+
+    def run_once() -> int:
+        with db.connection_context():
+            return idempotency.purge_expired(utcnow())
+
+    return Job("idempotency-key-purge", IDEMPOTENCY_PURGE_INTERVAL_SECONDS, run_once)
 
 
 def load_page_token_secret(settings: Settings) -> bytes:
@@ -306,10 +329,10 @@ def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 
 def create_app(settings: Settings) -> App:
-    """Builds the server for `settings`, bound to its port but not started.
+    """Builds everything but the gRPC objects for `settings`; starts nothing.
 
     Refuses to build on an out-of-date schema, if any RPC lacks an access rule, or (ConfigError)
-    on invalid shipping rules.
+    on invalid shipping rules, tax rates or payment settings.
     """
     db = init_database(settings.database_url, pool_size=settings.db_pool_size)
     migrations.check_schema(db)
@@ -334,7 +357,7 @@ def create_app(settings: Settings) -> App:
         passwords=PasswordHasher(concurrency=settings.password_hash_concurrency),
         refresh_ttl=dt.timedelta(seconds=settings.refresh_token_ttl_seconds),
     )
-    page_token_secret = load_page_token_secret(settings)
+    pages = PageTokenSigner(load_page_token_secret(settings))
     shipping_rules = load_shipping_rules(settings, db)
     tax_rates = load_tax_rates(settings)
     payment_gateway = build_payment_gateway(settings)
@@ -349,115 +372,32 @@ def create_app(settings: Settings) -> App:
         shipping_rules=shipping_rules,
         tax_rates=tax_rates,
         on_failure=lambda reason: commerce_metrics.checkout_failures.labels(reason).inc(),
-        on_placed=lambda order: commerce_metrics.orders_placed.labels(order.currency).inc(),
     )
 
-    # Each entry: the service descriptor (its access rules), and how to register the servicer.
-    services: list[tuple[ServiceDescriptor, Callable[[grpc.Server], None]]] = [
-        (
-            identity_service_pb2.DESCRIPTOR.services_by_name["IdentityService"],
-            lambda server: identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
-                IdentityServicer(policy, page_token_secret), server
-            ),
+    reconciler = payment_reconciler(settings, db, gateway)
+    consumers: dict[str, outbox.Consumer] = {
+        "product-cache": product_cache.on_committed,
+        "refunds": payment_jobs.refund_sender(gateway),
+        "order-metrics": lambda event: commerce_metrics.observe_order_event(
+            event.type, event.payload
         ),
-        (
-            catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"],
-            lambda server: catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(
-                CatalogServicer(page_token_secret, ProductCache(metrics.registry)), server
-            ),
-        ),
-        (
-            inventory_service_pb2.DESCRIPTOR.services_by_name["InventoryService"],
-            lambda server: inventory_service_pb2_grpc.add_InventoryServiceServicer_to_server(
-                InventoryServicer(page_token_secret), server
-            ),
-        ),
-        (
-            currency_service_pb2.DESCRIPTOR.services_by_name["CurrencyService"],
-            lambda server: currency_service_pb2_grpc.add_CurrencyServiceServicer_to_server(
-                CurrencyServicer(), server
-            ),
-        ),
-        (
-            shipping_service_pb2.DESCRIPTOR.services_by_name["ShippingService"],
-            lambda server: shipping_service_pb2_grpc.add_ShippingServiceServicer_to_server(
-                ShippingServicer(shipping_rules), server
-            ),
-        ),
-        (
-            cart_service_pb2.DESCRIPTOR.services_by_name["CartService"],
-            lambda server: cart_service_pb2_grpc.add_CartServiceServicer_to_server(
-                CartServicer(), server
-            ),
-        ),
-        (
-            checkout_service_pb2.DESCRIPTOR.services_by_name["CheckoutService"],
-            lambda server: checkout_service_pb2_grpc.add_CheckoutServiceServicer_to_server(
-                CheckoutServicer(checkout_config), server
-            ),
-        ),
-        (
-            order_service_pb2.DESCRIPTOR.services_by_name["OrderService"],
-            lambda server: order_service_pb2_grpc.add_OrderServiceServicer_to_server(
-                OrderServicer(page_token_secret, gateway), server
-            ),
-        ),
-    ]
-    rules = access_rules(descriptor for descriptor, _ in services)
-
-    # Outermost first. The database scope wraps auth because auth checks, with one indexed
-    # query, that the token's session is still live.
-    interceptors = [
-        RequestLogInterceptor(),
-        MetricsInterceptor(metrics),
-        ErrorInterceptor(),
-        DatabaseScopeInterceptor(db),
-        AuthInterceptor(rules, token_service, sessions.authorize),
-    ]
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="rpc"),
-        interceptors=interceptors,
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-        options=[
-            # Off: a second server on the same port must fail, not silently share it.
-            ("grpc.so_reuseport", 0),
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-        ],
-    )
-    for _, register in services:
-        register(server)
-
-    service_names = [descriptor.full_name for descriptor, _ in services]
-    health_servicer = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    if settings.reflection:
-        reflection.enable_server_reflection(
-            [*service_names, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], server
-        )
-
-    credentials = _server_credentials(settings)
-    try:
-        if credentials is None:
-            port = server.add_insecure_port(settings.grpc_address)
-        else:
-            port = server.add_secure_port(settings.grpc_address, credentials)
-    except RuntimeError:
-        raise ConfigError(
-            f"STOREFRONT_GRPC_ADDRESS: cannot listen on {settings.grpc_address} "
-            "(in use by another process?)"
-        ) from None
-
-    app = App(
-        server=server,
-        port=port,
+    }
+    return App(
         settings=settings,
         db=db,
-        health=health_servicer,
-        service_names=service_names,
         metrics=metrics,
         payment_gateway=payment_gateway,
         gateway=gateway,
+        dependencies=Dependencies(
+            sessions=policy,
+            pages=pages,
+            product_cache=ProductCache(metrics.registry),
+            shipping_rules=shipping_rules,
+            checkout=checkout_config,
+        ),
+        access_rules=access_rules(registry.DESCRIPTORS),
+        token_service=token_service,
+        reconciler=reconciler,
+        jobs=(reconciler, idempotency_key_purge(db)),
+        consumers=consumers,
     )
-    app.set_serving(True)
-    return app

@@ -37,6 +37,12 @@ def current() -> CallContext | None:
     return _current.get()
 
 
+def principal_or_none() -> Principal | None:
+    """Returns the authenticated caller, or None for an anonymous call."""
+    call = _current.get()
+    return None if call is None else call.principal
+
+
 def principal() -> Principal:
     """Returns the authenticated caller; raises Unauthenticated for an anonymous call."""
     call = _current.get()

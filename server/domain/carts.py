@@ -19,11 +19,12 @@ from dataclasses import dataclass
 import peewee
 
 from server.db import database, lock_transaction_on, utcnow
-from server.domain import inventory
-from server.errors import FailedPrecondition, NotFound, Validator
+from server.domain import idempotency, inventory
+from server.errors import FailedPrecondition, NotFound
 from server.models.cart import Cart, CartLine
 from server.models.product import Product
 from server.models.stock import StockLevel
+from server.validation import Validator
 
 MAX_LINES = 100
 MAX_QUANTITY = 99
@@ -160,6 +161,34 @@ def _lock_cart(owner: str, now: dt.datetime) -> None:
 
 def _touch(owner: str, now: dt.datetime) -> None:
     Cart.update(update_time=now).where(Cart.owner == owner).execute()
+
+
+ADD_ITEM_OPERATION = "/storefront.v1.CartService/AddCartItem"
+
+
+@dataclass(frozen=True)
+class AddItem:
+    """An AddCartItem request; `request` is None when the caller sent no request_id."""
+
+    request: idempotency.RequestKey | None
+    product_id: str
+    quantity: int
+
+
+def add_item(owner: str, command: AddItem) -> tuple[CartView, str]:
+    """Adds units to the owner's cart, once per request_id when one is given (see
+    CartService.AddCartItem); returns the cart as it is now and the line's id."""
+    if command.request is None:
+        return add(owner, product_id=command.product_id, quantity=command.quantity)
+    # Only the line id is stored: a retry shows the cart as it is now, like every response.
+    line_id = idempotency.run_once_for_id(
+        principal=owner,
+        operation=ADD_ITEM_OPERATION,
+        request=command.request,
+        validate=lambda v: check_add(v, product_id=command.product_id, quantity=command.quantity),
+        execute=lambda: add(owner, product_id=command.product_id, quantity=command.quantity)[1],
+    )
+    return get(owner), line_id
 
 
 def check_add(v: Validator, *, product_id: str, quantity: int) -> None:

@@ -31,21 +31,15 @@ from server.domain import (
     exchange_rates,
     idempotency,
     inventory,
+    order_payments,
     orders,
-    payment_jobs,
     shipping,
     taxes,
 )
 from server.domain.money import INT64_MAX, Money
-from server.domain.orders import State
+from server.domain.orders import Address, State
 from server.domain.principal import Principal
-from server.errors import (
-    DomainError,
-    FailedPrecondition,
-    FieldViolation,
-    InvalidArgument,
-    Validator,
-)
+from server.errors import DomainError, FailedPrecondition, FieldViolation, InvalidArgument
 from server.models.cart import CartLine
 from server.models.order import Order, OrderLine
 from server.models.product import Product
@@ -55,6 +49,7 @@ from server.payments import (
     PaymentOutcomeUnknown,
 )
 from server.payments.gateway import looks_like_card_number, payment_declined
+from server.validation import Validator
 
 OPERATION = "/storefront.v1.CheckoutService/PlaceOrder"
 TOKEN_MAX_LENGTH = 200
@@ -63,19 +58,6 @@ LINE_MAX_LENGTH = 200
 CITY_MAX_LENGTH = 100
 REGION_MAX_LENGTH = 100
 POSTAL_CODE_MAX_LENGTH = 20
-
-
-@dataclass(frozen=True)
-class Address:
-    """A shipping address as the caller sent it."""
-
-    recipient_name: str
-    line1: str
-    line2: str
-    city: str
-    region: str
-    postal_code: str
-    country_code: str
 
 
 @dataclass(frozen=True)
@@ -95,9 +77,9 @@ class Checkout:
     gateway: PaymentGateway
     shipping_rules: shipping.Rules
     tax_rates: taxes.TaxRates
-    # Called with each checkout failure's reason and each placed order; metrics hook in here.
+    # Called with each checkout failure's reason; metrics hook in here. (Placed orders are
+    # counted from their outbox events.)
     on_failure: Callable[[str], None] = lambda reason: None
-    on_placed: Callable[[Order], None] = lambda order: None
 
 
 # --- validation ---------------------------------------------------------------------------------
@@ -136,8 +118,8 @@ def check(v: Validator, request: PlaceOrder) -> None:
         v.add(prefix + "country_code", "is required")
     elif not countries.is_known(a.country_code):
         v.add(prefix + "country_code", "must be an ISO 3166-1 alpha-2 country code such as DE")
-    if exchange_rates.check_code(v, "currency_code", request.currency_code):
-        exchange_rates.supported_rates(v, {"currency_code": request.currency_code})
+    exchange_rates.check_code(v, "currency_code", request.currency_code)
+    exchange_rates.supported_rates(v, {"currency_code": request.currency_code})
     token = request.payment_method_token
     if not token:
         v.add("payment_method_token", "is required")
@@ -229,10 +211,7 @@ def _cart_units(owner: str) -> dict[str, int]:
 
 
 def _ordered_units(order_id: str) -> dict[str, int]:
-    return {
-        line.product_id: int(line.quantity)
-        for line in OrderLine.select().where(OrderLine.order == order_id)
-    }
+    return dict(orders.stock_lines(order_id))
 
 
 def _check_cart_matches(order: Order) -> None:
@@ -416,7 +395,7 @@ def _create_order(checkout: Checkout, owner: str, request: PlaceOrder, digest: s
         ]
     ).execute()
     orders.record_event(
-        order.id,
+        order,
         "ORDER_PLACED",
         from_state=State.PENDING_PAYMENT,
         to_state=State.PENDING_PAYMENT,
@@ -460,9 +439,7 @@ def _charge(checkout: Checkout, order: Order, request: PlaceOrder, *, actor: str
     and without one the reconciler fails it once the attempt is old enough.
     """
     if order.total_minor == 0:
-        settled = orders.payment_captured(order, None, actor=actor)
-        if settled is not None:
-            checkout.on_placed(settled)
+        settled = order_payments.payment_captured(order, None, actor=actor)
         return settled or Order.get_by_id(order.id)
     try:
         charge = checkout.gateway.charge(
@@ -473,21 +450,20 @@ def _charge(checkout: Checkout, order: Order, request: PlaceOrder, *, actor: str
             description=f"storefront order {order.id}",
         )
     except PaymentDeclined as declined:
-        settled = orders.payment_failed(
+        settled = order_payments.payment_failed(
             order, failure_code=declined.code, event_type="PAYMENT_DECLINED", actor=actor
         )
     except PaymentOutcomeUnknown:
-        orders.payment_outcome_unknown(order.id, actor=actor)
+        order_payments.payment_outcome_unknown(order, actor=actor)
         return order
     else:
-        settled = orders.payment_captured(order, charge, actor=actor)
+        settled = order_payments.payment_captured(order, charge, actor=actor)
         if settled is not None:
-            checkout.on_placed(settled)
             return settled
         # Another call settled the order first. If it failed it (its reservation expired while
-        # this charge was on its way), the money goes back in full.
-        if orders.charge_after_failure(order.id, charge) is not None:
-            payment_jobs.deliver_refunds(checkout.gateway, order_id=order.id)
+        # this charge was on its way), the money goes back in full (sent by the outbox's refund
+        # consumer as the refund commits).
+        order_payments.charge_after_failure(order.id, charge)
     # None: another call settled it first (a retry that took over); answer with its outcome.
     return settled or Order.get_by_id(order.id)
 

@@ -11,9 +11,10 @@ from server.db import database, utcnow
 from server.domain import currencies, money
 from server.domain.money import Money
 from server.domain.principal import Principal
-from server.errors import FieldViolation, InvalidArgument, Validator
+from server.errors import FieldViolation, InvalidArgument
 from server.models import exchange_rate as rate_rows
 from server.models.exchange_rate import ExchangeRate
+from server.validation import Validator
 
 # Every rate is the number of units of its currency that one unit of the base currency buys.
 BASE_CURRENCY = "USD"
@@ -102,9 +103,11 @@ def check_code(v: Validator, path: str, raw: str) -> str:
 
 def supported_rates(v: Validator, codes_by_path: Mapping[str, str]) -> dict[str, Rate]:
     """Records a violation for each field whose (valid ISO 4217) code has no rate; returns the
-    rates found, by code."""
-    found = rates(set(codes_by_path.values()))
-    for path, code in codes_by_path.items():
+    rates found, by code. Codes that are not ISO 4217 codes are not looked up: `check_code` has
+    already recorded them, and a caller's arbitrary text never reaches a query."""
+    known = {path: code for path, code in codes_by_path.items() if currencies.is_known(code)}
+    found = rates(set(known.values()))
+    for path, code in known.items():
         if code not in found:
             v.add(
                 path,

@@ -6,7 +6,6 @@ import contextlib
 import datetime as dt
 import enum
 import hashlib
-import random
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,8 +14,9 @@ from typing import Any
 import peewee
 
 from server.db import database, utcnow
-from server.errors import Aborted, FailedPrecondition, Validator
+from server.errors import Aborted, FailedPrecondition
 from server.models.idempotency_key import IdempotencyKey
+from server.validation import Validator
 
 # Rules, in one place:
 # - Only a successful execute() is stored (state DONE, with the response it returned); a retry
@@ -36,14 +36,22 @@ from server.models.idempotency_key import IdempotencyKey
 
 KEY_TTL = dt.timedelta(hours=24)
 STALE_CLAIM_AFTER = dt.timedelta(seconds=120)
-# One call in this many also deletes expired keys, so no scheduler is needed.
-PURGE_ONE_IN = 100
 PRINCIPAL_MAX_LENGTH = 64
 OPERATION_MAX_LENGTH = 100
 
 IN_FLIGHT = "IN_FLIGHT"
 DONE = "DONE"
 _CLAIM_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class RequestKey:
+    """A mutation's request_id and the request's fingerprint: the request without its request_id,
+    serialised deterministically by the entry point. Equal fingerprints make two calls with one
+    key the same request."""
+
+    request_id: str
+    fingerprint: bytes
 
 
 @dataclass(frozen=True)
@@ -133,8 +141,6 @@ def begin(
 
     digest = request_hash(operation, request_fingerprint)
     claimed = _claim(principal, key, operation, digest, utcnow())
-    if isinstance(claimed, Claim) and random.randrange(PURGE_ONE_IN) == 0:
-        purge_expired(utcnow())
     return claimed
 
 
@@ -196,6 +202,26 @@ def run_once(
         abandon(claimed)
         raise
     return response
+
+
+def run_once_for_id(
+    *,
+    principal: str,
+    operation: str,
+    request: RequestKey,
+    execute: Callable[[], str],
+    validate: Callable[[Validator], None] | None = None,
+) -> str:
+    """`run_once` for a use case whose response is an id (or another short text): returns the
+    id `execute` returned, or the one stored by the first call with this key."""
+    return run_once(
+        principal=principal,
+        key=request.request_id,
+        operation=operation,
+        request_fingerprint=request.fingerprint,
+        execute=lambda: execute().encode(),
+        validate=validate,
+    ).decode()
 
 
 def _claim(

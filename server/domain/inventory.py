@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from server.db import database, utcnow
-from server.domain import listing
-from server.errors import DomainError, FailedPrecondition, NotFound, Validator
+from server.domain import idempotency, listing
+from server.domain.principal import Principal, Role
+from server.errors import DomainError, FailedPrecondition, NotFound
 from server.models.product import Product
 from server.models.stock import StockLevel, StockMovement
+from server.validation import Validator
 
 MAX_DELTA = 1_000_000
 REASON_MAX_LENGTH = 200
@@ -21,6 +23,10 @@ ACTOR_MAX_LENGTH = 64
 MAX_BATCH_IDS = 100
 MAX_LINES = 100
 SYSTEM_ACTOR = "system"
+ADJUST_STOCK_OPERATION = "/storefront.v1.InventoryService/AdjustStock"
+# Who sees on_hand and reserved; everyone else (customers, anonymous callers) sees only what can
+# be bought.
+SEES_ALL_TERMS = frozenset({Role.STAFF, Role.ADMIN, Role.SERVICE})
 
 # (product id, quantity): one line of a reservation, release, sale or restock.
 StockLine: TypeAlias = tuple[str, int]
@@ -39,6 +45,33 @@ class MovementKind(enum.StrEnum):
 def available(level: StockLevel) -> int:
     """Returns the units that can be sold now: on hand minus reserved."""
     return int(level.on_hand) - int(level.reserved)
+
+
+@dataclass(frozen=True)
+class StockView:
+    """A product's stock as one caller may see it: on_hand and reserved only for staff."""
+
+    product_id: str
+    available: int
+    on_hand: int | None
+    reserved: int | None
+    update_time: dt.datetime
+
+
+def sees_all_terms(viewer: Principal | None) -> bool:
+    """Whether `viewer` (None: anonymous) may see on_hand and reserved."""
+    return viewer is not None and viewer.role in SEES_ALL_TERMS
+
+
+def view(level: StockLevel, *, all_terms: bool) -> StockView:
+    """Returns the row as a view, with on_hand and reserved only if `all_terms`."""
+    return StockView(
+        product_id=level.product_id,
+        available=available(level),
+        on_hand=int(level.on_hand) if all_terms else None,
+        reserved=int(level.reserved) if all_terms else None,
+        update_time=level.update_time,
+    )
 
 
 def _product_not_found() -> NotFound:
@@ -79,6 +112,20 @@ def batch_get_levels(product_ids: Sequence[str]) -> tuple[list[StockLevel], list
     return levels, missing
 
 
+def get_stock(viewer: Principal | None, product_id: str) -> StockView:
+    """Returns the product's stock as `viewer` may see it (see GetStockLevel)."""
+    return view(get_level(product_id), all_terms=sees_all_terms(viewer))
+
+
+def batch_get_stock(
+    viewer: Principal | None, product_ids: Sequence[str]
+) -> tuple[list[StockView], list[str]]:
+    """Returns the stock of the products found, as `viewer` may see it, and the ids not found."""
+    levels, missing = batch_get_levels(product_ids)
+    all_terms = sees_all_terms(viewer)
+    return [view(level, all_terms=all_terms) for level in levels], missing
+
+
 MOVEMENT_LIST = listing.ListSpec(
     name="stock_movements",
     model=StockMovement,
@@ -88,23 +135,13 @@ MOVEMENT_LIST = listing.ListSpec(
 )
 
 
-def list_movements(
-    *, product_id: str, page_size: int, page_token: str, secret: bytes
-) -> listing.Page[StockMovement]:
+def list_movements(page: listing.PageRequest, *, product_id: str) -> listing.Page[StockMovement]:
     """Returns one page of the product's ledger, newest first; raises NotFound."""
     v = Validator()
     v.check_id("product_id", product_id, "product")
     v.raise_if_any()
     # Bound to the product: a token from one product's ledger is refused for another's.
-    request = listing.parse_list_request(
-        MOVEMENT_LIST,
-        page_size=page_size,
-        page_token=page_token,
-        filter_text="",
-        order_by="",
-        secret=secret,
-        scope=product_id,
-    )
+    request = listing.parse_list_request(MOVEMENT_LIST, page, scope=product_id)
     if not Product.select().where(Product.id == product_id).exists():
         raise _product_not_found()
     return listing.fetch_page(
@@ -164,6 +201,66 @@ def adjust(
             reference=None,
             now=now,
         )
+
+
+@dataclass(frozen=True)
+class AdjustStock:
+    """An AdjustStock request."""
+
+    request: idempotency.RequestKey
+    product_id: str
+    delta: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    """An adjustment made: the level right after it, and its ledger entry."""
+
+    level: StockView
+    movement: StockMovement
+
+
+def adjust_stock(actor: Principal, command: AdjustStock) -> Adjustment:
+    """Adjusts on-hand stock once per request_id (see InventoryService.AdjustStock).
+
+    The ledger entry's id is what is stored under the request_id: a retry is answered from the
+    entry, which holds the levels right after the change, exactly as the first call answered.
+    """
+
+    def validate(v: Validator) -> None:
+        check_adjustment(
+            v, product_id=command.product_id, delta=command.delta, reason=command.reason
+        )
+
+    movement_id = idempotency.run_once_for_id(
+        principal=actor.subject,
+        operation=ADJUST_STOCK_OPERATION,
+        request=command.request,
+        validate=validate,
+        execute=lambda: str(
+            adjust(
+                product_id=command.product_id,
+                delta=command.delta,
+                reason=command.reason,
+                actor=actor.subject,
+            )[1].id
+        ),
+    )
+    movement = StockMovement.get_by_id(int(movement_id))
+    return Adjustment(level=level_after(movement), movement=movement)
+
+
+def level_after(movement: StockMovement) -> StockView:
+    """Returns the product's level right after `movement`, with every term."""
+    on_hand, reserved = int(movement.on_hand_after), int(movement.reserved_after)
+    return StockView(
+        product_id=movement.product_id,
+        available=on_hand - reserved,
+        on_hand=on_hand,
+        reserved=reserved,
+        update_time=movement.create_time,
+    )
 
 
 def _check_actor(actor: str) -> None:

@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass, field
 
 from server.db import database, utcnow
-from server.domain import orders
+from server.domain import order_payments, orders, outbox
 from server.domain.orders import RefundStatus, State
 from server.models.order import Order, OrderRefund
 from server.payments import (
@@ -101,7 +101,7 @@ def _settle_one(
     try:
         charge = gateway.find_charge(idempotency_key=orders.payment_key(order.id))
     except (*_TRY_LATER, PaymentProviderError) as exc:
-        if order.create_time <= expire_before and orders.payment_failed(
+        if order.create_time <= expire_before and order_payments.payment_failed(
             order,
             failure_code=orders.RESERVATION_EXPIRED,
             event_type="RESERVATION_EXPIRED",
@@ -115,11 +115,13 @@ def _settle_one(
         log.warning("payment of order %s not settled: %s", order.id, type(exc).__name__)
         return
     if charge is not None and charge.status is ChargeStatus.SUCCEEDED:
-        if orders.payment_captured(order, charge, actor=orders.SYSTEM_ACTOR, attempt_time=attempt):
+        if order_payments.payment_captured(
+            order, charge, actor=orders.SYSTEM_ACTOR, attempt_time=attempt
+        ):
             report.paid.append(order.id)
         return
     code = orders.NOT_COMPLETED if charge is None else (charge.decline_code or "card_declined")
-    if orders.payment_failed(
+    if order_payments.payment_failed(
         order,
         failure_code=code,
         event_type="PAYMENT_DECLINED" if charge is not None else "PAYMENT_NOT_COMPLETED",
@@ -154,10 +156,27 @@ def _resolve_one(
     except (*_TRY_LATER, PaymentProviderError):
         return
     if charge is not None and charge.status is ChargeStatus.SUCCEEDED:
-        if orders.charge_after_failure(order.id, charge) is not None:
+        if order_payments.charge_after_failure(order.id, charge) is not None:
             report.late_charges_refunded.append(order.id)
     elif charge is not None or order.create_time <= expire_before:
-        orders.mark_resolved(order.id)
+        order_payments.mark_resolved(order.id)
+
+
+# The order events that commit a refund owed to the customer.
+REFUND_OWED_EVENTS = frozenset(
+    {orders.outbox_event_type("REFUND_REQUESTED"), orders.outbox_event_type("LATE_CHARGE_REFUNDED")}
+)
+
+
+def refund_sender(gateway: PaymentGateway) -> outbox.Consumer:
+    """Returns the outbox consumer that asks the provider for a refund as soon as it is owed
+    (the reconciler sends whatever this misses)."""
+
+    def send(event: outbox.Event) -> None:
+        if event.type in REFUND_OWED_EVENTS:
+            deliver_refunds(gateway, order_id=event.aggregate_id)
+
+    return send
 
 
 def deliver_refunds(
@@ -235,7 +254,7 @@ def _settle_refund(
         if status is RefundStatus.FAILED:
             after = orders.refund_refused(current, int(refund.amount_minor), now)
         orders.record_event(
-            order.id,
+            current,
             f"REFUND_{status.value}",
             from_state=before,
             to_state=after,

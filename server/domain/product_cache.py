@@ -1,8 +1,8 @@
 """In-process cache of single-product reads: bounded LRU, TTL, invalidated by this process's writes.
 
 The TTL is the staleness bound across processes and replicas: a write made elsewhere is seen here
-at most `ttl_seconds` later. Writes made in this process invalidate at once, through
-`invalidate()`, which the product write functions call after they commit.
+at most `ttl_seconds` later. Writes made in this process invalidate at once: each emits an outbox
+event, and `on_committed` (subscribed by the app) drops the product as the write commits.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
+
+from server.domain import outbox
 
 DEFAULT_TTL_SECONDS = 5.0
 DEFAULT_MAX_SIZE = 10_000
@@ -33,6 +35,12 @@ def invalidate(product_ids: Iterable[str]) -> None:
         caches = list(_caches)
     for cache in caches:
         cache.invalidate(ids)
+
+
+def on_committed(event: outbox.Event) -> None:
+    """Outbox consumer: a committed product change drops the product from every cache here."""
+    if event.aggregate_type == outbox.PRODUCT:
+        invalidate([event.aggregate_id])
 
 
 class ProductCache:

@@ -10,9 +10,10 @@ import uuid
 from server.db import database, utcnow
 from server.domain.principal import Principal, Role
 from server.domain.tokens import IssuedToken, TokenService
-from server.errors import Unauthenticated, Validator
+from server.errors import Unauthenticated
 from server.models import service_account as service_account_model
 from server.models.service_account import ServiceAccount
+from server.validation import Validator
 
 DISPLAY_NAME_MAX_LENGTH = 100
 BAD_CLIENT_CREDENTIALS = "The client credentials are incorrect."
@@ -27,14 +28,8 @@ def _hash_secret(secret: str) -> str:
 
 def create(*, actor: Principal, display_name: str) -> tuple[ServiceAccount, str]:
     """Creates a service account; returns it and its client secret (shown once)."""
-    name = display_name.strip()
     v = Validator()
-    v.check(bool(name), "display_name", "is required")
-    v.check(
-        len(name) <= DISPLAY_NAME_MAX_LENGTH,
-        "display_name",
-        f"must be at most {DISPLAY_NAME_MAX_LENGTH} characters",
-    )
+    name = v.text("display_name", display_name, DISPLAY_NAME_MAX_LENGTH)
     v.raise_if_any()
     secret = secrets.token_urlsafe(32)
     with database.atomic():

@@ -10,22 +10,16 @@ from dataclasses import dataclass
 
 from server.db import database, lock_transaction_on, utcnow
 from server.domain import users
-from server.domain.passwords import PasswordHasher
+from server.domain.passwords import MAX_PASSWORD_LENGTH, PasswordHasher
 from server.domain.principal import Principal, Role
 from server.domain.tokens import IssuedToken, TokenService
-from server.errors import (
-    FieldViolation,
-    InvalidArgument,
-    ResourceExhausted,
-    Unauthenticated,
-    Validator,
-    has_control_characters,
-)
+from server.errors import FieldViolation, InvalidArgument, ResourceExhausted, Unauthenticated
 from server.models import session as session_model
 from server.models import user as user_model
 from server.models.service_account import is_enabled as service_account_enabled
 from server.models.session import RefreshToken, Session
 from server.models.user import User
+from server.validation import Validator, has_control_characters
 
 LOGIN_FAILURE_LIMIT = 5
 LOGIN_FAILURE_WINDOW = dt.timedelta(minutes=15)
@@ -176,7 +170,11 @@ def change_password(
 ) -> SessionTokens:
     """Replaces the caller's password, ends every session and starts a new one."""
     v = Validator()
-    v.check(bool(current_password), "current_password", "is required")
+    if not current_password:
+        v.add("current_password", "is required")
+    elif len(current_password) > MAX_PASSWORD_LENGTH:
+        # No password is ever set longer, and hashing a huge value would be a cheap way to burn CPU.
+        v.add("current_password", f"must be at most {MAX_PASSWORD_LENGTH} characters")
     users.validate_password(v, "new_password", new_password)
     v.check(new_password != current_password, "new_password", "must differ from the current one")
     v.raise_if_any()

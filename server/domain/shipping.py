@@ -13,7 +13,8 @@ from typing import Any
 from server.domain import countries, currencies, exchange_rates, json_files
 from server.domain.exchange_rates import Rate
 from server.domain.money import Money
-from server.errors import FieldViolation, InvalidArgument, Validator
+from server.errors import FieldViolation, InvalidArgument
+from server.validation import Validator
 
 MAX_WEIGHT_GRAMS = 10_000_000_000
 GRAMS_PER_KG = 1_000

@@ -11,23 +11,16 @@ from collections.abc import Sequence
 import peewee
 
 from server.db import database, utcnow
-from server.domain import listing
+from server.domain import list_filter, listing
 from server.domain import passwords as passwords_mod
 from server.domain.passwords import PasswordHasher
 from server.domain.principal import Principal, Role
-from server.errors import (
-    Aborted,
-    AlreadyExists,
-    FailedPrecondition,
-    NotFound,
-    Validator,
-    has_control_characters,
-    is_id,
-)
+from server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from server.models import session as session_model
 from server.models import user as user_model
 from server.models.session import Session
 from server.models.user import DISPLAY_NAME_MAX_LENGTH, EMAIL_MAX_LENGTH, User
+from server.validation import Validator, has_control_characters, is_id, shown
 
 USER_ROLES = (Role.CUSTOMER, Role.STAFF, Role.ADMIN)
 UPDATABLE_PATHS = frozenset({"display_name"})
@@ -72,33 +65,25 @@ USER_LIST = listing.ListSpec(
     name="users",
     model=User,
     filter_fields={
-        "role": listing.FilterField(
+        "role": list_filter.FilterField(
             User.role,
-            listing.FieldKind.ENUM,
+            list_filter.FieldKind.ENUM,
             enum_values={f"ROLE_{role.value}": role.value for role in USER_ROLES},
         ),
-        "disabled": listing.FilterField(User.disabled, listing.FieldKind.BOOL),
-        "email": listing.FilterField(User.email, listing.FieldKind.STRING, operators=("=",)),
-        "create_time": listing.FilterField(User.create_time, listing.FieldKind.TIMESTAMP),
+        "disabled": list_filter.FilterField(User.disabled, list_filter.FieldKind.BOOL),
+        "email": list_filter.FilterField(
+            User.email, list_filter.FieldKind.STRING, operators=("=",)
+        ),
+        "create_time": list_filter.FilterField(User.create_time, list_filter.FieldKind.TIMESTAMP),
     },
     order_fields={"create_time": User.create_time, "email": User.email},
     default_order="create_time",
 )
 
 
-def list_(
-    *, page_size: int, page_token: str, filter_text: str, order_by: str, secret: bytes
-) -> listing.Page[User]:
+def list_(page: listing.PageRequest) -> listing.Page[User]:
     """Returns one page of users matching the filter, in the requested order."""
-    return listing.list_page(
-        USER_LIST,
-        User.select(),
-        page_size=page_size,
-        page_token=page_token,
-        filter_text=filter_text,
-        order_by=order_by,
-        secret=secret,
-    )
+    return listing.list_page(USER_LIST, User.select(), page)
 
 
 def etag(user: User) -> str:
@@ -177,7 +162,7 @@ def update_current(
         v.add("update_mask", "must name at least one field")
     for path in paths:
         if path not in UPDATABLE_PATHS:
-            v.add("update_mask", f"{path!r} cannot be updated; updatable: display_name")
+            v.add("update_mask", f"{shown(path)} cannot be updated; updatable: display_name")
     display_name = validate_display_name(v, "user.display_name", display_name)
     v.raise_if_any()
     with database.atomic():

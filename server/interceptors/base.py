@@ -65,16 +65,8 @@ class ScopeInterceptor(grpc.ServerInterceptor, abc.ABC):  # type: ignore[misc]
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        behavior = (
-            handler.unary_unary
-            or handler.unary_stream
-            or handler.stream_unary
-            or handler.stream_stream
-        )
-        if getattr(behavior, "experimental_non_blocking", False):
-            # Health.Watch answers through callbacks without holding a worker thread; wrapping it
-            # would make every watcher pin a thread for its lifetime. It is public infrastructure
-            # that needs no auth, database or error mapping.
+        if is_non_blocking(handler):
+            # Health.Watch: public infrastructure that needs no auth, database or error mapping.
             return handler
         info = method_info(
             handler_call_details.method, handler.request_streaming, handler.response_streaming
@@ -114,17 +106,42 @@ def _wrap(handler: Any, info: MethodInfo, interceptor: ScopeInterceptor) -> Any:
 
         return behavior
 
+    return rebuilt(
+        handler,
+        lambda behavior: (
+            stream_response(behavior) if handler.response_streaming else unary_response(behavior)
+        ),
+    )
+
+
+def is_non_blocking(handler: Any) -> bool:
+    """Whether the handler answers through callbacks (Health.Watch) instead of a worker thread;
+    such handlers are left unwrapped, or every watcher would pin a thread for its lifetime."""
+    behavior = (
+        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    )
+    return bool(getattr(behavior, "experimental_non_blocking", False))
+
+
+def rebuilt(
+    handler: Any,
+    wrap: Callable[[Callable[..., Any]], Callable[..., Any]],
+    *,
+    request_deserializer: Callable[[bytes], Any] | None = None,
+) -> Any:
+    """Returns a handler of the same streaming kind whose behaviour is `wrap(behaviour)`, with
+    another request deserialiser if one is given."""
     kwargs = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": request_deserializer or handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary_response(handler.unary_unary), **kwargs)
+        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **kwargs)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(stream_response(handler.unary_stream), **kwargs)
+        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), **kwargs)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary_response(handler.stream_unary), **kwargs)
-    return grpc.stream_stream_rpc_method_handler(stream_response(handler.stream_stream), **kwargs)
+        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary), **kwargs)
+    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), **kwargs)
 
 
 def _observed(items: Iterator[Any], seen: Callable[[], None]) -> Iterator[Any]:

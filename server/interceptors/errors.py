@@ -52,34 +52,86 @@ def _pack(message: Message) -> any_pb2.Any:
     return packed
 
 
+# Bounds on what one error may carry, so that no trailer grows near the 8 KiB at which gRPC
+# clients start refusing a response (binary trailers travel base64-encoded, a third larger).
+MAX_MESSAGE_BYTES = 256
+MAX_METADATA_VALUE_BYTES = 512
+MAX_FIELD_BYTES = 128
+MAX_DESCRIPTION_BYTES = 160
+MAX_VIOLATIONS = 20
+MAX_STATUS_BYTES = 4096
+
+
+def cut(text: str, max_bytes: int) -> str:
+    """Returns `text` cut to at most `max_bytes` of UTF-8 (ending with "…" when cut)."""
+    encoded = text.encode("utf-8")
+    if len(encoded) <= max_bytes:
+        return text
+    ellipsis = "…"
+    kept = encoded[: max_bytes - len(ellipsis.encode("utf-8"))]
+    return kept.decode("utf-8", errors="ignore") + ellipsis
+
+
+def _violation_messages(
+    violations: list[errors.FieldViolation], shown: int
+) -> list[error_details_pb2.BadRequest.FieldViolation]:
+    """The first `shown` violations, cut to size, plus one line saying how many were left out."""
+    messages = [
+        error_details_pb2.BadRequest.FieldViolation(
+            field=cut(v.field, MAX_FIELD_BYTES),
+            description=cut(v.description, MAX_DESCRIPTION_BYTES),
+        )
+        for v in violations[:shown]
+    ]
+    left_out = len(violations) - shown
+    if left_out > 0:
+        messages.append(
+            error_details_pb2.BadRequest.FieldViolation(
+                field="", description=f"and {left_out} more invalid fields not listed"
+            )
+        )
+    return messages
+
+
 def build_status(code: grpc.StatusCode, error: errors.DomainError, request_id: str) -> _Status:
-    """Returns the status for `error`: message, ErrorInfo, field violations and the request id."""
-    details = [
+    """Returns the status for `error`: message, ErrorInfo, field violations and the request id.
+
+    Every part is bounded here, whatever the domain put in it: messages and values are cut, and
+    at most MAX_VIOLATIONS violations are listed (fewer if the whole status would exceed
+    MAX_STATUS_BYTES), followed by a count of the rest.
+    """
+    message = cut(error.message, MAX_MESSAGE_BYTES)
+    head = [
         _pack(
             error_details_pb2.ErrorInfo(
-                reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+                reason=error.reason,
+                domain=ERROR_DOMAIN,
+                metadata={
+                    key: cut(value, MAX_METADATA_VALUE_BYTES)
+                    for key, value in error.metadata.items()
+                },
             )
         ),
         _pack(error_details_pb2.RequestInfo(request_id=request_id)),
     ]
-    if isinstance(error, errors.InvalidArgument) and error.violations:
-        details.append(
-            _pack(
-                error_details_pb2.BadRequest(
-                    field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description
-                        )
-                        for v in error.violations
-                    ]
+    violations = error.violations if isinstance(error, errors.InvalidArgument) else []
+    shown = min(len(violations), MAX_VIOLATIONS)
+    while True:
+        details = list(head)
+        if violations:
+            details.append(
+                _pack(
+                    error_details_pb2.BadRequest(
+                        field_violations=_violation_messages(violations, shown)
+                    )
                 )
             )
-        )
-    status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
+        status = status_pb2.Status(code=code.value[0], message=message, details=details)
+        if shown <= 1 or status.ByteSize() <= MAX_STATUS_BYTES:
+            break
+        shown -= 1
     converted = rpc_status.to_status(status)
-    return _Status(
-        code, error.message, (*converted.trailing_metadata, (REQUEST_ID_HEADER, request_id))
-    )
+    return _Status(code, message, (*converted.trailing_metadata, (REQUEST_ID_HEADER, request_id)))
 
 
 def _infrastructure_error(exc: BaseException) -> errors.DomainError | None:

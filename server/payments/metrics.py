@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -20,7 +20,8 @@ class CommerceMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.orders_placed = Counter(
             "storefront_orders_placed_total",
-            "Orders that reached PAID at checkout, by currency.",
+            "Orders that reached PAID (at checkout, or settled later by the reconciler), by "
+            "currency.",
             ("currency",),
             registry=registry,
         )
@@ -37,6 +38,15 @@ class CommerceMetrics:
             buckets=_BUCKETS,
             registry=registry,
         )
+
+    def observe_order_event(self, event_type: str, payload: Mapping[str, Any]) -> None:
+        """Counts an order that reached PAID, from its outbox event (`order.payment_captured`)."""
+        if event_type == PAID_EVENT:
+            self.orders_placed.labels(str(payload["currency"])).inc()
+
+
+# The outbox event of an order reaching PAID (see domain.orders.outbox_event_type).
+PAID_EVENT = "order.payment_captured"
 
 
 class MeasuredGateway:

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import grpc
-from storefront.v1 import cart_service_pb2, cart_service_pb2_grpc, catalog_service_pb2
+from storefront.v1 import cart_service_pb2, cart_service_pb2_grpc
 
 from server import call_context
-from server.domain import carts, idempotency
+from server.domain import carts
 from server.domain.money import Money
-from server.services.converters import money_to_proto, request_fingerprint, timestamp
+from server.services.converters import (
+    money_to_proto,
+    product_state_to_proto,
+    request_key,
+    timestamp,
+)
 
 pb = cart_service_pb2
-
-ADD_CART_ITEM_METHOD = "/storefront.v1.CartService/AddCartItem"
-
-STATE_TO_PROTO = {
-    "ACTIVE": catalog_service_pb2.PRODUCT_STATE_ACTIVE,
-    "ARCHIVED": catalog_service_pb2.PRODUCT_STATE_ARCHIVED,
-}
 
 
 def line_to_proto(line: carts.LineView) -> cart_service_pb2.CartLine:
@@ -32,9 +30,7 @@ def line_to_proto(line: carts.LineView) -> cart_service_pb2.CartLine:
         line_total=money_to_proto(Money(line.currency_code, line.line_total_minor)),
         available=line.available,
         in_stock=line.in_stock,
-        product_state=STATE_TO_PROTO.get(
-            line.product_state, catalog_service_pb2.PRODUCT_STATE_UNSPECIFIED
-        ),
+        product_state=product_state_to_proto(line.product_state),
         create_time=timestamp(line.create_time),
         update_time=timestamp(line.update_time),
     )
@@ -65,26 +61,15 @@ class CartServicer(cart_service_pb2_grpc.CartServiceServicer):
     def AddCartItem(
         self, request: pb.AddCartItemRequest, context: grpc.ServicerContext
     ) -> pb.AddCartItemResponse:
-        owner = _owner()
-        if not request.request_id:
-            cart, line_id = carts.add(
-                owner, product_id=request.product_id, quantity=request.quantity
-            )
-            return pb.AddCartItemResponse(cart=cart_to_proto(cart), line_id=line_id)
-        # Only the line id is stored: a retry shows the cart as it is now, like every response.
-        line_id = idempotency.run_once(
-            principal=owner,
-            key=request.request_id,
-            operation=ADD_CART_ITEM_METHOD,
-            request_fingerprint=request_fingerprint(request),
-            execute=lambda: carts.add(
-                owner, product_id=request.product_id, quantity=request.quantity
-            )[1].encode(),
-            validate=lambda v: carts.check_add(
-                v, product_id=request.product_id, quantity=request.quantity
+        cart, line_id = carts.add_item(
+            _owner(),
+            carts.AddItem(
+                request_key(request) if request.request_id else None,
+                request.product_id,
+                request.quantity,
             ),
-        ).decode()
-        return pb.AddCartItemResponse(cart=cart_to_proto(carts.get(owner)), line_id=line_id)
+        )
+        return pb.AddCartItemResponse(cart=cart_to_proto(cart), line_id=line_id)
 
     def UpdateCartItem(
         self, request: pb.UpdateCartItemRequest, context: grpc.ServicerContext

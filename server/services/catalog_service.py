@@ -7,21 +7,24 @@ from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2
-from storefront.v1 import catalog_service_pb2, catalog_service_pb2_grpc, common_pb2
+from storefront.v1 import catalog_service_pb2, catalog_service_pb2_grpc, product_pb2
 
 from server import call_context
-from server.domain import products
+from server.domain import product_fields, product_search, products
+from server.domain.money import Money
+from server.domain.page_tokens import PageTokenSigner
 from server.domain.product_cache import ProductCache
-from server.domain.products import ProductFields
+from server.domain.product_fields import ProductFields
 from server.models.product import Product
-from server.services.converters import timestamp
+from server.services.converters import (
+    money_to_proto,
+    page_request,
+    product_state_to_proto,
+    timestamp,
+)
 
 pb = catalog_service_pb2
 
-STATE_TO_PROTO = {
-    products.ACTIVE: pb.PRODUCT_STATE_ACTIVE,
-    products.ARCHIVED: pb.PRODUCT_STATE_ARCHIVED,
-}
 # Struct numbers are doubles; integral ones up to 2**53 are stored as JSON integers.
 _MAX_EXACT_INTEGER = 2**53
 
@@ -57,29 +60,27 @@ def dict_to_struct(data: dict[str, Any]) -> struct_pb2.Struct:
     return struct
 
 
-def product_to_proto(product: Product) -> catalog_service_pb2.Product:
+def product_to_proto(product: Product) -> product_pb2.Product:
     """Converts a product row to its message."""
-    return pb.Product(
+    return product_pb2.Product(
         id=product.id,
         sku=product.sku,
         name=product.name,
         description=product.description,
         description_html=product.description_html,
-        price=common_pb2.Money(
-            currency_code=product.price_currency, amount_minor=product.price_minor
-        ),
-        categories=products.categories_of(product),
-        attributes=dict_to_struct(products.attributes_of(product)),
-        image_urls=products.image_urls_of(product),
+        price=money_to_proto(Money(product.price_currency, int(product.price_minor))),
+        categories=product_fields.categories_of(product),
+        attributes=dict_to_struct(product_fields.attributes_of(product)),
+        image_urls=product_fields.image_urls_of(product),
         weight_grams=product.weight_grams,
-        state=STATE_TO_PROTO.get(product.state, pb.PRODUCT_STATE_UNSPECIFIED),
-        etag=products.etag(product),
+        state=product_state_to_proto(product.state),
+        etag=product_fields.etag(product),
         create_time=timestamp(product.create_time),
         update_time=timestamp(product.update_time),
     )
 
 
-def fields_from_proto(message: catalog_service_pb2.Product) -> ProductFields:
+def fields_from_proto(message: product_pb2.Product) -> ProductFields:
     """Returns the client-settable fields of a product message; output-only ones are dropped."""
     return ProductFields(
         sku=message.sku,
@@ -98,8 +99,8 @@ def fields_from_proto(message: catalog_service_pb2.Product) -> ProductFields:
 class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
     """Implements storefront.v1.CatalogService."""
 
-    def __init__(self, page_token_secret: bytes, cache: ProductCache) -> None:
-        self.page_token_secret = page_token_secret
+    def __init__(self, pages: PageTokenSigner, cache: ProductCache) -> None:
+        self.pages = pages
         self.cache = cache
 
     def CreateProduct(
@@ -129,12 +130,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         self, request: pb.ListProductsRequest, context: grpc.ServicerContext
     ) -> pb.ListProductsResponse:
         page = products.list_(
-            page_size=request.page_size,
-            page_token=request.page_token,
-            filter_text=request.filter,
-            order_by=request.order_by,
-            show_archived=request.show_archived,
-            secret=self.page_token_secret,
+            page_request(request, self.pages), show_archived=request.show_archived
         )
         return pb.ListProductsResponse(
             products=[product_to_proto(p) for p in page.items],
@@ -144,12 +140,10 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
     def SearchProducts(
         self, request: pb.SearchProductsRequest, context: grpc.ServicerContext
     ) -> pb.SearchProductsResponse:
-        page = products.search(
+        page = product_search.search(
+            page_request(request, self.pages),
             query=request.query,
-            page_size=request.page_size,
-            page_token=request.page_token,
             show_archived=request.show_archived,
-            secret=self.page_token_secret,
         )
         return pb.SearchProductsResponse(
             products=[product_to_proto(p) for p in page.items],
@@ -193,7 +187,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
     ) -> pb.ListCategoriesResponse:
         return pb.ListCategoriesResponse(
             categories=[
-                pb.Category(slug=c.slug, product_count=c.product_count)
+                product_pb2.Category(slug=c.slug, product_count=c.product_count)
                 for c in products.list_categories()
             ]
         )

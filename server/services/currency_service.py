@@ -6,9 +6,9 @@ import grpc
 from storefront.v1 import currency_service_pb2, currency_service_pb2_grpc
 
 from server import call_context
-from server.domain import exchange_rates, money
+from server.domain import exchange_rates
 from server.domain.exchange_rates import Rate
-from server.services.converters import money_from_proto, money_to_proto, timestamp
+from server.services.converters import money_from_proto, money_to_proto, rate_text, timestamp
 
 pb = currency_service_pb2
 
@@ -17,7 +17,7 @@ def rate_to_proto(rate: Rate) -> currency_service_pb2.ExchangeRate:
     """Converts a domain rate to its message."""
     return pb.ExchangeRate(
         currency_code=rate.currency_code,
-        rate=money.format_rate(rate.rate),
+        rate=rate_text(rate.rate),
         update_time=timestamp(rate.update_time),
     )
 
@@ -27,7 +27,7 @@ def currency_to_proto(rate: Rate) -> currency_service_pb2.Currency:
     return pb.Currency(
         code=rate.currency_code,
         minor_unit_digits=rate.exponent,
-        rate=money.format_rate(rate.rate),
+        rate=rate_text(rate.rate),
         base=rate.is_base,
         rate_update_time=timestamp(rate.update_time),
     )
@@ -53,7 +53,7 @@ class CurrencyServicer(currency_service_pb2_grpc.CurrencyServiceServicer):
         )
         return pb.ConvertMoneyResponse(
             converted=money_to_proto(conversion.converted),
-            rate=money.format_rate(conversion.cross_rate),
+            rate=rate_text(conversion.cross_rate),
             source_rate=rate_to_proto(conversion.source_rate),
             target_rate=rate_to_proto(conversion.target_rate),
             rate_update_time=timestamp(conversion.rate_update_time),

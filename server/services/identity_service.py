@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import grpc
-from storefront.v1 import access_pb2, identity_service_pb2, identity_service_pb2_grpc
+from storefront.v1 import identity_service_pb2, identity_service_pb2_grpc
 
 from server import call_context
 from server.domain import service_accounts, sessions, users
+from server.domain.page_tokens import PageTokenSigner
 from server.domain.principal import Role
 from server.domain.sessions import SessionPolicy, SessionTokens
 from server.domain.tokens import IssuedToken
 from server.models.service_account import ServiceAccount
 from server.models.user import User
-from server.services.converters import timestamp
+from server.services.converters import ROLE_FROM_PROTO, ROLE_TO_PROTO, page_request, timestamp
 
 pb = identity_service_pb2
-
-ROLE_TO_PROTO = {
-    Role.CUSTOMER: access_pb2.ROLE_CUSTOMER,
-    Role.STAFF: access_pb2.ROLE_STAFF,
-    Role.ADMIN: access_pb2.ROLE_ADMIN,
-    Role.SERVICE: access_pb2.ROLE_SERVICE,
-}
-ROLE_FROM_PROTO = {number: role for role, number in ROLE_TO_PROTO.items()}
 
 
 def user_to_proto(user: User) -> identity_service_pb2.User:
@@ -70,9 +63,9 @@ def service_account_to_proto(account: ServiceAccount) -> identity_service_pb2.Se
 class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
     """Implements storefront.v1.IdentityService."""
 
-    def __init__(self, policy: SessionPolicy, page_token_secret: bytes) -> None:
+    def __init__(self, policy: SessionPolicy, pages: PageTokenSigner) -> None:
         self.policy = policy
-        self.page_token_secret = page_token_secret
+        self.pages = pages
 
     def RegisterUser(
         self, request: pb.RegisterUserRequest, context: grpc.ServicerContext
@@ -134,13 +127,7 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
     def ListUsers(
         self, request: pb.ListUsersRequest, context: grpc.ServicerContext
     ) -> pb.ListUsersResponse:
-        page = users.list_(
-            page_size=request.page_size,
-            page_token=request.page_token,
-            filter_text=request.filter,
-            order_by=request.order_by,
-            secret=self.page_token_secret,
-        )
+        page = users.list_(page_request(request, self.pages))
         return pb.ListUsersResponse(
             users=[user_to_proto(u) for u in page.items], next_page_token=page.next_page_token
         )

@@ -6,17 +6,12 @@ import grpc
 from storefront.v1 import inventory_service_pb2, inventory_service_pb2_grpc
 
 from server import call_context
-from server.domain import idempotency, inventory
-from server.domain.principal import Role
-from server.errors import Validator
-from server.models.stock import StockLevel, StockMovement
-from server.services.converters import request_fingerprint, timestamp
+from server.domain import inventory
+from server.domain.page_tokens import PageTokenSigner
+from server.models.stock import StockMovement
+from server.services.converters import page_request, request_key, timestamp
 
 pb = inventory_service_pb2
-
-ADJUST_STOCK_METHOD = "/storefront.v1.InventoryService/AdjustStock"
-# Who sees on_hand and reserved; everyone else sees only what can be bought.
-SEES_ALL_TERMS = frozenset({Role.STAFF, Role.ADMIN, Role.SERVICE})
 
 KIND_TO_PROTO = {
     inventory.MovementKind.ADJUSTMENT: pb.STOCK_MOVEMENT_KIND_ADJUSTMENT,
@@ -27,14 +22,14 @@ KIND_TO_PROTO = {
 }
 
 
-def stock_level_to_proto(level: StockLevel, *, all_terms: bool) -> inventory_service_pb2.StockLevel:
-    """Converts a stock row to its message; on_hand and reserved only with `all_terms`."""
+def stock_level_to_proto(level: inventory.StockView) -> inventory_service_pb2.StockLevel:
+    """Converts a stock view to its message; on_hand and reserved only where the view has them."""
     message = pb.StockLevel(
         product_id=level.product_id,
-        available=inventory.available(level),
+        available=level.available,
         update_time=timestamp(level.update_time),
     )
-    if all_terms:
+    if level.on_hand is not None and level.reserved is not None:
         message.on_hand = level.on_hand
         message.reserved = level.reserved
     return message
@@ -56,76 +51,48 @@ def movement_to_proto(movement: StockMovement) -> inventory_service_pb2.StockMov
     )
 
 
-def _caller_sees_all_terms() -> bool:
-    call = call_context.current()
-    return call is not None and call.principal is not None and call.principal.role in SEES_ALL_TERMS
-
-
 class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
     """Implements storefront.v1.InventoryService."""
 
-    def __init__(self, page_token_secret: bytes) -> None:
-        self.page_token_secret = page_token_secret
+    def __init__(self, pages: PageTokenSigner) -> None:
+        self.pages = pages
 
     def GetStockLevel(
         self, request: pb.GetStockLevelRequest, context: grpc.ServicerContext
     ) -> pb.GetStockLevelResponse:
-        level = inventory.get_level(request.product_id)
-        return pb.GetStockLevelResponse(
-            stock_level=stock_level_to_proto(level, all_terms=_caller_sees_all_terms())
-        )
+        level = inventory.get_stock(call_context.principal_or_none(), request.product_id)
+        return pb.GetStockLevelResponse(stock_level=stock_level_to_proto(level))
 
     def BatchGetStockLevels(
         self, request: pb.BatchGetStockLevelsRequest, context: grpc.ServicerContext
     ) -> pb.BatchGetStockLevelsResponse:
-        levels, missing = inventory.batch_get_levels(list(request.product_ids))
-        all_terms = _caller_sees_all_terms()
+        levels, missing = inventory.batch_get_stock(
+            call_context.principal_or_none(), list(request.product_ids)
+        )
         return pb.BatchGetStockLevelsResponse(
-            stock_levels=[stock_level_to_proto(level, all_terms=all_terms) for level in levels],
+            stock_levels=[stock_level_to_proto(level) for level in levels],
             missing_product_ids=missing,
         )
 
     def AdjustStock(
         self, request: pb.AdjustStockRequest, context: grpc.ServicerContext
     ) -> pb.AdjustStockResponse:
-        principal = call_context.principal()
-
-        def validate(v: Validator) -> None:
-            inventory.check_adjustment(
-                v, product_id=request.product_id, delta=request.delta, reason=request.reason
-            )
-
-        def execute() -> bytes:
-            level, movement = inventory.adjust(
-                product_id=request.product_id,
-                delta=request.delta,
-                reason=request.reason,
-                actor=principal.subject,
-            )
-            response = pb.AdjustStockResponse(
-                stock_level=stock_level_to_proto(level, all_terms=True),
-                movement=movement_to_proto(movement),
-            )
-            return response.SerializeToString(deterministic=True)
-
-        stored = idempotency.run_once(
-            principal=principal.subject,
-            key=request.request_id,
-            operation=ADJUST_STOCK_METHOD,
-            request_fingerprint=request_fingerprint(request),
-            execute=execute,
-            validate=validate,
+        adjusted = inventory.adjust_stock(
+            call_context.principal(),
+            inventory.AdjustStock(
+                request_key(request), request.product_id, request.delta, request.reason
+            ),
         )
-        return pb.AdjustStockResponse.FromString(stored)
+        return pb.AdjustStockResponse(
+            stock_level=stock_level_to_proto(adjusted.level),
+            movement=movement_to_proto(adjusted.movement),
+        )
 
     def ListStockMovements(
         self, request: pb.ListStockMovementsRequest, context: grpc.ServicerContext
     ) -> pb.ListStockMovementsResponse:
         page = inventory.list_movements(
-            product_id=request.product_id,
-            page_size=request.page_size,
-            page_token=request.page_token,
-            secret=self.page_token_secret,
+            page_request(request, self.pages), product_id=request.product_id
         )
         return pb.ListStockMovementsResponse(
             movements=[movement_to_proto(m) for m in page.items],

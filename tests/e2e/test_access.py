@@ -6,31 +6,14 @@ import grpc
 import pytest
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
-from storefront.v1 import (
-    cart_service_pb2,
-    catalog_service_pb2,
-    checkout_service_pb2,
-    currency_service_pb2,
-    identity_service_pb2,
-    inventory_service_pb2,
-    order_service_pb2,
-    shipping_service_pb2,
-)
+from storefront.v1 import identity_service_pb2
 
 from server.domain.principal import Role
 from server.interceptors.auth import access_rules
+from server.services import registry
 from tests.e2e.conftest import Running
 
-SERVICES = [
-    identity_service_pb2.DESCRIPTOR.services_by_name["IdentityService"],
-    catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"],
-    inventory_service_pb2.DESCRIPTOR.services_by_name["InventoryService"],
-    currency_service_pb2.DESCRIPTOR.services_by_name["CurrencyService"],
-    shipping_service_pb2.DESCRIPTOR.services_by_name["ShippingService"],
-    cart_service_pb2.DESCRIPTOR.services_by_name["CartService"],
-    checkout_service_pb2.DESCRIPTOR.services_by_name["CheckoutService"],
-    order_service_pb2.DESCRIPTOR.services_by_name["OrderService"],
-]
+SERVICES = registry.DESCRIPTORS
 ANONYMOUS = "anonymous"
 CALLERS = [ANONYMOUS, Role.CUSTOMER, Role.STAFF, Role.ADMIN, Role.SERVICE]
 USERS = frozenset({Role.CUSTOMER, Role.STAFF, Role.ADMIN})

@@ -8,7 +8,7 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 from storefront.v1 import cart_service_pb2 as pb
-from storefront.v1 import catalog_service_pb2, common_pb2, inventory_service_pb2
+from storefront.v1 import catalog_service_pb2, common_pb2, inventory_service_pb2, product_pb2
 from storefront_client import StorefrontClient, error_info
 
 from server.domain.principal import Role
@@ -50,7 +50,7 @@ def test_the_whole_cart_flow(running: Running, customer: StorefrontClient) -> No
     assert line.line_total.amount_minor == 5000
     assert (line.available, line.in_stock) == (4, False)  # 5 wanted, 4 available
     assert cart.lines[1].in_stock is True
-    assert line.product_state == catalog_service_pb2.PRODUCT_STATE_ACTIVE
+    assert line.product_state == product_pb2.PRODUCT_STATE_ACTIVE
     assert line.create_time.seconds > 0 and line.update_time.seconds > 0
     assert [(m.currency_code, m.amount_minor) for m in cart.subtotals] == [("EUR", 6000)]
     assert cart.total_quantity == 6 and cart.update_time.seconds > 0
@@ -85,7 +85,7 @@ def test_prices_and_names_shown_are_current(running: Running, customer: Storefro
     staff = running.login(Role.STAFF)
     created = staff.catalog.CreateProduct(
         catalog_service_pb2.CreateProductRequest(
-            product=catalog_service_pb2.Product(
+            product=product_pb2.Product(
                 sku="CART-1",
                 name="Kettle",
                 price=common_pb2.Money(currency_code="USD", amount_minor=2500),
@@ -98,7 +98,7 @@ def test_prices_and_names_shown_are_current(running: Running, customer: Storefro
         )
     )
     add(customer, created.id, 2)
-    changed = catalog_service_pb2.Product()
+    changed = product_pb2.Product()
     changed.CopyFrom(created)
     changed.name = "Kettle XL"
     changed.price.amount_minor = 3100
@@ -235,7 +235,7 @@ def test_raising_an_archived_products_line_is_failed_precondition(
     )
     [line] = customer.cart.GetCart(pb.GetCartRequest()).cart.lines
     assert (line.product_state, line.in_stock) == (
-        catalog_service_pb2.PRODUCT_STATE_ARCHIVED,
+        product_pb2.PRODUCT_STATE_ARCHIVED,
         False,
     )
     err = rpc_error(

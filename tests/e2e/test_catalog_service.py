@@ -11,7 +11,7 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
 from storefront.v1 import catalog_service_pb2 as pb
-from storefront.v1 import common_pb2
+from storefront.v1 import common_pb2, product_pb2
 from storefront_client import StorefrontClient, error_info
 
 from server.domain.principal import Role
@@ -21,11 +21,11 @@ from tests.e2e.conftest import Running, rpc_error, violated_fields
 StatusCode = grpc.StatusCode
 
 
-def product(sku: str, name: str, **overrides: Any) -> pb.Product:
+def product(sku: str, name: str, **overrides: Any) -> product_pb2.Product:
     """Returns a valid product message; `price` may be given as (currency, amount)."""
     currency, amount = overrides.pop("price", ("USD", 1000))
     attributes = overrides.pop("attributes", None)
-    message = pb.Product(
+    message = product_pb2.Product(
         sku=sku,
         name=name,
         price=common_pb2.Money(currency_code=currency, amount_minor=amount),
@@ -36,16 +36,16 @@ def product(sku: str, name: str, **overrides: Any) -> pb.Product:
     return message
 
 
-def create(client: StorefrontClient, sku: str, name: str, **overrides: Any) -> pb.Product:
+def create(client: StorefrontClient, sku: str, name: str, **overrides: Any) -> product_pb2.Product:
     response = client.catalog.CreateProduct(
         pb.CreateProductRequest(product=product(sku, name, **overrides))
     )
     return response.product
 
 
-def list_all(client: StorefrontClient, **request: Any) -> list[pb.Product]:
+def list_all(client: StorefrontClient, **request: Any) -> list[product_pb2.Product]:
     """Walks every page of ListProducts; returns the products in order."""
-    items: list[pb.Product] = []
+    items: list[product_pb2.Product] = []
     token = ""
     for _ in range(1000):
         page = client.catalog.ListProducts(pb.ListProductsRequest(page_token=token, **request))
@@ -86,7 +86,7 @@ def test_create_returns_the_stored_product_and_get_returns_it_to_anyone(
         image_urls=["https://img.example/kn-001.jpg"],
         weight_grams=180,
         id="ignored",
-        state=pb.PRODUCT_STATE_ARCHIVED,
+        state=product_pb2.PRODUCT_STATE_ARCHIVED,
     )
     assert uuid.UUID(created.id).version == 4
     assert (created.sku, created.name, created.description) == ("KN-001", "Chef Knife", "Forged.")
@@ -100,7 +100,7 @@ def test_create_returns_the_stored_product_and_get_returns_it_to_anyone(
     }
     assert list(created.image_urls) == ["https://img.example/kn-001.jpg"]
     assert created.weight_grams == 180
-    assert created.state == pb.PRODUCT_STATE_ACTIVE
+    assert created.state == product_pb2.PRODUCT_STATE_ACTIVE
     assert created.etag and created.create_time.seconds > 0
     assert created.create_time == created.update_time
 
@@ -234,7 +234,7 @@ def test_batch_get_accepts_exactly_100_ids(running: Running) -> None:
 
 
 @pytest.fixture
-def catalog(staff: StorefrontClient) -> dict[str, pb.Product]:
+def catalog(staff: StorefrontClient) -> dict[str, product_pb2.Product]:
     """Five active products over two currencies and three categories, and one archived."""
     made = {
         "apron": create(staff, "AP-001", "Apron", price=("USD", 1500), categories=["textiles"]),
@@ -291,7 +291,7 @@ def catalog(staff: StorefrontClient) -> dict[str, pb.Product]:
 )
 def test_list_filters_and_orders(
     running: Running,
-    catalog: dict[str, pb.Product],
+    catalog: dict[str, product_pb2.Product],
     request_fields: dict[str, Any],
     expected: list[str],
 ) -> None:
@@ -321,7 +321,7 @@ def test_list_filters_and_orders(
     ],
 )
 def test_list_rejects_bad_filters(
-    running: Running, catalog: dict[str, pb.Product], filter_text: str
+    running: Running, catalog: dict[str, product_pb2.Product], filter_text: str
 ) -> None:
     err = rpc_error(
         lambda: running.client().catalog.ListProducts(pb.ListProductsRequest(filter=filter_text))
@@ -346,7 +346,7 @@ def _tampered(token: str) -> str:
 
 
 def test_page_tokens_from_another_query_or_tampered_are_invalid(
-    running: Running, catalog: dict[str, pb.Product]
+    running: Running, catalog: dict[str, product_pb2.Product]
 ) -> None:
     client = running.client()
     token = client.catalog.ListProducts(pb.ListProductsRequest(page_size=1)).next_page_token
@@ -397,7 +397,7 @@ def test_page_size_negative_is_invalid_and_huge_is_capped_at_100(
 
 
 def test_search_ranks_name_matches_above_description_matches(
-    running: Running, catalog: dict[str, pb.Product], staff: StorefrontClient
+    running: Running, catalog: dict[str, product_pb2.Product], staff: StorefrontClient
 ) -> None:
     create(staff, "TW-001", "Tea Towel", description="Dries a knife or two.")
     client = running.client()
@@ -442,9 +442,9 @@ def test_search_rejects_bad_requests(
 
 
 def update_request(
-    current: pb.Product, paths: list[str], etag: str | None = None, **changes: Any
+    current: product_pb2.Product, paths: list[str], etag: str | None = None, **changes: Any
 ) -> pb.UpdateProductRequest:
-    message = pb.Product()
+    message = product_pb2.Product()
     message.CopyFrom(current)
     for name, value in changes.items():
         if name == "price":
@@ -463,7 +463,7 @@ def update_request(
 
 
 def test_update_changes_only_the_masked_fields(
-    running: Running, catalog: dict[str, pb.Product], staff: StorefrontClient
+    running: Running, catalog: dict[str, product_pb2.Product], staff: StorefrontClient
 ) -> None:
     knife = catalog["knife"]
     request = update_request(
@@ -474,12 +474,12 @@ def test_update_changes_only_the_masked_fields(
         categories=["sale"],
         description="ignored: not in the mask",
     )
-    request.product.state = pb.PRODUCT_STATE_ARCHIVED  # output only: ignored
+    request.product.state = product_pb2.PRODUCT_STATE_ARCHIVED  # output only: ignored
     updated = staff.catalog.UpdateProduct(request).product
     assert (updated.name, updated.price.amount_minor) == ("Chef's Knife", 5900)
     assert list(updated.categories) == ["sale"]
     assert updated.description == "Forged steel."
-    assert updated.state == pb.PRODUCT_STATE_ACTIVE
+    assert updated.state == product_pb2.PRODUCT_STATE_ACTIVE
     assert updated.etag != knife.etag and updated.create_time == knife.create_time
     counts = {
         c.slug: c.product_count
@@ -497,10 +497,10 @@ def test_update_changes_only_the_masked_fields(
 
 
 def test_update_error_codes_and_nothing_written(
-    running: Running, catalog: dict[str, pb.Product], staff: StorefrontClient
+    running: Running, catalog: dict[str, product_pb2.Product], staff: StorefrontClient
 ) -> None:
     knife = catalog["knife"]
-    ghost = pb.Product()
+    ghost = product_pb2.Product()
     ghost.CopyFrom(knife)
     ghost.id = str(uuid.uuid4())
     cases: list[tuple[pb.UpdateProductRequest, grpc.StatusCode, str]] = [
@@ -536,7 +536,7 @@ def test_update_error_codes_and_nothing_written(
 
 
 def test_update_with_a_stale_etag_after_another_update_is_aborted(
-    catalog: dict[str, pb.Product], staff: StorefrontClient
+    catalog: dict[str, product_pb2.Product], staff: StorefrontClient
 ) -> None:
     knife = catalog["knife"]
     staff.catalog.UpdateProduct(update_request(knife, ["name"], name="First"))
@@ -551,21 +551,21 @@ def test_update_with_a_stale_etag_after_another_update_is_aborted(
 
 
 def test_archive_hides_a_product_and_restore_brings_it_back(
-    running: Running, catalog: dict[str, pb.Product], staff: StorefrontClient
+    running: Running, catalog: dict[str, product_pb2.Product], staff: StorefrontClient
 ) -> None:
     client = running.client()
     knife = catalog["knife"]
     archived = staff.catalog.ArchiveProduct(
         pb.ArchiveProductRequest(product_id=knife.id, etag=knife.etag)
     ).product
-    assert archived.state == pb.PRODUCT_STATE_ARCHIVED
+    assert archived.state == product_pb2.PRODUCT_STATE_ARCHIVED
     again = staff.catalog.ArchiveProduct(pb.ArchiveProductRequest(product_id=knife.id)).product
     assert again == archived  # idempotent: no new version
     assert "Chef Knife" not in [p.name for p in list_all(client)]
     search = client.catalog.SearchProducts(pb.SearchProductsRequest(query="chef")).products
     assert list(search) == []
     got = client.catalog.GetProduct(pb.GetProductRequest(product_id=knife.id)).product
-    assert got.state == pb.PRODUCT_STATE_ARCHIVED
+    assert got.state == product_pb2.PRODUCT_STATE_ARCHIVED
 
     stale = rpc_error(
         lambda: staff.catalog.RestoreProduct(
@@ -576,7 +576,7 @@ def test_archive_hides_a_product_and_restore_brings_it_back(
     restored = staff.catalog.RestoreProduct(
         pb.RestoreProductRequest(product_id=knife.id, etag=archived.etag)
     ).product
-    assert restored.state == pb.PRODUCT_STATE_ACTIVE
+    assert restored.state == product_pb2.PRODUCT_STATE_ACTIVE
     assert staff.catalog.RestoreProduct(pb.RestoreProductRequest(product_id=knife.id)).product == (
         restored
     )
@@ -584,7 +584,7 @@ def test_archive_hides_a_product_and_restore_brings_it_back(
 
 
 def test_archive_and_restore_error_codes(
-    catalog: dict[str, pb.Product], staff: StorefrontClient
+    catalog: dict[str, product_pb2.Product], staff: StorefrontClient
 ) -> None:
     ghost = str(uuid.uuid4())
     for call in (
@@ -611,7 +611,7 @@ def test_archive_and_restore_error_codes(
 
 
 def test_categories_count_active_products_by_slug(
-    running: Running, catalog: dict[str, pb.Product]
+    running: Running, catalog: dict[str, product_pb2.Product]
 ) -> None:
     response = running.client().catalog.ListCategories(pb.ListCategoriesRequest())
     assert [(c.slug, c.product_count) for c in response.categories] == [
@@ -686,7 +686,7 @@ def test_get_after_update_on_the_same_server_returns_the_new_value(
     staff.catalog.UpdateProduct(update_request(knife, ["name"], name="Chef's Knife"))
     assert reader.catalog.GetProduct(get).product.name == "Chef's Knife"
     staff.catalog.ArchiveProduct(pb.ArchiveProductRequest(product_id=knife.id))
-    assert reader.catalog.GetProduct(get).product.state == pb.PRODUCT_STATE_ARCHIVED
+    assert reader.catalog.GetProduct(get).product.state == product_pb2.PRODUCT_STATE_ARCHIVED
     row = pb.ImportProductsRequest(product=product("KN-001", "Imported Knife"))
     staff.catalog.ImportProducts(iter([row]))
     assert reader.catalog.GetProduct(get).product.name == "Imported Knife"

@@ -17,6 +17,7 @@ import pytest
 from storefront.v1 import cart_service_pb2 as cart_pb
 from storefront.v1 import checkout_service_pb2 as pb
 from storefront.v1 import inventory_service_pb2 as inventory_pb
+from storefront.v1 import order_pb2
 from storefront.v1 import order_service_pb2 as order_pb
 from storefront_client import StorefrontClient, error_info
 
@@ -28,13 +29,13 @@ from tests.conftest import empty_tables, insert_product
 from tests.e2e.conftest import PASSWORD, Running, make_settings, rpc_error
 
 StatusCode = grpc.StatusCode
-OrderState = order_pb.OrderState
+OrderState = order_pb2.OrderState
 MovementKind = inventory_pb.StockMovementKind
 CUSTOMERS = 200
 STOCK = 50
 DUPLICATES = 50
 CALL_TIMEOUT = 60.0  # far above what a call takes; only a hang reaches it
-BERLIN = order_pb.Address(
+BERLIN = order_pb2.Address(
     recipient_name="Erika Mustermann", line1="Hauptstrasse 1", city="Berlin", country_code="DE"
 )
 T = TypeVar("T")
@@ -306,7 +307,7 @@ def test_concurrent_duplicates_of_one_request_make_one_order(crowd: Crowd) -> No
     first.client.cart.AddCartItem(cart_pb.AddCartItemRequest(product_id=other_product, quantity=1))
     assert place(first, request) == ("FAILED_PRECONDITION", "IDEMPOTENCY_KEY_REUSED", {})
     first.client.cart.EmptyCart(cart_pb.EmptyCartRequest())
-    elsewhere = order_pb.Address()
+    elsewhere = order_pb2.Address()
     elsewhere.CopyFrom(BERLIN)
     elsewhere.city = "Hamburg"
     for changed in (

@@ -20,6 +20,7 @@ from storefront.v1 import (
     currency_service_pb2,
     identity_service_pb2,
     inventory_service_pb2,
+    order_pb2,
     shipping_service_pb2,
 )
 from storefront.v1 import order_service_pb2 as order_pb
@@ -38,9 +39,9 @@ from tests.conftest import insert_product
 from tests.e2e.conftest import PASSWORD, Running, rpc_error, violated_fields, visible_failure
 
 StatusCode = grpc.StatusCode
-OrderState = order_pb.OrderState
+OrderState = order_pb2.OrderState
 CARD_NUMBER = "4242 4242 4242 4242"
-BERLIN = order_pb.Address(
+BERLIN = order_pb2.Address(
     recipient_name="Erika Mustermann",
     line1="Hauptstrasse 1",
     line2="Hinterhaus",
@@ -49,7 +50,7 @@ BERLIN = order_pb.Address(
     postal_code="10115",
     country_code="DE",
 )
-NEW_YORK = order_pb.Address(
+NEW_YORK = order_pb2.Address(
     recipient_name="Jane Roe", line1="1 Main St", city="New York", region="NY", country_code="US"
 )
 # Only the reconciler may settle payments, and only when a test calls it.
@@ -116,16 +117,16 @@ def order_request(**fields: object) -> pb.PlaceOrderRequest:
     return pb.PlaceOrderRequest(**values)  # type: ignore[arg-type]
 
 
-def place(customer: Customer, request: pb.PlaceOrderRequest) -> order_pb.Order:
+def place(customer: Customer, request: pb.PlaceOrderRequest) -> order_pb2.Order:
     """Places the order; returns it."""
     return customer.client.checkout.PlaceOrder(request).order
 
 
-def get_order(customer: Customer, order_id: str) -> order_pb.Order:
+def get_order(customer: Customer, order_id: str) -> order_pb2.Order:
     return customer.client.orders.GetOrder(order_pb.GetOrderRequest(order_id=order_id)).order
 
 
-def list_orders(customer: Customer) -> list[order_pb.Order]:
+def list_orders(customer: Customer) -> list[order_pb2.Order]:
     return list(customer.client.orders.ListOrders(order_pb.ListOrdersRequest()).orders)
 
 
@@ -325,7 +326,7 @@ def test_an_order_in_a_third_currency_is_priced_reserved_charged_and_recorded(
 def test_free_shipping_and_zero_tax(
     running: Running,
     customer: Customer,
-    address: order_pb.Address,
+    address: order_pb2.Address,
     currency: str,
     price: tuple[str, int],
     weight_grams: int,
@@ -369,15 +370,15 @@ def test_free_shipping_and_zero_tax(
 # --- INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED -----------------------------------------
 
 
-def _without_address_field(name: str) -> order_pb.Address:
-    address = order_pb.Address()
+def _without_address_field(name: str) -> order_pb2.Address:
+    address = order_pb2.Address()
     address.CopyFrom(BERLIN)
     address.ClearField(name)  # type: ignore[arg-type]
     return address
 
 
-def _in_country(code: str) -> order_pb.Address:
-    address = order_pb.Address()
+def _in_country(code: str) -> order_pb2.Address:
+    address = order_pb2.Address()
     address.CopyFrom(BERLIN)
     address.country_code = code
     return address
@@ -400,7 +401,7 @@ def _in_country(code: str) -> order_pb.Address:
             {"shipping_address.country_code"},
         ),
         (
-            {"shipping_address": order_pb.Address()},
+            {"shipping_address": order_pb2.Address()},
             {
                 "shipping_address.recipient_name",
                 "shipping_address.line1",

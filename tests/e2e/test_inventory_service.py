@@ -11,10 +11,9 @@ from storefront.v1 import inventory_service_pb2 as pb
 from storefront_client import StorefrontClient, error_info
 
 from server.db import utcnow
-from server.domain import idempotency
+from server.domain import idempotency, inventory
 from server.domain.principal import Role
 from server.models.idempotency_key import IdempotencyKey
-from server.services.inventory_service import ADJUST_STOCK_METHOD
 from tests.conftest import insert_product
 from tests.e2e.conftest import Running, rpc_error, violated_fields
 
@@ -209,9 +208,9 @@ def test_a_duplicate_of_an_adjustment_in_flight_is_aborted(running: Running) -> 
         IdempotencyKey.create(
             principal=me.id,
             key=request.request_id,
-            operation=ADJUST_STOCK_METHOD,
+            operation=inventory.ADJUST_STOCK_OPERATION,
             request_hash=idempotency.request_hash(
-                ADJUST_STOCK_METHOD, fields.SerializeToString(deterministic=True)
+                inventory.ADJUST_STOCK_OPERATION, fields.SerializeToString(deterministic=True)
             ),
             state=idempotency.IN_FLIGHT,
             create_time=now,

@@ -25,6 +25,8 @@ from storefront.v1 import (
     checkout_service_pb2,
     common_pb2,
     inventory_service_pb2,
+    order_pb2,
+    product_pb2,
 )
 from storefront.v1 import order_service_pb2 as pb
 from storefront_client import StorefrontClient, error_info
@@ -33,22 +35,23 @@ from server.domain.principal import Role
 from server.payments.sandbox import SandboxGateway
 from tests.conftest import insert_product
 from tests.e2e.conftest import PASSWORD, Running, rpc_error, violated_fields, visible_failure
+from tests.e2e.test_stored_request_keys import store_as_before
 
 StatusCode = grpc.StatusCode
-Order = pb.Order
-OrderState: TypeAlias = pb.OrderState.ValueType
+Order = order_pb2.Order
+OrderState: TypeAlias = order_pb2.OrderState.ValueType
 
-PENDING_PAYMENT = pb.ORDER_STATE_PENDING_PAYMENT
-PAID = pb.ORDER_STATE_PAID
-SHIPPED = pb.ORDER_STATE_SHIPPED
-DELIVERED = pb.ORDER_STATE_DELIVERED
-CANCELLED = pb.ORDER_STATE_CANCELLED
-REFUNDED = pb.ORDER_STATE_REFUNDED
-PARTIALLY_REFUNDED = pb.ORDER_STATE_PARTIALLY_REFUNDED
-PAYMENT_FAILED = pb.ORDER_STATE_PAYMENT_FAILED
-SUCCEEDED = pb.REFUND_STATUS_SUCCEEDED
+PENDING_PAYMENT = order_pb2.ORDER_STATE_PENDING_PAYMENT
+PAID = order_pb2.ORDER_STATE_PAID
+SHIPPED = order_pb2.ORDER_STATE_SHIPPED
+DELIVERED = order_pb2.ORDER_STATE_DELIVERED
+CANCELLED = order_pb2.ORDER_STATE_CANCELLED
+REFUNDED = order_pb2.ORDER_STATE_REFUNDED
+PARTIALLY_REFUNDED = order_pb2.ORDER_STATE_PARTIALLY_REFUNDED
+PAYMENT_FAILED = order_pb2.ORDER_STATE_PAYMENT_FAILED
+SUCCEEDED = order_pb2.REFUND_STATUS_SUCCEEDED
 
-ADDRESS = pb.Address(
+ADDRESS = order_pb2.Address(
     recipient_name="Ada Lovelace",
     line1="Hauptstrasse 1",
     city="Berlin",
@@ -69,7 +72,7 @@ def eur(amount_minor: int) -> common_pb2.Money:
 
 
 def state_name(state: OrderState) -> str:
-    return pb.OrderState.Name(state).removeprefix("ORDER_STATE_")
+    return order_pb2.OrderState.Name(state).removeprefix("ORDER_STATE_")
 
 
 def reason_of(err: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
@@ -242,7 +245,9 @@ class Shop:
 
     # --- observing ----------------------------------------------------------------------------
 
-    def events(self, order_id: str, client: StorefrontClient | None = None) -> list[pb.OrderEvent]:
+    def events(
+        self, order_id: str, client: StorefrontClient | None = None
+    ) -> list[order_pb2.OrderEvent]:
         caller = client or self.staff
         response = caller.orders.ListOrderEvents(
             pb.ListOrderEventsRequest(order_id=order_id, page_size=100)
@@ -340,7 +345,9 @@ EXPECTED_TRANSITIONS: dict[OrderState, tuple[OrderState | None, ...]] = {
 
 
 def test_the_table_names_every_state() -> None:
-    assert set(EXPECTED_TRANSITIONS) == set(pb.OrderState.values()) - {pb.ORDER_STATE_UNSPECIFIED}
+    assert set(EXPECTED_TRANSITIONS) == set(order_pb2.OrderState.values()) - {
+        order_pb2.ORDER_STATE_UNSPECIFIED
+    }
 
 
 def test_every_state_and_action_pair(shop: Shop, subtests: pytest.Subtests) -> None:
@@ -908,7 +915,7 @@ def test_an_order_that_captured_nothing_has_nothing_to_refund(
     shop = open_shop(server_factory(reconcile_interval_seconds=0, shipping_rules_file=rules))
     gift = shop.staff.catalog.CreateProduct(
         catalog_service_pb2.CreateProductRequest(
-            product=catalog_service_pb2.Product(sku="GIFT-1", name="Gift", price=eur(0))
+            product=product_pb2.Product(sku="GIFT-1", name="Gift", price=eur(0))
         )
     ).product
     shop.staff.inventory.AdjustStock(
@@ -1172,7 +1179,7 @@ def test_order_events_are_oldest_first_and_paginated(shop: Shop) -> None:
     assert stamps == sorted(stamps) and len({e.id for e in whole}) == len(whole)
 
     for page_size in (1, 3, 7):
-        pages: list[pb.OrderEvent] = []
+        pages: list[order_pb2.OrderEvent] = []
         token = ""
         while True:
             response = shop.customer.orders.ListOrderEvents(
@@ -1218,3 +1225,30 @@ def test_bad_order_event_page_requests_are_invalid_argument(shop: Shop) -> None:
         err = rpc_error(lambda r=request: shop.staff.orders.ListOrderEvents(r))
         assert err.code() == StatusCode.INVALID_ARGUMENT
         assert violated_fields(err) == {field}
+
+
+def test_an_order_action_stored_before_replays_after(shop: Shop) -> None:
+    placed = shop.place()
+    request = pb.ShipOrderRequest(
+        order_id=placed.id,
+        request_id=str(uuid.uuid4()),
+        carrier="DHL",
+        tracking_number="JJD0001",
+    )
+    store_as_before(
+        shop.running,
+        shop.staff_id,
+        "/storefront.v1.OrderService/ShipOrder",
+        request,
+        placed.id.encode(),
+    )
+    # Judged the same request: answered from the store, so nothing is shipped now.
+    replayed = shop.staff.orders.ShipOrder(request).order
+    assert replayed.id == placed.id and replayed.state == PAID
+
+    changed = pb.ShipOrderRequest()
+    changed.CopyFrom(request)
+    changed.tracking_number = "JJD0002"
+    err = rpc_error(lambda: shop.staff.orders.ShipOrder(changed))
+    assert err.code() == StatusCode.FAILED_PRECONDITION
+    assert error_info(err)[0] == "IDEMPOTENCY_KEY_REUSED"

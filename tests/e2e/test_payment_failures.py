@@ -21,6 +21,7 @@ import pytest
 from storefront.v1 import cart_service_pb2 as cart_pb
 from storefront.v1 import checkout_service_pb2 as pb
 from storefront.v1 import inventory_service_pb2 as inventory_pb
+from storefront.v1 import order_pb2
 from storefront.v1 import order_service_pb2 as order_pb
 from storefront_client import RetryPolicy, StorefrontClient, error_info
 
@@ -36,13 +37,13 @@ from tests.e2e.conftest import PASSWORD, Running, rpc_error, violated_fields
 from tests.fakes.payment_provider import SECRET_KEY, FakePaymentProvider
 
 StatusCode = grpc.StatusCode
-OrderState = order_pb.OrderState
-RefundStatus = order_pb.RefundStatus
+OrderState = order_pb2.OrderState
+RefundStatus = order_pb2.RefundStatus
 ON_HAND = 10
 QUANTITY = 2
 ATTEMPTS = 3  # payment_max_retries=2
 VISA = "tok_visa"
-BERLIN = order_pb.Address(
+BERLIN = order_pb2.Address(
     recipient_name="Erika Mustermann",
     line1="Hauptstrasse 1",
     city="Berlin",
@@ -86,13 +87,13 @@ class Shop:
             cart_pb.AddCartItemRequest(product_id=self.product_id, quantity=quantity)
         )
 
-    def place(self, token: str = VISA, request_id: str | None = None) -> order_pb.Order:
+    def place(self, token: str = VISA, request_id: str | None = None) -> order_pb2.Order:
         return self.customer.checkout.PlaceOrder(order_request(token, request_id)).order
 
-    def order(self, order_id: str) -> order_pb.Order:
+    def order(self, order_id: str) -> order_pb2.Order:
         return self.customer.orders.GetOrder(order_pb.GetOrderRequest(order_id=order_id)).order
 
-    def only_order(self) -> order_pb.Order:
+    def only_order(self) -> order_pb2.Order:
         [order] = self.customer.orders.ListOrders(order_pb.ListOrdersRequest()).orders
         return order
 

@@ -14,20 +14,16 @@ import pytest
 from server.db import database, utcnow
 from server.domain import idempotency, inventory
 from server.domain.idempotency import DONE, IN_FLIGHT, KEY_TTL, STALE_CLAIM_AFTER
-from server.errors import (
-    Aborted,
-    DomainError,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    Validator,
-)
+from server.domain.listing import PageRequest
+from server.domain.page_tokens import PageTokenSigner
+from server.errors import Aborted, DomainError, FailedPrecondition, InvalidArgument, NotFound
 from server.models.idempotency_key import IdempotencyKey
 from server.models.stock import StockLevel, StockMovement
+from server.validation import Validator
 from tests.conftest import insert_product
 
 ACTOR = "staff-1"
-SECRET = b"s" * 32
+PAGES = PageTokenSigner(b"s" * 32)
 
 
 def levels(product_id: str) -> tuple[int, int]:
@@ -148,7 +144,7 @@ def test_unknown_products_are_not_found(db: peewee.Database) -> None:
     with pytest.raises(NotFound):
         inventory.get_level(unknown)
     with pytest.raises(NotFound):
-        inventory.list_movements(product_id=unknown, page_size=0, page_token="", secret=SECRET)
+        inventory.list_movements(PageRequest(PAGES), product_id=unknown)
 
 
 def test_batch_get_keeps_the_order_asked_and_lists_the_missing(db: peewee.Database) -> None:
@@ -187,27 +183,25 @@ def test_movements_are_listed_newest_first_in_pages(db: peewee.Database) -> None
         inventory.adjust(product_id=product_id, delta=delta, reason=f"r{delta}", actor=ACTOR)
     inventory.adjust(product_id=other, delta=9, reason="other", actor=ACTOR)
 
-    first = inventory.list_movements(
-        product_id=product_id, page_size=2, page_token="", secret=SECRET
-    )
+    first = inventory.list_movements(PageRequest(PAGES, page_size=2), product_id=product_id)
     assert [m.on_hand_delta for m in first.items] == [5, 4]
     second = inventory.list_movements(
-        product_id=product_id, page_size=2, page_token=first.next_page_token, secret=SECRET
+        PageRequest(PAGES, page_size=2, page_token=first.next_page_token), product_id=product_id
     )
     assert [m.on_hand_delta for m in second.items] == [3, 2]
     third = inventory.list_movements(
-        product_id=product_id, page_size=2, page_token=second.next_page_token, secret=SECRET
+        PageRequest(PAGES, page_size=2, page_token=second.next_page_token), product_id=product_id
     )
     assert [m.on_hand_delta for m in third.items] == [1]
     assert third.next_page_token == ""
     # A token is bound to its product.
     with pytest.raises(InvalidArgument) as caught:
         inventory.list_movements(
-            product_id=other, page_size=2, page_token=first.next_page_token, secret=SECRET
+            PageRequest(PAGES, page_size=2, page_token=first.next_page_token), product_id=other
         )
     assert [v.field for v in caught.value.violations] == ["page_token"]
     with pytest.raises(InvalidArgument):
-        inventory.list_movements(product_id=product_id, page_size=-1, page_token="", secret=SECRET)
+        inventory.list_movements(PageRequest(PAGES, page_size=-1), product_id=product_id)
 
 
 def test_fifty_concurrent_adjustments_end_at_the_exact_totals(db: peewee.Database) -> None:

@@ -15,10 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from server.domain import listing
-from server.domain.listing import FieldKind, FilterField, ListSpec
+from server.domain.list_filter import FieldKind, FilterField
+from server.domain.listing import ListSpec, PageRequest
+from server.domain.page_tokens import PageTokenSigner
 from server.errors import InvalidArgument
 
-SECRET = b"integration-test-page-token-secret"
+PAGES = PageTokenSigner(b"integration-test-page-token-secret")
 BASE_TIME = dt.datetime(2026, 3, 1, 12, 0, 0)
 ID_NAMESPACE = uuid.UUID("6f1d3c1e-7d0a-4c1b-9a57-3f3e2b8c9d10")
 
@@ -127,11 +129,9 @@ def walk(order_by: str, page_size: int, filter_text: str = "", scope: str = "") 
         page = listing.list_page(
             SPEC,
             Widget.select(),
-            page_size=page_size,
-            page_token=token,
-            filter_text=filter_text,
-            order_by=order_by,
-            secret=SECRET,
+            PageRequest(
+                PAGES, page_size=page_size, page_token=token, filter=filter_text, order_by=order_by
+            ),
             scope=scope,
         )
         pages += 1
@@ -226,24 +226,13 @@ def test_filters_select_the_right_rows(
 def test_token_is_bound_to_its_scope(widgets: peewee.Database) -> None:
     insert(make_rows(random.Random(1), 10))
     first = listing.list_page(
-        SPEC,
-        Widget.select(),
-        page_size=3,
-        page_token="",
-        filter_text="",
-        order_by="",
-        secret=SECRET,
-        scope="owner-1",
+        SPEC, Widget.select(), PageRequest(PAGES, page_size=3), scope="owner-1"
     )
     with pytest.raises(InvalidArgument) as exc:
         listing.list_page(
             SPEC,
             Widget.select(),
-            page_size=3,
-            page_token=first.next_page_token,
-            filter_text="",
-            order_by="",
-            secret=SECRET,
+            PageRequest(PAGES, page_size=3, page_token=first.next_page_token),
             scope="owner-2",
         )
     assert [v.field for v in exc.value.violations] == ["page_token"]
@@ -258,11 +247,9 @@ def test_base_query_conditions_are_kept(widgets: peewee.Database) -> None:
         page = listing.list_page(
             SPEC,
             Widget.select().where(Widget.kind == "gadget"),
-            page_size=4,
-            page_token=token,
-            filter_text="price > 0",
-            order_by="weight desc",
-            secret=SECRET,
+            PageRequest(
+                PAGES, page_size=4, page_token=token, filter="price > 0", order_by="weight desc"
+            ),
             scope="gadgets",
         )
         ids.extend(w.id for w in page.items)

@@ -21,7 +21,17 @@ from hypothesis import strategies as st
 
 from server.config import DEFAULT_SHIPPING_RULES_FILE, DEFAULT_TAX_RATES_FILE
 from server.db import database, is_sqlite, lock_transaction_on, utcnow
-from server.domain import carts, checkout, orders, payment_jobs, shipping, taxes
+from server.domain import (
+    carts,
+    checkout,
+    order_actions,
+    order_payments,
+    orders,
+    outbox,
+    payment_jobs,
+    shipping,
+    taxes,
+)
 from server.domain.orders import RefundStatus, State
 from server.domain.principal import Principal, Role
 from server.errors import DomainError, FailedPrecondition
@@ -42,7 +52,7 @@ from tests.integration.test_inventory import run_concurrently
 
 RULES = shipping.load_rules(DEFAULT_SHIPPING_RULES_FILE)
 RATES = taxes.load_rates(DEFAULT_TAX_RATES_FILE)
-ADDRESS = checkout.Address("Ada Lovelace", "1 Main St", "", "Berlin", "", "10115", "DE")
+ADDRESS = orders.Address("Ada Lovelace", "1 Main St", "", "Berlin", "", "10115", "DE")
 STAFF = Principal("staff-1", Role.STAFF, "token-staff")
 AFTER = dt.timedelta(seconds=60)
 TTL = dt.timedelta(seconds=900)
@@ -390,7 +400,7 @@ def shipped_order(provider: ScriptedProvider, on_hand: int = 5, quantity: int = 
     product_id = insert_product(on_hand=on_hand)
     order = place(provider, new_customer(), order_request("tok_visa"), {product_id: quantity})
     assert order.state == State.PAID
-    orders.ship(STAFF, order_id=order.id, carrier="DHL", tracking_number="JJD000")
+    order_actions.ship(STAFF, order_id=order.id, carrier="DHL", tracking_number="JJD000")
     return current(order.id)
 
 
@@ -401,7 +411,7 @@ def refunds_of(order_id: str) -> list[OrderRefund]:
 
 
 def refund(order_id: str, amount_minor: int | None) -> str:
-    return orders.refund(
+    return order_actions.refund(
         STAFF, order_id=order_id, amount_minor=amount_minor, currency="EUR", reason="damaged"
     )
 
@@ -542,6 +552,15 @@ def test_an_order_that_cannot_be_resolved_does_not_stop_the_pass(
     assert current(stuck.id).payment_unresolved  # A stays to be looked at again
 
 
+@pytest.fixture
+def refunds_sent_at_commit(provider: ScriptedProvider) -> Iterator[None]:
+    """Wires the outbox's refund consumer to the provider, as the server does."""
+    subscription = outbox.subscribe("refunds", payment_jobs.refund_sender(provider))
+    yield
+    outbox.unsubscribe(subscription)
+
+
+@pytest.mark.usefixtures("refunds_sent_at_commit")
 def test_a_charge_that_lands_on_a_failed_order_is_refunded_in_full(
     db: peewee.Database, provider: ScriptedProvider
 ) -> None:
@@ -554,7 +573,7 @@ def test_a_charge_that_lands_on_a_failed_order_is_refunded_in_full(
 
     def order_fails_meanwhile() -> None:
         # As if its reservation expired while this retry's charge was on its way.
-        assert orders.payment_failed(
+        assert order_payments.payment_failed(
             current(order.id),
             failure_code=orders.RESERVATION_EXPIRED,
             event_type="RESERVATION_EXPIRED",

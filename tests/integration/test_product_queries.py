@@ -17,14 +17,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from server.db import database
-from server.domain import listing, products
+from server.domain import listing, product_fields, product_search, products
+from server.domain.listing import PageRequest
+from server.domain.page_tokens import PageTokenSigner
 from server.domain.principal import Principal, Role
-from server.domain.products import ProductFields
+from server.domain.product_fields import ProductFields
 from server.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from server.models.product import Product, ProductCategory
 from server.models.stock import StockLevel
 
-SECRET = b"integration-test-page-token-secret"
+PAGES = PageTokenSigner(b"integration-test-page-token-secret")
 ACTOR = Principal(subject="staff-1", role=Role.STAFF, token_id="t")
 
 
@@ -63,12 +65,10 @@ def walk_list(
     token = ""
     for _ in range(10_000):
         page = products.list_(
-            page_size=page_size,
-            page_token=token,
-            filter_text=filter_text,
-            order_by=order_by,
+            PageRequest(
+                PAGES, page_size=page_size, page_token=token, filter=filter_text, order_by=order_by
+            ),
             show_archived=show_archived,
-            secret=SECRET,
         )
         items.extend(page.items)
         token = page.next_page_token
@@ -82,12 +82,10 @@ def walk_search(query: str, *, page_size: int, show_archived: bool = False) -> l
     names: list[str] = []
     token = ""
     for _ in range(1_000):
-        page = products.search(
+        page = product_search.search(
+            PageRequest(PAGES, page_size=page_size, page_token=token),
             query=query,
-            page_size=page_size,
-            page_token=token,
             show_archived=show_archived,
-            secret=SECRET,
         )
         names.extend(p.name for p in page.items)
         token = page.next_page_token
@@ -113,14 +111,14 @@ def test_create_stores_normalised_fields_categories_and_a_zero_stock_level(
     )
     stored = Product.get_by_id(product.id)
     assert (stored.sku, stored.name, stored.price_currency) == ("KN-001", "Chef Knife", "EUR")
-    assert products.categories_of(stored) == ["kitchen", "knives"]
+    assert product_fields.categories_of(stored) == ["kitchen", "knives"]
     assert stored.categories_text == "kitchen knives"
     slugs = {c.slug for c in ProductCategory.select().where(ProductCategory.product == product.id)}
     assert slugs == {"kitchen", "knives"}
-    assert products.attributes_of(stored) == {"colour": "black", "blade": {"cm": 20}}
-    assert products.image_urls_of(stored) == ["https://img.example.com/kn-001.jpg"]
+    assert product_fields.attributes_of(stored) == {"colour": "black", "blade": {"cm": 20}}
+    assert product_fields.image_urls_of(stored) == ["https://img.example.com/kn-001.jpg"]
     assert stored.description_html == "<p>Sharp </p>"
-    assert stored.state == "ACTIVE" and products.etag(stored) == 'W/"1"'
+    assert stored.state == "ACTIVE" and product_fields.etag(stored) == 'W/"1"'
     stock = StockLevel.get_by_id(product.id)
     assert (stock.on_hand, stock.reserved) == (0, 0)
 
@@ -141,7 +139,7 @@ def test_update_replaces_categories_and_bumps_the_version(db: peewee.Database) -
         product_id=product.id,
         fields=fields("", "Chef's Knife", categories=["knives", "sale"]),
         paths=["name", "categories", "update_time"],
-        expected_etag=products.etag(product),
+        expected_etag=product_fields.etag(product),
         actor=ACTOR,
     )
     assert updated.name == "Chef's Knife" and updated.version == 2
@@ -196,7 +194,7 @@ def test_update_errors(db: peewee.Database) -> None:
 
 def test_concurrent_updates_with_one_etag_let_exactly_one_win(db: peewee.Database) -> None:
     product = make("KN-001", "Chef Knife")
-    tag = products.etag(product)
+    tag = product_fields.etag(product)
     barrier = threading.Barrier(6)
     outcomes: list[str] = []
 
@@ -231,9 +229,11 @@ def test_archive_and_restore_are_idempotent(db: peewee.Database) -> None:
     again = products.archive(product_id=product.id, expected_etag="", actor=ACTOR)
     assert archived.state == again.state == "ARCHIVED" and again.version == archived.version
     with pytest.raises(Aborted):
-        products.restore(product_id=product.id, expected_etag=products.etag(product), actor=ACTOR)
+        products.restore(
+            product_id=product.id, expected_etag=product_fields.etag(product), actor=ACTOR
+        )
     restored = products.restore(
-        product_id=product.id, expected_etag=products.etag(again), actor=ACTOR
+        product_id=product.id, expected_etag=product_fields.etag(again), actor=ACTOR
     )
     assert restored.state == "ACTIVE" and restored.version == archived.version + 1
 
@@ -245,7 +245,7 @@ def test_upsert_by_sku_creates_then_replaces_every_field(db: peewee.Database) ->
     second = products.upsert_by_sku(fields("KN-001", "Chef's Knife", price_minor=1500))
     assert second.id == first.id and second.version == 2
     assert (second.name, second.price_minor, second.weight_grams) == ("Chef's Knife", 1500, 0)
-    assert products.categories_of(second) == []
+    assert product_fields.categories_of(second) == []
     assert not ProductCategory.select().exists()
 
 
@@ -372,36 +372,22 @@ def test_list_filters_and_orders(
 )
 def test_bad_filters_are_invalid_argument(catalog: dict[str, Product], filter_text: str) -> None:
     with pytest.raises(InvalidArgument) as caught:
-        products.list_(
-            page_size=10,
-            page_token="",
-            filter_text=filter_text,
-            order_by="",
-            show_archived=False,
-            secret=SECRET,
-        )
+        products.list_(PageRequest(PAGES, page_size=10, filter=filter_text), show_archived=False)
     assert [v.field for v in caught.value.violations] == ["filter"]
 
 
 def test_page_token_is_bound_to_show_archived(catalog: dict[str, Product]) -> None:
-    page = products.list_(
-        page_size=1, page_token="", filter_text="", order_by="", show_archived=False, secret=SECRET
-    )
+    page = products.list_(PageRequest(PAGES, page_size=1), show_archived=False)
     with pytest.raises(InvalidArgument):
         products.list_(
-            page_size=1,
-            page_token=page.next_page_token,
-            filter_text="",
-            order_by="",
-            show_archived=True,
-            secret=SECRET,
+            PageRequest(PAGES, page_size=1, page_token=page.next_page_token), show_archived=True
         )
 
 
 FILTERS: dict[str, Callable[[Product], bool]] = {
     "": lambda p: True,
     "price_minor >= 500": lambda p: p.price_minor >= 500,
-    'category = "even"': lambda p: "even" in products.categories_of(p),
+    'category = "even"': lambda p: "even" in product_fields.categories_of(p),
     'price_currency = "EUR"': lambda p: p.price_currency == "EUR",
 }
 ORDERS: dict[str, Callable[[Product], Any]] = {
@@ -574,18 +560,16 @@ def test_search_includes_archived_products_when_asked(searchable: None) -> None:
 
 
 def test_search_page_tokens_belong_to_their_query(searchable: None) -> None:
-    page = products.search(
-        query="knife", page_size=2, page_token="", show_archived=False, secret=SECRET
+    page = product_search.search(
+        PageRequest(PAGES, page_size=2), query="knife", show_archived=False
     )
     assert page.next_page_token
     for query, show_archived in [("knif", False), ("knife", True), ("chef", False)]:
         with pytest.raises(InvalidArgument):
-            products.search(
+            product_search.search(
+                PageRequest(PAGES, page_size=2, page_token=page.next_page_token),
                 query=query,
-                page_size=2,
-                page_token=page.next_page_token,
                 show_archived=show_archived,
-                secret=SECRET,
             )
 
 
@@ -594,7 +578,7 @@ def test_search_page_tokens_belong_to_their_query(searchable: None) -> None:
 )
 def test_bad_search_queries_are_invalid_argument(db: peewee.Database, query: str) -> None:
     with pytest.raises(InvalidArgument) as caught:
-        products.search(query=query, page_size=0, page_token="", show_archived=False, secret=SECRET)
+        product_search.search(PageRequest(PAGES), query=query, show_archived=False)
     assert [v.field for v in caught.value.violations] == ["query"]
 
 
@@ -627,24 +611,10 @@ def test_categories_count_active_products_and_list_every_slug(
 
 
 def test_listing_sizes_follow_the_shared_conventions(catalog: dict[str, Product]) -> None:
-    page = products.list_(
-        page_size=1000,
-        page_token="",
-        filter_text="",
-        order_by="",
-        show_archived=True,
-        secret=SECRET,
-    )
+    page = products.list_(PageRequest(PAGES, page_size=1000), show_archived=True)
     assert len(page.items) == 6 and page.next_page_token == ""
     with pytest.raises(InvalidArgument):
-        products.list_(
-            page_size=-1,
-            page_token="",
-            filter_text="",
-            order_by="",
-            show_archived=False,
-            secret=SECRET,
-        )
+        products.list_(PageRequest(PAGES, page_size=-1), show_archived=False)
     assert listing.page_size_or_default(0) == 50
 
 
@@ -664,8 +634,8 @@ def test_times_are_stored_as_naive_utc(db: peewee.Database) -> None:
 @given(query=st.text(min_size=1, max_size=40))
 def test_any_search_text_gives_a_page_or_invalid_argument(searchable: None, query: str) -> None:
     try:
-        page = products.search(
-            query=query, page_size=5, page_token="", show_archived=True, secret=SECRET
+        page = product_search.search(
+            PageRequest(PAGES, page_size=5), query=query, show_archived=True
         )
     except InvalidArgument:
         return

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from google.protobuf.json_format import ParseDict
-from storefront.v1 import catalog_service_pb2
+from storefront.v1 import product_pb2
 
 from server.catalog_files import CSV_COLUMNS, CatalogFileError, Row, file_format, read_rows
 from server.cli import DEMO_CATALOG
@@ -80,7 +80,7 @@ def test_csv_rows_become_the_proto_mapping(tmp_path: Path) -> None:
         },
         25,
     )
-    product = ParseDict(row.product, catalog_service_pb2.Product())
+    product = ParseDict(row.product, product_pb2.Product())
     assert product.price.amount_minor == 1800
     assert product.attributes["dishwasher_safe"] is True
 
@@ -162,7 +162,7 @@ def test_the_demo_catalog_parses_into_products() -> None:
     rows = list(read_rows(DEMO_CATALOG))
     assert len(rows) >= 60
     assert not [row for row in rows if row.error]
-    products = [ParseDict(row.product, catalog_service_pb2.Product()) for row in rows]
+    products = [ParseDict(row.product, product_pb2.Product()) for row in rows]
     assert len({product.sku for product in products}) == len(products)
     assert len({category for product in products for category in product.categories}) >= 6
     assert {product.price.currency_code for product in products} >= {"USD", "EUR", "GBP", "JPY"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,9 @@ from server.config import (
     VARIABLES,
     ConfigError,
     Settings,
+    markdown_table,
     payment_worst_case_seconds,
+    variables_help,
 )
 
 
@@ -88,18 +91,86 @@ def test_production_needs_existing_key_files(tmp_path: Path) -> None:
         Settings.from_env({**env, "STOREFRONT_PAYMENT_GATEWAY": "sandbox"})
 
 
-def test_every_setting_field_read_from_the_environment_is_documented() -> None:
-    names = {v.name for v in VARIABLES}
-    assert len(names) == len(VARIABLES)
-    source = Path("server/config.py").read_text()
-    read = {word.strip('"') for word in source.split() if word.startswith('"STOREFRONT_')}
-    assert {r.rstrip('",):') for r in read} <= names
+def test_every_settings_field_is_read_from_one_variable() -> None:
+    names = [v.name for v in VARIABLES]
+    assert len(set(names)) == len(names) == len(fields(Settings))
+    assert all(name.startswith("STOREFRONT_") for name in names)
+    assert all(v.description.endswith(".") for v in VARIABLES)
 
 
-def test_the_readme_documents_every_variable() -> None:
+def test_without_variables_every_field_has_its_declared_default() -> None:
+    from_env = Settings.from_env({})
+    derived = {
+        "database_url": "sqlite:///var/storefront.db",
+        "db_pool_size": 16 + 4,
+        "jwt_signing_key_file": Path("var/jwt-signing-key.pem"),
+        "page_token_secret_file": Path("var/page-token.key"),
+    }
+    for f in fields(Settings):
+        assert getattr(from_env, f.name) == derived.get(f.name, f.default), f.name
+
+
+def test_derived_defaults_follow_the_variables_they_depend_on(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {"STOREFRONT_DATA_DIR": str(tmp_path), "STOREFRONT_WORKER_THREADS": "30"}
+    )
+    assert settings.db_pool_size == 34
+    assert settings.database_url == f"sqlite:///{tmp_path}/storefront.db"
+    assert settings.jwt_signing_key_file == tmp_path / "jwt-signing-key.pem"
+    assert settings.page_token_secret_file == tmp_path / "page-token.key"
+    explicit = Settings.from_env(
+        {"STOREFRONT_WORKER_THREADS": "30", "STOREFRONT_DB_POOL_SIZE": "5"}
+    )
+    assert explicit.db_pool_size == 5
+
+
+@pytest.mark.parametrize(
+    ("variable", "field", "value"),
+    [
+        # An empty value means the default for most variables...
+        ("STOREFRONT_WORKER_THREADS", "worker_threads", 16),
+        ("STOREFRONT_LOG_LEVEL", "log_level", "INFO"),
+        ("STOREFRONT_REFLECTION", "reflection", True),
+        ("STOREFRONT_TLS_CERT_FILE", "tls_cert_file", None),
+        # ...and itself where it means something: no metrics endpoint.
+        ("STOREFRONT_METRICS_ADDRESS", "metrics_address", ""),
+    ],
+)
+def test_an_empty_value(variable: str, field: str, value: object) -> None:
+    assert getattr(Settings.from_env({variable: " "}), field) == value
+
+
+@pytest.mark.parametrize(
+    ("variable", "message"),
+    [
+        ("STOREFRONT_GRPC_ADDRESS", "STOREFRONT_GRPC_ADDRESS: expected host:port, got ''"),
+        ("STOREFRONT_JWT_ISSUER", "STOREFRONT_JWT_ISSUER: must not be empty"),
+        (
+            "STOREFRONT_DATABASE_URL",
+            "STOREFRONT_DATABASE_URL: scheme must be sqlite:// or psycopg3+pool://",
+        ),
+    ],
+)
+def test_an_empty_value_is_refused_where_it_means_nothing(variable: str, message: str) -> None:
+    assert config_error({variable: ""}) == message
+
+
+def test_the_readme_table_is_the_table_in_config() -> None:
     readme = Path("README.md").read_text()
-    missing = [v.name for v in VARIABLES if f"`{v.name}`" not in readme]
-    assert not missing
+    section = readme[readme.index("\n## Configuration\n") :]
+    section = section[: section.index("\n## ", 1)]
+    table = "\n".join(line for line in section.splitlines() if line.startswith("|"))
+    assert table == markdown_table(), (
+        "README.md's configuration table differs from server/config.py; replace it with the "
+        "output of: .venv/bin/python -c 'from server.config import markdown_table as t; print(t())'"
+    )
+
+
+def test_serve_help_lists_every_variable_with_its_default_and_bounds() -> None:
+    lines = variables_help().splitlines()[1:]
+    assert [line.split()[0] for line in lines] == [v.name for v in VARIABLES]
+    [ttl] = [line for line in lines if "STOREFRONT_ACCESS_TOKEN_TTL_SECONDS" in line]
+    assert ttl.endswith("Access token lifetime. (60..900) [900]")
 
 
 # --- payment and reconciliation settings ---------------------------------------------------------

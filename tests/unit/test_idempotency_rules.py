@@ -8,8 +8,8 @@ import pytest
 
 from server.domain import idempotency
 from server.domain.idempotency import DONE, IN_FLIGHT, KEY_TTL, STALE_CLAIM_AFTER, Verdict
-from server.errors import Validator
 from server.models.idempotency_key import IdempotencyKey
+from server.validation import Validator
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, 0)
 KEY = "123e4567-e89b-42d3-a456-426614174000"

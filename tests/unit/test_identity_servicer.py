@@ -10,6 +10,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from storefront.v1 import identity_service_pb2 as pb
 
+from server.domain.page_tokens import PageTokenSigner
 from server.domain.passwords import PasswordHasher
 from server.domain.principal import Role
 from server.domain.sessions import SessionPolicy
@@ -28,7 +29,7 @@ def test_list_signing_keys_publishes_keys_that_verify_issued_tokens() -> None:
     )
     servicer = IdentityServicer(
         SessionPolicy(tokens=tokens, passwords=PasswordHasher(), refresh_ttl=dt.timedelta(1)),
-        page_token_secret=b"s" * 32,
+        pages=PageTokenSigner(b"s" * 32),
     )
     server = grpc_testing.server_from_dictionary(
         {SERVICE: servicer}, grpc_testing.strict_real_time()

@@ -14,11 +14,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.domain import listing
-from server.domain.listing import Comparison, FieldKind, FilterField, ListSpec
+from server.domain import list_filter, listing, page_tokens
+from server.domain.list_filter import Comparison, FieldKind, FilterField
+from server.domain.listing import ListSpec
 from server.errors import InvalidArgument
 
 SECRET = b"test-secret-for-page-tokens"
+SIGNER = page_tokens.PageTokenSigner(SECRET)
 # Never connected: only renders SQL so tests can see where values go.
 SQL_ONLY = peewee.SqliteDatabase(None)
 
@@ -67,21 +69,23 @@ def violated_fields(exc: pytest.ExceptionInfo[InvalidArgument]) -> list[str]:
 
 def request(**overrides: object) -> listing.ListRequest:
     fields: dict[str, object] = {
+        "signer": SIGNER,
         "page_size": 10,
         "page_token": "",
-        "filter_text": "",
+        "filter": "",
         "order_by": "",
-        "secret": SECRET,
         "scope": "",
     }
     fields.update(overrides)
-    return listing.parse_list_request(SPEC, **fields)  # type: ignore[arg-type]
+    scope = str(fields.pop("scope"))
+    page = listing.PageRequest(**fields)  # type: ignore[arg-type]
+    return listing.parse_list_request(SPEC, page, scope=scope)
 
 
-def token_for(values: tuple[listing.CursorValue, ...], **query: object) -> str:
+def token_for(values: tuple[page_tokens.CursorValue, ...], **query: object) -> str:
     """Returns a genuine token for the query described by `query`."""
     fingerprint = request(**query).fingerprint
-    return listing.encode_page_token(values, secret=SECRET, fingerprint=fingerprint)
+    return page_tokens.encode_page_token(values, secret=SECRET, fingerprint=fingerprint)
 
 
 CURSOR = (dt.datetime(2026, 1, 2, 3, 4, 5, 678901), "0f3c7b1e-8a51-4d0e-9b55-1f3f1f1f1f1f")
@@ -108,7 +112,7 @@ def test_negative_page_size_is_invalid(page_size: int) -> None:
 
 def test_every_invalid_field_is_reported_together() -> None:
     with pytest.raises(InvalidArgument) as exc:
-        request(page_size=-1, filter_text="nope = 1", order_by="nope")
+        request(page_size=-1, filter="nope = 1", order_by="nope")
     assert violated_fields(exc) == ["page_size", "filter", "order_by"]
 
 
@@ -164,7 +168,7 @@ def test_every_invalid_field_is_reported_together() -> None:
     ],
 )
 def test_valid_filters_parse_to_comparisons(text: str, expected: tuple[Comparison, ...]) -> None:
-    assert listing.parse_filter(SPEC, text) == expected
+    assert list_filter.parse_filter(SPEC, text) == expected
 
 
 MALFORMED_FILTERS = [
@@ -235,7 +239,7 @@ MALFORMED_FILTERS = [
 @pytest.mark.parametrize("text", MALFORMED_FILTERS)
 def test_malformed_or_malicious_filters_are_invalid(text: str) -> None:
     with pytest.raises(InvalidArgument) as exc:
-        listing.parse_filter(SPEC, text)
+        list_filter.parse_filter(SPEC, text)
     assert violated_fields(exc) == ["filter"]
     assert exc.value.violations[0].description
 
@@ -254,25 +258,25 @@ def test_malformed_or_malicious_filters_are_invalid(text: str) -> None:
 )
 def test_filter_errors_say_what_is_wrong(text: str, hint: str) -> None:
     with pytest.raises(InvalidArgument) as exc:
-        listing.parse_filter(SPEC, text)
+        list_filter.parse_filter(SPEC, text)
     assert hint in exc.value.violations[0].description
 
 
 def test_filter_length_and_term_limits() -> None:
-    at_limit = " AND ".join(["stock = 1"] * listing.MAX_FILTER_TERMS)
-    assert len(listing.parse_filter(SPEC, at_limit)) == listing.MAX_FILTER_TERMS
-    padded = 'name = "' + "x" * (listing.MAX_FILTER_LENGTH - 9) + '"'
-    assert len(padded) == listing.MAX_FILTER_LENGTH
-    assert listing.parse_filter(SPEC, padded)
+    at_limit = " AND ".join(["stock = 1"] * list_filter.MAX_FILTER_TERMS)
+    assert len(list_filter.parse_filter(SPEC, at_limit)) == list_filter.MAX_FILTER_TERMS
+    padded = 'name = "' + "x" * (list_filter.MAX_FILTER_LENGTH - 9) + '"'
+    assert len(padded) == list_filter.MAX_FILTER_LENGTH
+    assert list_filter.parse_filter(SPEC, padded)
     for text in (at_limit + " AND stock = 1", padded + " "):
         with pytest.raises(InvalidArgument) as exc:
-            listing.parse_filter(SPEC, text)
+            list_filter.parse_filter(SPEC, text)
         assert violated_fields(exc) == ["filter"]
 
 
 def test_filter_values_reach_sql_only_as_parameters() -> None:
     evil = "x'; DROP TABLE gadgets; --"
-    where = request(filter_text=f'name = "{evil}" AND stock > 5 AND role = ROLE_STAFF').where()
+    where = request(filter=f'name = "{evil}" AND stock > 5 AND role = ROLE_STAFF').where()
     sql, params = Gadget.select().where(where).sql()
     assert "DROP" not in sql
     assert params == [evil, 5, "staff"]
@@ -281,7 +285,7 @@ def test_filter_values_reach_sql_only_as_parameters() -> None:
 @given(st.text(max_size=200))
 def test_any_filter_text_parses_or_is_invalid_argument(text: str) -> None:
     try:
-        listing.parse_filter(SPEC, text)
+        list_filter.parse_filter(SPEC, text)
     except InvalidArgument as exc:
         assert [v.field for v in exc.violations] == ["filter"]
 
@@ -348,8 +352,23 @@ def test_spec_with_a_broken_default_order_fails_at_declaration() -> None:
 
 
 def test_token_round_trips_through_the_same_query() -> None:
-    token = token_for(CURSOR, filter_text="stock > 1", scope="owner-1")
-    assert request(page_token=token, filter_text="stock > 1", scope="owner-1").after == CURSOR
+    token = token_for(CURSOR, filter="stock > 1", scope="owner-1")
+    assert request(page_token=token, filter="stock > 1", scope="owner-1").after == CURSOR
+
+
+# Issued by the implementation before PageTokenSigner: tokens already in clients' hands must
+# still be read, and new ones spelled the same way.
+KNOWN_TOKEN = (
+    "AVt7InQiOiIyMDI2LTAxLTAyVDAzOjA0OjA1LjY3ODkwMSJ9LCIwZjNjN2IxZS04YTUxLTRkMGUtOWI1NS0xZjNm"
+    "MWYxZjFmMWYiXVEg2vdGhVAKsE7r7mQvxpaYNf4OsYMDQ8POWyw1FQ8i"
+)
+
+
+def test_token_format_and_binding_are_unchanged() -> None:
+    fingerprint = request(order_by="email", scope="owner-1").fingerprint
+    assert SIGNER.sign(CURSOR, fingerprint=fingerprint) == KNOWN_TOKEN
+    assert SIGNER.read(KNOWN_TOKEN, fingerprint=fingerprint) == CURSOR
+    assert request(page_token=KNOWN_TOKEN, order_by="email", scope="owner-1").after == CURSOR
 
 
 @pytest.mark.parametrize(
@@ -361,8 +380,8 @@ def test_token_round_trips_through_the_same_query() -> None:
     ],
 )
 def test_token_survives_an_equivalent_filter_spelling(first: str, second: str) -> None:
-    token = token_for(CURSOR, filter_text=first)
-    assert request(page_token=token, filter_text=second).after == CURSOR
+    token = token_for(CURSOR, filter=first)
+    assert request(page_token=token, filter=second).after == CURSOR
 
 
 def test_token_survives_a_new_page_size_and_an_equivalent_order() -> None:
@@ -373,17 +392,17 @@ def test_token_survives_a_new_page_size_and_an_equivalent_order() -> None:
 @pytest.mark.parametrize(
     "other_query",
     [
-        {"filter_text": "stock > 2"},
-        {"filter_text": ""},
+        {"filter": "stock > 2"},
+        {"filter": ""},
         {"order_by": "create_time asc"},
         {"order_by": "create_time desc, email"},
         {"scope": "owner-2"},
         {"scope": ""},
-        {"secret": b"another-secret"},
+        {"signer": page_tokens.PageTokenSigner(b"another-secret")},
     ],
 )
 def test_token_from_another_query_is_invalid(other_query: dict[str, object]) -> None:
-    original = {"filter_text": "stock > 1", "scope": "owner-1", "order_by": "create_time desc"}
+    original = {"filter": "stock > 1", "scope": "owner-1", "order_by": "create_time desc"}
     token = token_for(CURSOR, **original)
     with pytest.raises(InvalidArgument) as exc:
         request(page_token=token, **{**original, **other_query})
@@ -394,9 +413,7 @@ def test_token_from_another_list_is_invalid() -> None:
     other = ListSpec("other", Gadget, {}, {"create_time": Gadget.create_time}, "create_time desc")
     token = token_for(CURSOR)
     with pytest.raises(InvalidArgument) as exc:
-        listing.parse_list_request(
-            other, page_size=0, page_token=token, filter_text="", order_by="", secret=SECRET
-        )
+        listing.parse_list_request(other, listing.PageRequest(SIGNER, page_token=token))
     assert violated_fields(exc) == ["page_token"]
 
 
@@ -439,7 +456,7 @@ def b64(raw: bytes) -> str:
         b64(b"\x00" * 64),
         b64(b"\x01" + json.dumps([1, "x"]).encode()),  # no signature
         b64(b"\x01" + json.dumps([1, "x"]).encode() + b"\x00" * 32),  # wrong signature
-        "A" * (listing.MAX_PAGE_TOKEN_LENGTH + 4),
+        "A" * (page_tokens.MAX_PAGE_TOKEN_LENGTH + 4),
         "ü" * 12,
     ],
 )
@@ -458,7 +475,7 @@ def test_garbage_tokens_are_invalid(token: str) -> None:
     ],
 )
 def test_signed_token_with_the_wrong_number_of_values_is_invalid(
-    values: tuple[listing.CursorValue, ...],
+    values: tuple[page_tokens.CursorValue, ...],
 ) -> None:
     with pytest.raises(InvalidArgument) as exc:
         request(page_token=token_for(values))
@@ -469,7 +486,7 @@ def test_signed_token_with_an_unknown_payload_is_invalid() -> None:
     # Defence in depth: even a correctly signed payload of the wrong shape is refused cleanly.
     fingerprint = request().fingerprint
     body = b"\x01" + json.dumps([{"zz": 1}, "x"]).encode()
-    mac = hmac.new(SECRET, listing._MAC_CONTEXT + fingerprint + body, hashlib.sha256).digest()
+    mac = hmac.new(SECRET, page_tokens._MAC_CONTEXT + fingerprint + body, hashlib.sha256).digest()
     with pytest.raises(InvalidArgument) as exc:
         request(page_token=b64(body + mac))
     assert violated_fields(exc) == ["page_token"]
@@ -477,7 +494,7 @@ def test_signed_token_with_an_unknown_payload_is_invalid() -> None:
 
 def test_empty_secret_is_refused() -> None:
     with pytest.raises(ValueError, match="secret"):
-        request(secret=b"")
+        page_tokens.PageTokenSigner(b"")
 
 
 fixed_offsets = st.builds(
@@ -500,11 +517,11 @@ cursor_values = st.one_of(
     secret=st.binary(min_size=1, max_size=64),
 )
 def test_cursor_encoding_round_trips_exactly(
-    values: list[listing.CursorValue], fingerprint: bytes, secret: bytes
+    values: list[page_tokens.CursorValue], fingerprint: bytes, secret: bytes
 ) -> None:
-    token = listing.encode_page_token(values, secret=secret, fingerprint=fingerprint)
+    token = page_tokens.encode_page_token(values, secret=secret, fingerprint=fingerprint)
     assert all(c.isascii() and (c.isalnum() or c in "-_") for c in token)
-    decoded = listing.decode_page_token(token, secret=secret, fingerprint=fingerprint)
+    decoded = page_tokens.decode_page_token(token, secret=secret, fingerprint=fingerprint)
     assert decoded == tuple(values)
     assert [type(v) for v in decoded] == [type(v) for v in values]
     # Equal instants are not enough: the wall time and offset must come back unchanged too
@@ -525,7 +542,7 @@ def test_any_token_text_is_accepted_or_invalid_argument(token: str) -> None:
 def test_uuid_and_naive_datetime_keep_their_types() -> None:
     values = (uuid.UUID(int=7), dt.datetime(2026, 1, 1, 0, 0, 0, 1), True, 1, None, "")
     fingerprint = request().fingerprint
-    token = listing.encode_page_token(values, secret=SECRET, fingerprint=fingerprint)
-    decoded = listing.decode_page_token(token, secret=SECRET, fingerprint=fingerprint)
+    token = page_tokens.encode_page_token(values, secret=SECRET, fingerprint=fingerprint)
+    decoded = page_tokens.decode_page_token(token, secret=SECRET, fingerprint=fingerprint)
     assert decoded == values
     assert [type(v) for v in decoded] == [type(v) for v in values]

@@ -63,7 +63,7 @@ def test_next_state_follows_the_table_or_refuses(state: State, action: Action) -
 
 def test_every_state_is_reachable_from_paid_or_the_provider() -> None:
     # PAID and PAYMENT_FAILED come from the provider; everything else from PAID by actions,
-    # and a full refund lands on REFUNDED (orders.refund), not in the table.
+    # and a full refund lands on REFUNDED (order_actions.refund), not in the table.
     reached = {State.PENDING_PAYMENT, State.PAID, State.PAYMENT_FAILED, State.REFUNDED}
     frontier = [State.PAID]
     while frontier:

@@ -9,15 +9,14 @@ from typing import Any
 import pytest
 from google.protobuf import struct_pb2
 from prometheus_client import CollectorRegistry
-from storefront.v1 import catalog_service_pb2 as pb
-from storefront.v1 import common_pb2
+from storefront.v1 import common_pb2, product_pb2
 
-from server.domain import currencies, html, products
+from server.domain import currencies, html, product_fields, product_search
 from server.domain.product_cache import ProductCache
 from server.domain.product_cache import invalidate as invalidate_everywhere
-from server.domain.products import ProductFields
-from server.errors import Validator
+from server.domain.product_fields import ProductFields
 from server.services.catalog_service import fields_from_proto, struct_to_dict
+from server.validation import Validator
 
 VALID: dict[str, Any] = {
     "sku": "KN-001",
@@ -30,14 +29,16 @@ VALID: dict[str, Any] = {
 def violations(**overrides: Any) -> list[str]:
     """Returns the violated field paths for VALID fields with `overrides`."""
     v = Validator()
-    products.validate_fields(v, ProductFields(**{**VALID, **overrides}), prefix="product.")
+    product_fields.validate_fields(v, ProductFields(**{**VALID, **overrides}), prefix="product.")
     return [violation.field for violation in v.violations]
 
 
 def stored(**overrides: Any) -> dict[str, Any]:
     """Returns the column values valid fields with `overrides` would store."""
     v = Validator()
-    values = products.validate_fields(v, ProductFields(**{**VALID, **overrides}), prefix="product.")
+    values = product_fields.validate_fields(
+        v, ProductFields(**{**VALID, **overrides}), prefix="product."
+    )
     assert v.violations == []
     return values.columns
 
@@ -160,7 +161,9 @@ def test_fields_are_normalised_for_storage() -> None:
 
 def test_violations_use_the_prefix_given() -> None:
     v = Validator()
-    products.validate_fields(v, ProductFields(**{**VALID, "price_currency": "ABC"}), prefix="")
+    product_fields.validate_fields(
+        v, ProductFields(**{**VALID, "price_currency": "ABC"}), prefix=""
+    )
     assert [(x.field, x.description) for x in v.violations] == [
         ("price.currency_code", "unknown currency; use an ISO 4217 code such as USD")
     ]
@@ -168,7 +171,7 @@ def test_violations_use_the_prefix_given() -> None:
 
 def test_only_the_named_fields_are_validated() -> None:
     v = Validator()
-    values = products.validate_fields(
+    values = product_fields.validate_fields(
         v, ProductFields(name="New name"), prefix="product.", names=["name"]
     )
     assert v.violations == [] and values.columns == {"name": "New name"}
@@ -335,11 +338,13 @@ def test_every_listed_code_is_three_upper_case_letters() -> None:
     ],
 )
 def test_search_words(query: str, words: list[str]) -> None:
-    assert products.search_words(query) == words
+    assert product_search.search_words(query) == words
 
 
 def test_fold_lowers_and_turns_separators_into_spaces() -> None:
-    assert products.fold("Knife-Edge (Pro)/Chef's 1.5 a@b") == "knife edge  pro /chef s 1.5 a@b"
+    assert (
+        product_search.fold("Knife-Edge (Pro)/Chef's 1.5 a@b") == "knife edge  pro /chef s 1.5 a@b"
+    )
 
 
 # --- product cache ----------------------------------------------------------------------------
@@ -437,13 +442,13 @@ def test_struct_numbers_become_integers_when_whole() -> None:
 
 
 def test_output_only_fields_of_a_message_are_dropped() -> None:
-    message = pb.Product(
+    message = product_pb2.Product(
         id="ignored",
         sku="kn-001",
         name="Knife",
         price=common_pb2.Money(currency_code="USD", amount_minor=5),
         categories=["kitchen"],
-        state=pb.PRODUCT_STATE_ARCHIVED,
+        state=product_pb2.PRODUCT_STATE_ARCHIVED,
         etag="ignored",
     )
     converted = fields_from_proto(message)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.errors import Validator
+from server.validation import Validator
 
 
 @pytest.mark.parametrize(

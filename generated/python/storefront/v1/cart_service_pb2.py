@@ -25,11 +25,11 @@ _sym_db = _symbol_database.Default()
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from storefront.v1 import access_pb2 as storefront_dot_v1_dot_access__pb2
-from storefront.v1 import catalog_service_pb2 as storefront_dot_v1_dot_catalog__service__pb2
 from storefront.v1 import common_pb2 as storefront_dot_v1_dot_common__pb2
+from storefront.v1 import product_pb2 as storefront_dot_v1_dot_product__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n storefront/v1/cart_service.proto\x12\rstorefront.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1astorefront/v1/access.proto\x1a#storefront/v1/catalog_service.proto\x1a\x1astorefront/v1/common.proto\"\xa0\x01\n\x04\x43\x61rt\x12&\n\x05lines\x18\x01 \x03(\x0b\x32\x17.storefront.v1.CartLine\x12\'\n\tsubtotals\x18\x02 \x03(\x0b\x32\x14.storefront.v1.Money\x12\x16\n\x0etotal_quantity\x18\x03 \x01(\x03\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe6\x02\n\x08\x43\x61rtLine\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x0b\n\x03sku\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12(\n\nunit_price\x18\x05 \x01(\x0b\x32\x14.storefront.v1.Money\x12\x10\n\x08quantity\x18\x06 \x01(\x03\x12(\n\nline_total\x18\x07 \x01(\x0b\x32\x14.storefront.v1.Money\x12\x11\n\tavailable\x18\x08 \x01(\x03\x12\x10\n\x08in_stock\x18\t \x01(\x08\x12\x32\n\rproduct_state\x18\n \x01(\x0e\x32\x1b.storefront.v1.ProductState\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x10\n\x0eGetCartRequest\"4\n\x0fGetCartResponse\x12!\n\x04\x63\x61rt\x18\x01 \x01(\x0b\x32\x13.storefront.v1.Cart\"Z\n\x12\x41\x64\x64\x43\x61rtItemRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08quantity\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"I\n\x13\x41\x64\x64\x43\x61rtItemResponse\x12!\n\x04\x63\x61rt\x18\x01 \x01(\x0b\x32\x13.storefront.v1.Cart\x12\x0f\n\x07line_id\x18\x02 \x01(\t\"@\n\x15UpdateCartItemRequest\x12\x15\n\x07line_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08quantity\x18\x02 \x01(\x03\";\n\x16UpdateCartItemResponse\x12!\n\x04\x63\x61rt\x18\x01 \x01(\x0b\x32\x13.storefront.v1.Cart\".\n\x15RemoveCartItemRequest\x12\x15\n\x07line_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\";\n\x16RemoveCartItemResponse\x12!\n\x04\x63\x61rt\x18\x01 \x01(\x0b\x32\x13.storefront.v1.Cart\"\x12\n\x10\x45mptyCartRequest\"6\n\x11\x45mptyCartResponse\x12!\n\x04\x63\x61rt\x18\x01 \x01(\x0b\x32\x13.storefront.v1.Cart2\xf2\x03\n\x0b\x43\x61rtService\x12S\n\x07GetCart\x12\x1d.storefront.v1.GetCartRequest\x1a\x1e.storefront.v1.GetCartResponse\"\t\xa2\xbb\x18\x05\x12\x01\x01\x18\x01\x12_\n\x0b\x41\x64\x64\x43\x61rtItem\x12!.storefront.v1.AddCartItemRequest\x1a\".storefront.v1.AddCartItemResponse\"\t\xa2\xbb\x18\x05\x12\x01\x01\x18\x01\x12h\n\x0eUpdateCartItem\x12$.storefront.v1.UpdateCartItemRequest\x1a%.storefront.v1.UpdateCartItemResponse\"\t\xa2\xbb\x18\x05\x12\x01\x01\x18\x01\x12h\n\x0eRemoveCartItem\x12$.storefront.v1.RemoveCartItemRequest\x1a%.storefront.v1.RemoveCartItemResponse\"\t\xa2\xbb\x18\x05\x12\x01\x01\x18\x01\x12Y\n\tEmptyCart\x12\x1f.storefront.v1.EmptyCartRequest\x1a .storefront.v1.EmptyCartResponse\"\t\xa2\xbb\x18\x05\x12\x01\x01\x18\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n storefront/v1/cart_service.proto\x12\rstorefront.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1astorefront/v1/access.proto\x1a\x1astorefront/v1/common.proto\x1a\x1bstorefront/v1/product.proto\"\xa0\x01\n\x04\x43\x61rt\x12&\n\x05lines\x18\x01 \x03(\x0b\x32\x17.storefront.v1.CartLine\x12\'\n\tsubtotals\x18\x02 \x03(\x0b\x32\x14.storefront.v1.Money\x12\x16\n\x0etotal_quantity\x18\x03 \x01(\x03\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe6\x02\n\x08\x43\x61rtLine\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x0b\n\x03sku\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12(\n\nunit_price\x18\x05 \x01(\x0b\x32\x14.storefront.v1.Money\x12\x10\n\x08quantity\x18\x06 \x01(\x03\x12(\n\nline_total\x18\x07 \x01(\x0b\x32\x14.storefront.v1.Money\x12\x11\n\tavailable\x18\x08 \x01(\x03\x12\x10\n\x08in_stock\x18\t \x01(\x08\x12\x32\n\rproduct_state\x18\n \x01(\x0e\x32\x1b.storefront.v1.ProductState\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x10\n\x0eGetCartRequest\"4\n\x0fGetCartResponse\x12!\n\x04\x63\x61rt\x18\x01 \x01(\x0b\x32\x13.storefront.v1.Cart\"Z\n\x12\x41\x64\x64\x43\x61rtItemRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08quantity\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"I\n\x13\x41\x64\x64\x43\x61rtItemResponse\x12!\n\x04\x63\x61rt\x18\x01 \x01(\x0b\x32\x13.storefront.v1.Cart\x12\x0f\n\x07line_id\x18\x02 \x01(\t\"@\n\x15UpdateCartItemRequest\x12\x15\n\x07line_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08quantity\x18\x02 \x01(\x03\";\n\x16UpdateCartItemResponse\x12!\n\x04\x63\x61rt\x18\x01 \x01(\x0b\x32\x13.storefront.v1.Cart\".\n\x15RemoveCartItemRequest\x12\x15\n\x07line_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\";\n\x16RemoveCartItemResponse\x12!\n\x04\x63\x61rt\x18\x01 \x01(\x0b\x32\x13.storefront.v1.Cart\"\x12\n\x10\x45mptyCartRequest\"6\n\x11\x45mptyCartResponse\x12!\n\x04\x63\x61rt\x18\x01 \x01(\x0b\x32\x13.storefront.v1.Cart2\xf2\x03\n\x0b\x43\x61rtService\x12S\n\x07GetCart\x12\x1d.storefront.v1.GetCartRequest\x1a\x1e.storefront.v1.GetCartResponse\"\t\xa2\xbb\x18\x05\x12\x01\x01\x18\x01\x12_\n\x0b\x41\x64\x64\x43\x61rtItem\x12!.storefront.v1.AddCartItemRequest\x1a\".storefront.v1.AddCartItemResponse\"\t\xa2\xbb\x18\x05\x12\x01\x01\x18\x01\x12h\n\x0eUpdateCartItem\x12$.storefront.v1.UpdateCartItemRequest\x1a%.storefront.v1.UpdateCartItemResponse\"\t\xa2\xbb\x18\x05\x12\x01\x01\x18\x01\x12h\n\x0eRemoveCartItem\x12$.storefront.v1.RemoveCartItemRequest\x1a%.storefront.v1.RemoveCartItemResponse\"\t\xa2\xbb\x18\x05\x12\x01\x01\x18\x01\x12Y\n\tEmptyCart\x12\x1f.storefront.v1.EmptyCartRequest\x1a .storefront.v1.EmptyCartResponse\"\t\xa2\xbb\x18\x05\x12\x01\x01\x18\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,30 +54,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CARTSERVICE'].methods_by_name['RemoveCartItem']._serialized_options = b'\242\273\030\005\022\001\001\030\001'
   _globals['_CARTSERVICE'].methods_by_name['EmptyCart']._loaded_options = None
   _globals['_CARTSERVICE'].methods_by_name['EmptyCart']._serialized_options = b'\242\273\030\005\022\001\001\030\001'
-  _globals['_CART']._serialized_start=211
-  _globals['_CART']._serialized_end=371
-  _globals['_CARTLINE']._serialized_start=374
-  _globals['_CARTLINE']._serialized_end=732
-  _globals['_GETCARTREQUEST']._serialized_start=734
-  _globals['_GETCARTREQUEST']._serialized_end=750
-  _globals['_GETCARTRESPONSE']._serialized_start=752
-  _globals['_GETCARTRESPONSE']._serialized_end=804
-  _globals['_ADDCARTITEMREQUEST']._serialized_start=806
-  _globals['_ADDCARTITEMREQUEST']._serialized_end=896
-  _globals['_ADDCARTITEMRESPONSE']._serialized_start=898
-  _globals['_ADDCARTITEMRESPONSE']._serialized_end=971
-  _globals['_UPDATECARTITEMREQUEST']._serialized_start=973
-  _globals['_UPDATECARTITEMREQUEST']._serialized_end=1037
-  _globals['_UPDATECARTITEMRESPONSE']._serialized_start=1039
-  _globals['_UPDATECARTITEMRESPONSE']._serialized_end=1098
-  _globals['_REMOVECARTITEMREQUEST']._serialized_start=1100
-  _globals['_REMOVECARTITEMREQUEST']._serialized_end=1146
-  _globals['_REMOVECARTITEMRESPONSE']._serialized_start=1148
-  _globals['_REMOVECARTITEMRESPONSE']._serialized_end=1207
-  _globals['_EMPTYCARTREQUEST']._serialized_start=1209
-  _globals['_EMPTYCARTREQUEST']._serialized_end=1227
-  _globals['_EMPTYCARTRESPONSE']._serialized_start=1229
-  _globals['_EMPTYCARTRESPONSE']._serialized_end=1283
-  _globals['_CARTSERVICE']._serialized_start=1286
-  _globals['_CARTSERVICE']._serialized_end=1784
+  _globals['_CART']._serialized_start=203
+  _globals['_CART']._serialized_end=363
+  _globals['_CARTLINE']._serialized_start=366
+  _globals['_CARTLINE']._serialized_end=724
+  _globals['_GETCARTREQUEST']._serialized_start=726
+  _globals['_GETCARTREQUEST']._serialized_end=742
+  _globals['_GETCARTRESPONSE']._serialized_start=744
+  _globals['_GETCARTRESPONSE']._serialized_end=796
+  _globals['_ADDCARTITEMREQUEST']._serialized_start=798
+  _globals['_ADDCARTITEMREQUEST']._serialized_end=888
+  _globals['_ADDCARTITEMRESPONSE']._serialized_start=890
+  _globals['_ADDCARTITEMRESPONSE']._serialized_end=963
+  _globals['_UPDATECARTITEMREQUEST']._serialized_start=965
+  _globals['_UPDATECARTITEMREQUEST']._serialized_end=1029
+  _globals['_UPDATECARTITEMRESPONSE']._serialized_start=1031
+  _globals['_UPDATECARTITEMRESPONSE']._serialized_end=1090
+  _globals['_REMOVECARTITEMREQUEST']._serialized_start=1092
+  _globals['_REMOVECARTITEMREQUEST']._serialized_end=1138
+  _globals['_REMOVECARTITEMRESPONSE']._serialized_start=1140
+  _globals['_REMOVECARTITEMRESPONSE']._serialized_end=1199
+  _globals['_EMPTYCARTREQUEST']._serialized_start=1201
+  _globals['_EMPTYCARTREQUEST']._serialized_end=1219
+  _globals['_EMPTYCARTRESPONSE']._serialized_start=1221
+  _globals['_EMPTYCARTRESPONSE']._serialized_end=1275
+  _globals['_CARTSERVICE']._serialized_start=1278
+  _globals['_CARTSERVICE']._serialized_end=1776
 # @@protoc_insertion_point(module_scope)

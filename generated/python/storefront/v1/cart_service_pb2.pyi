@@ -8,8 +8,8 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
-from storefront.v1 import catalog_service_pb2 as _catalog_service_pb2
 from storefront.v1 import common_pb2 as _common_pb2
+from storefront.v1 import product_pb2 as _product_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -96,7 +96,7 @@ class CartLine(_message.Message):
     """Units of the product that can be sold now (on hand minus reserved)."""
     in_stock: _builtins.bool
     """Whether `available` covers `quantity` and the product is for sale."""
-    product_state: _catalog_service_pb2.ProductState.ValueType
+    product_state: _product_pb2.ProductState.ValueType
     """The product's current state; an ARCHIVED product cannot be bought."""
     @_builtins.property
     def unit_price(self) -> _common_pb2.Money:
@@ -126,7 +126,7 @@ class CartLine(_message.Message):
         line_total: _common_pb2.Money | None = ...,
         available: _builtins.int = ...,
         in_stock: _builtins.bool = ...,
-        product_state: _catalog_service_pb2.ProductState.ValueType = ...,
+        product_state: _product_pb2.ProductState.ValueType = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...

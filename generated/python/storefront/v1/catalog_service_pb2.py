@@ -24,35 +24,17 @@ _sym_db = _symbol_database.Default()
 
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
-from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
-from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from storefront.v1 import access_pb2 as storefront_dot_v1_dot_access__pb2
-from storefront.v1 import common_pb2 as storefront_dot_v1_dot_common__pb2
+from storefront.v1 import product_pb2 as storefront_dot_v1_dot_product__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#storefront/v1/catalog_service.proto\x12\rstorefront.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1astorefront/v1/access.proto\x1a\x1astorefront/v1/common.proto\"\xbb\x03\n\x07Product\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x11\n\x03sku\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x18\n\x10\x64\x65scription_html\x18\x05 \x01(\t\x12)\n\x05price\x18\x06 \x01(\x0b\x32\x14.storefront.v1.MoneyB\x04\xe2\x41\x01\x02\x12\x12\n\ncategories\x18\x07 \x03(\t\x12+\n\nattributes\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nimage_urls\x18\t \x03(\t\x12\x14\n\x0cweight_grams\x18\n \x01(\x05\x12\x30\n\x05state\x18\x0b \x01(\x0e\x32\x1b.storefront.v1.ProductStateB\x04\xe2\x41\x01\x03\x12\x12\n\x04\x65tag\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"/\n\x08\x43\x61tegory\x12\x0c\n\x04slug\x18\x01 \x01(\t\x12\x15\n\rproduct_count\x18\x02 \x01(\x05\"E\n\x14\x43reateProductRequest\x12-\n\x07product\x18\x01 \x01(\x0b\x32\x16.storefront.v1.ProductB\x04\xe2\x41\x01\x02\"@\n\x15\x43reateProductResponse\x12\'\n\x07product\x18\x01 \x01(\x0b\x32\x16.storefront.v1.Product\"-\n\x11GetProductRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"=\n\x12GetProductResponse\x12\'\n\x07product\x18\x01 \x01(\x0b\x32\x16.storefront.v1.Product\"4\n\x17\x42\x61tchGetProductsRequest\x12\x19\n\x0bproduct_ids\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\"Y\n\x18\x42\x61tchGetProductsResponse\x12(\n\x08products\x18\x01 \x03(\x0b\x32\x16.storefront.v1.Product\x12\x13\n\x0bmissing_ids\x18\x02 \x03(\t\"u\n\x13ListProductsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\x12\x15\n\rshow_archived\x18\x05 \x01(\x08\"Y\n\x14ListProductsResponse\x12(\n\x08products\x18\x01 \x03(\x0b\x32\x16.storefront.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"j\n\x15SearchProductsRequest\x12\x13\n\x05query\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x15\n\rshow_archived\x18\x04 \x01(\x08\"[\n\x16SearchProductsResponse\x12(\n\x08products\x18\x01 \x03(\x0b\x32\x16.storefront.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8a\x01\n\x14UpdateProductRequest\x12-\n\x07product\x18\x01 \x01(\x0b\x32\x16.storefront.v1.ProductB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"@\n\x15UpdateProductResponse\x12\'\n\x07product\x18\x01 \x01(\x0b\x32\x16.storefront.v1.Product\"?\n\x15\x41rchiveProductRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"A\n\x16\x41rchiveProductResponse\x12\'\n\x07product\x18\x01 \x01(\x0b\x32\x16.storefront.v1.Product\"?\n\x15RestoreProductRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"A\n\x16RestoreProductResponse\x12\'\n\x07product\x18\x01 \x01(\x0b\x32\x16.storefront.v1.Product\"\x17\n\x15ListCategoriesRequest\"E\n\x16ListCategoriesResponse\x12+\n\ncategories\x18\x01 \x03(\x0b\x32\x17.storefront.v1.Category\"F\n\x15ImportProductsRequest\x12-\n\x07product\x18\x01 \x01(\x0b\x32\x16.storefront.v1.ProductB\x04\xe2\x41\x01\x02\";\n\x0eImportRowError\x12\x0b\n\x03row\x18\x01 \x01(\x05\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x8b\x01\n\x16ImportProductsResponse\x12\x15\n\rcreated_count\x18\x01 \x01(\x05\x12\x15\n\rupdated_count\x18\x02 \x01(\x05\x12\x14\n\x0c\x66\x61iled_count\x18\x03 \x01(\x05\x12-\n\x06\x65rrors\x18\x04 \x03(\x0b\x32\x1d.storefront.v1.ImportRowError*c\n\x0cProductState\x12\x1d\n\x19PRODUCT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14PRODUCT_STATE_ACTIVE\x10\x01\x12\x1a\n\x16PRODUCT_STATE_ARCHIVED\x10\x02\x32\x90\x08\n\x0e\x43\x61talogService\x12\x64\n\rCreateProduct\x12#.storefront.v1.CreateProductRequest\x1a$.storefront.v1.CreateProductResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12Y\n\nGetProduct\x12 .storefront.v1.GetProductRequest\x1a!.storefront.v1.GetProductResponse\"\x06\xa2\xbb\x18\x02\x08\x01\x12k\n\x10\x42\x61tchGetProducts\x12&.storefront.v1.BatchGetProductsRequest\x1a\'.storefront.v1.BatchGetProductsResponse\"\x06\xa2\xbb\x18\x02\x08\x01\x12_\n\x0cListProducts\x12\".storefront.v1.ListProductsRequest\x1a#.storefront.v1.ListProductsResponse\"\x06\xa2\xbb\x18\x02\x08\x01\x12\x65\n\x0eSearchProducts\x12$.storefront.v1.SearchProductsRequest\x1a%.storefront.v1.SearchProductsResponse\"\x06\xa2\xbb\x18\x02\x08\x01\x12\x64\n\rUpdateProduct\x12#.storefront.v1.UpdateProductRequest\x1a$.storefront.v1.UpdateProductResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12g\n\x0e\x41rchiveProduct\x12$.storefront.v1.ArchiveProductRequest\x1a%.storefront.v1.ArchiveProductResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12g\n\x0eRestoreProduct\x12$.storefront.v1.RestoreProductRequest\x1a%.storefront.v1.RestoreProductResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12\x65\n\x0eListCategories\x12$.storefront.v1.ListCategoriesRequest\x1a%.storefront.v1.ListCategoriesResponse\"\x06\xa2\xbb\x18\x02\x08\x01\x12i\n\x0eImportProducts\x12$.storefront.v1.ImportProductsRequest\x1a%.storefront.v1.ImportProductsResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#storefront/v1/catalog_service.proto\x12\rstorefront.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1astorefront/v1/access.proto\x1a\x1bstorefront/v1/product.proto\"E\n\x14\x43reateProductRequest\x12-\n\x07product\x18\x01 \x01(\x0b\x32\x16.storefront.v1.ProductB\x04\xe2\x41\x01\x02\"@\n\x15\x43reateProductResponse\x12\'\n\x07product\x18\x01 \x01(\x0b\x32\x16.storefront.v1.Product\"-\n\x11GetProductRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"=\n\x12GetProductResponse\x12\'\n\x07product\x18\x01 \x01(\x0b\x32\x16.storefront.v1.Product\"4\n\x17\x42\x61tchGetProductsRequest\x12\x19\n\x0bproduct_ids\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\"Y\n\x18\x42\x61tchGetProductsResponse\x12(\n\x08products\x18\x01 \x03(\x0b\x32\x16.storefront.v1.Product\x12\x13\n\x0bmissing_ids\x18\x02 \x03(\t\"u\n\x13ListProductsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\x12\x15\n\rshow_archived\x18\x05 \x01(\x08\"Y\n\x14ListProductsResponse\x12(\n\x08products\x18\x01 \x03(\x0b\x32\x16.storefront.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"j\n\x15SearchProductsRequest\x12\x13\n\x05query\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x15\n\rshow_archived\x18\x04 \x01(\x08\"[\n\x16SearchProductsResponse\x12(\n\x08products\x18\x01 \x03(\x0b\x32\x16.storefront.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8a\x01\n\x14UpdateProductRequest\x12-\n\x07product\x18\x01 \x01(\x0b\x32\x16.storefront.v1.ProductB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"@\n\x15UpdateProductResponse\x12\'\n\x07product\x18\x01 \x01(\x0b\x32\x16.storefront.v1.Product\"?\n\x15\x41rchiveProductRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"A\n\x16\x41rchiveProductResponse\x12\'\n\x07product\x18\x01 \x01(\x0b\x32\x16.storefront.v1.Product\"?\n\x15RestoreProductRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"A\n\x16RestoreProductResponse\x12\'\n\x07product\x18\x01 \x01(\x0b\x32\x16.storefront.v1.Product\"\x17\n\x15ListCategoriesRequest\"E\n\x16ListCategoriesResponse\x12+\n\ncategories\x18\x01 \x03(\x0b\x32\x17.storefront.v1.Category\"F\n\x15ImportProductsRequest\x12-\n\x07product\x18\x01 \x01(\x0b\x32\x16.storefront.v1.ProductB\x04\xe2\x41\x01\x02\";\n\x0eImportRowError\x12\x0b\n\x03row\x18\x01 \x01(\x05\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x8b\x01\n\x16ImportProductsResponse\x12\x15\n\rcreated_count\x18\x01 \x01(\x05\x12\x15\n\rupdated_count\x18\x02 \x01(\x05\x12\x14\n\x0c\x66\x61iled_count\x18\x03 \x01(\x05\x12-\n\x06\x65rrors\x18\x04 \x03(\x0b\x32\x1d.storefront.v1.ImportRowError2\x90\x08\n\x0e\x43\x61talogService\x12\x64\n\rCreateProduct\x12#.storefront.v1.CreateProductRequest\x1a$.storefront.v1.CreateProductResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12Y\n\nGetProduct\x12 .storefront.v1.GetProductRequest\x1a!.storefront.v1.GetProductResponse\"\x06\xa2\xbb\x18\x02\x08\x01\x12k\n\x10\x42\x61tchGetProducts\x12&.storefront.v1.BatchGetProductsRequest\x1a\'.storefront.v1.BatchGetProductsResponse\"\x06\xa2\xbb\x18\x02\x08\x01\x12_\n\x0cListProducts\x12\".storefront.v1.ListProductsRequest\x1a#.storefront.v1.ListProductsResponse\"\x06\xa2\xbb\x18\x02\x08\x01\x12\x65\n\x0eSearchProducts\x12$.storefront.v1.SearchProductsRequest\x1a%.storefront.v1.SearchProductsResponse\"\x06\xa2\xbb\x18\x02\x08\x01\x12\x64\n\rUpdateProduct\x12#.storefront.v1.UpdateProductRequest\x1a$.storefront.v1.UpdateProductResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12g\n\x0e\x41rchiveProduct\x12$.storefront.v1.ArchiveProductRequest\x1a%.storefront.v1.ArchiveProductResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12g\n\x0eRestoreProduct\x12$.storefront.v1.RestoreProductRequest\x1a%.storefront.v1.RestoreProductResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12\x65\n\x0eListCategories\x12$.storefront.v1.ListCategoriesRequest\x1a%.storefront.v1.ListCategoriesResponse\"\x06\xa2\xbb\x18\x02\x08\x01\x12i\n\x0eImportProducts\x12$.storefront.v1.ImportProductsRequest\x1a%.storefront.v1.ImportProductsResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'storefront.v1.catalog_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PRODUCT'].fields_by_name['id']._loaded_options = None
-  _globals['_PRODUCT'].fields_by_name['id']._serialized_options = b'\342A\001\003'
-  _globals['_PRODUCT'].fields_by_name['sku']._loaded_options = None
-  _globals['_PRODUCT'].fields_by_name['sku']._serialized_options = b'\342A\001\002'
-  _globals['_PRODUCT'].fields_by_name['name']._loaded_options = None
-  _globals['_PRODUCT'].fields_by_name['name']._serialized_options = b'\342A\001\002'
-  _globals['_PRODUCT'].fields_by_name['price']._loaded_options = None
-  _globals['_PRODUCT'].fields_by_name['price']._serialized_options = b'\342A\001\002'
-  _globals['_PRODUCT'].fields_by_name['state']._loaded_options = None
-  _globals['_PRODUCT'].fields_by_name['state']._serialized_options = b'\342A\001\003'
-  _globals['_PRODUCT'].fields_by_name['etag']._loaded_options = None
-  _globals['_PRODUCT'].fields_by_name['etag']._serialized_options = b'\342A\001\003'
-  _globals['_PRODUCT'].fields_by_name['create_time']._loaded_options = None
-  _globals['_PRODUCT'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
-  _globals['_PRODUCT'].fields_by_name['update_time']._loaded_options = None
-  _globals['_PRODUCT'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_CREATEPRODUCTREQUEST'].fields_by_name['product']._loaded_options = None
   _globals['_CREATEPRODUCTREQUEST'].fields_by_name['product']._serialized_options = b'\342A\001\002'
   _globals['_GETPRODUCTREQUEST'].fields_by_name['product_id']._loaded_options = None
@@ -91,54 +73,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CATALOGSERVICE'].methods_by_name['ListCategories']._serialized_options = b'\242\273\030\002\010\001'
   _globals['_CATALOGSERVICE'].methods_by_name['ImportProducts']._loaded_options = None
   _globals['_CATALOGSERVICE'].methods_by_name['ImportProducts']._serialized_options = b'\242\273\030\004\022\002\002\003'
-  _globals['_PRODUCTSTATE']._serialized_start=2380
-  _globals['_PRODUCTSTATE']._serialized_end=2479
-  _globals['_PRODUCT']._serialized_start=241
-  _globals['_PRODUCT']._serialized_end=684
-  _globals['_CATEGORY']._serialized_start=686
-  _globals['_CATEGORY']._serialized_end=733
-  _globals['_CREATEPRODUCTREQUEST']._serialized_start=735
-  _globals['_CREATEPRODUCTREQUEST']._serialized_end=804
-  _globals['_CREATEPRODUCTRESPONSE']._serialized_start=806
-  _globals['_CREATEPRODUCTRESPONSE']._serialized_end=870
-  _globals['_GETPRODUCTREQUEST']._serialized_start=872
-  _globals['_GETPRODUCTREQUEST']._serialized_end=917
-  _globals['_GETPRODUCTRESPONSE']._serialized_start=919
-  _globals['_GETPRODUCTRESPONSE']._serialized_end=980
-  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_start=982
-  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_end=1034
-  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_start=1036
-  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_end=1125
-  _globals['_LISTPRODUCTSREQUEST']._serialized_start=1127
-  _globals['_LISTPRODUCTSREQUEST']._serialized_end=1244
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=1246
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=1335
-  _globals['_SEARCHPRODUCTSREQUEST']._serialized_start=1337
-  _globals['_SEARCHPRODUCTSREQUEST']._serialized_end=1443
-  _globals['_SEARCHPRODUCTSRESPONSE']._serialized_start=1445
-  _globals['_SEARCHPRODUCTSRESPONSE']._serialized_end=1536
-  _globals['_UPDATEPRODUCTREQUEST']._serialized_start=1539
-  _globals['_UPDATEPRODUCTREQUEST']._serialized_end=1677
-  _globals['_UPDATEPRODUCTRESPONSE']._serialized_start=1679
-  _globals['_UPDATEPRODUCTRESPONSE']._serialized_end=1743
-  _globals['_ARCHIVEPRODUCTREQUEST']._serialized_start=1745
-  _globals['_ARCHIVEPRODUCTREQUEST']._serialized_end=1808
-  _globals['_ARCHIVEPRODUCTRESPONSE']._serialized_start=1810
-  _globals['_ARCHIVEPRODUCTRESPONSE']._serialized_end=1875
-  _globals['_RESTOREPRODUCTREQUEST']._serialized_start=1877
-  _globals['_RESTOREPRODUCTREQUEST']._serialized_end=1940
-  _globals['_RESTOREPRODUCTRESPONSE']._serialized_start=1942
-  _globals['_RESTOREPRODUCTRESPONSE']._serialized_end=2007
-  _globals['_LISTCATEGORIESREQUEST']._serialized_start=2009
-  _globals['_LISTCATEGORIESREQUEST']._serialized_end=2032
-  _globals['_LISTCATEGORIESRESPONSE']._serialized_start=2034
-  _globals['_LISTCATEGORIESRESPONSE']._serialized_end=2103
-  _globals['_IMPORTPRODUCTSREQUEST']._serialized_start=2105
-  _globals['_IMPORTPRODUCTSREQUEST']._serialized_end=2175
-  _globals['_IMPORTROWERROR']._serialized_start=2177
-  _globals['_IMPORTROWERROR']._serialized_end=2236
-  _globals['_IMPORTPRODUCTSRESPONSE']._serialized_start=2239
-  _globals['_IMPORTPRODUCTSRESPONSE']._serialized_end=2378
-  _globals['_CATALOGSERVICE']._serialized_start=2482
-  _globals['_CATALOGSERVICE']._serialized_end=3522
+  _globals['_CREATEPRODUCTREQUEST']._serialized_start=178
+  _globals['_CREATEPRODUCTREQUEST']._serialized_end=247
+  _globals['_CREATEPRODUCTRESPONSE']._serialized_start=249
+  _globals['_CREATEPRODUCTRESPONSE']._serialized_end=313
+  _globals['_GETPRODUCTREQUEST']._serialized_start=315
+  _globals['_GETPRODUCTREQUEST']._serialized_end=360
+  _globals['_GETPRODUCTRESPONSE']._serialized_start=362
+  _globals['_GETPRODUCTRESPONSE']._serialized_end=423
+  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_start=425
+  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_end=477
+  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_start=479
+  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_end=568
+  _globals['_LISTPRODUCTSREQUEST']._serialized_start=570
+  _globals['_LISTPRODUCTSREQUEST']._serialized_end=687
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=689
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=778
+  _globals['_SEARCHPRODUCTSREQUEST']._serialized_start=780
+  _globals['_SEARCHPRODUCTSREQUEST']._serialized_end=886
+  _globals['_SEARCHPRODUCTSRESPONSE']._serialized_start=888
+  _globals['_SEARCHPRODUCTSRESPONSE']._serialized_end=979
+  _globals['_UPDATEPRODUCTREQUEST']._serialized_start=982
+  _globals['_UPDATEPRODUCTREQUEST']._serialized_end=1120
+  _globals['_UPDATEPRODUCTRESPONSE']._serialized_start=1122
+  _globals['_UPDATEPRODUCTRESPONSE']._serialized_end=1186
+  _globals['_ARCHIVEPRODUCTREQUEST']._serialized_start=1188
+  _globals['_ARCHIVEPRODUCTREQUEST']._serialized_end=1251
+  _globals['_ARCHIVEPRODUCTRESPONSE']._serialized_start=1253
+  _globals['_ARCHIVEPRODUCTRESPONSE']._serialized_end=1318
+  _globals['_RESTOREPRODUCTREQUEST']._serialized_start=1320
+  _globals['_RESTOREPRODUCTREQUEST']._serialized_end=1383
+  _globals['_RESTOREPRODUCTRESPONSE']._serialized_start=1385
+  _globals['_RESTOREPRODUCTRESPONSE']._serialized_end=1450
+  _globals['_LISTCATEGORIESREQUEST']._serialized_start=1452
+  _globals['_LISTCATEGORIESREQUEST']._serialized_end=1475
+  _globals['_LISTCATEGORIESRESPONSE']._serialized_start=1477
+  _globals['_LISTCATEGORIESRESPONSE']._serialized_end=1546
+  _globals['_IMPORTPRODUCTSREQUEST']._serialized_start=1548
+  _globals['_IMPORTPRODUCTSREQUEST']._serialized_end=1618
+  _globals['_IMPORTROWERROR']._serialized_start=1620
+  _globals['_IMPORTROWERROR']._serialized_end=1679
+  _globals['_IMPORTPRODUCTSRESPONSE']._serialized_start=1682
+  _globals['_IMPORTPRODUCTSRESPONSE']._serialized_end=1821
+  _globals['_CATALOGSERVICE']._serialized_start=1824
+  _globals['_CATALOGSERVICE']._serialized_end=2864
 # @@protoc_insertion_point(module_scope)

@@ -7,11 +7,8 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
-from google.protobuf import struct_pb2 as _struct_pb2
-from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
-from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
-from storefront.v1 import common_pb2 as _common_pb2
+from storefront.v1 import product_pb2 as _product_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -23,146 +20,6 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class _ProductState:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _ProductStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProductState.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    PRODUCT_STATE_UNSPECIFIED: _ProductState.ValueType  # 0
-    """Never stored; a request leaving it unset means "not given"."""
-    PRODUCT_STATE_ACTIVE: _ProductState.ValueType  # 1
-    """Listed, searchable and for sale."""
-    PRODUCT_STATE_ARCHIVED: _ProductState.ValueType  # 2
-    """Hidden from lists and search unless asked for, and not for sale."""
-
-class ProductState(_ProductState, metaclass=_ProductStateEnumTypeWrapper):
-    """ProductState says whether a product can be found and bought."""
-
-PRODUCT_STATE_UNSPECIFIED: ProductState.ValueType  # 0
-"""Never stored; a request leaving it unset means "not given"."""
-PRODUCT_STATE_ACTIVE: ProductState.ValueType  # 1
-"""Listed, searchable and for sale."""
-PRODUCT_STATE_ARCHIVED: ProductState.ValueType  # 2
-"""Hidden from lists and search unless asked for, and not for sale."""
-Global___ProductState: _TypeAlias = ProductState  # noqa: Y015
-
-@_typing.final
-class Product(_message.Message):
-    """Product is something the shop sells."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ID_FIELD_NUMBER: _builtins.int
-    SKU_FIELD_NUMBER: _builtins.int
-    NAME_FIELD_NUMBER: _builtins.int
-    DESCRIPTION_FIELD_NUMBER: _builtins.int
-    DESCRIPTION_HTML_FIELD_NUMBER: _builtins.int
-    PRICE_FIELD_NUMBER: _builtins.int
-    CATEGORIES_FIELD_NUMBER: _builtins.int
-    ATTRIBUTES_FIELD_NUMBER: _builtins.int
-    IMAGE_URLS_FIELD_NUMBER: _builtins.int
-    WEIGHT_GRAMS_FIELD_NUMBER: _builtins.int
-    STATE_FIELD_NUMBER: _builtins.int
-    ETAG_FIELD_NUMBER: _builtins.int
-    CREATE_TIME_FIELD_NUMBER: _builtins.int
-    UPDATE_TIME_FIELD_NUMBER: _builtins.int
-    id: _builtins.str
-    """Server-generated UUIDv4."""
-    sku: _builtins.str
-    """Stock-keeping unit: 3 to 64 characters of A-Z, 0-9 and "-", "_" or ".", starting with a letter
-    or digit; stored upper-case; unique.
-    """
-    name: _builtins.str
-    """Name shown to shoppers; 1 to 200 characters."""
-    description: _builtins.str
-    """Plain-text description; at most 5,000 characters."""
-    description_html: _builtins.str
-    """Rich-text description; at most 20,000 characters. Sanitised on write with an allow-list:
-    scripts, styles, event handlers, javascript: and data: URLs never survive.
-    """
-    weight_grams: _builtins.int
-    """Shipping weight in grams, 0 to 1,000,000."""
-    state: Global___ProductState.ValueType
-    """ACTIVE or ARCHIVED; changed only by ArchiveProduct and RestoreProduct."""
-    etag: _builtins.str
-    """Opaque version for optimistic concurrency; send it back with updates."""
-    @_builtins.property
-    def price(self) -> _common_pb2.Money:
-        """Price; amount_minor 0 to 100,000,000 in the currency's minor unit; a known ISO 4217 code."""
-
-    @_builtins.property
-    def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Category slugs (1 to 40 characters of a-z, 0-9 and "-"); at most 10, stored lower-case."""
-
-    @_builtins.property
-    def attributes(self) -> _struct_pb2.Struct:
-        """Free-form attributes (colour, material, ...); at most 50 keys, 16 KiB as JSON."""
-
-    @_builtins.property
-    def image_urls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Image URLs, http or https only; at most 10, each at most 2,048 characters."""
-
-    @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp:
-        """When the product was created."""
-
-    @_builtins.property
-    def update_time(self) -> _timestamp_pb2.Timestamp:
-        """When the product was last changed."""
-
-    def __init__(
-        self,
-        *,
-        id: _builtins.str = ...,
-        sku: _builtins.str = ...,
-        name: _builtins.str = ...,
-        description: _builtins.str = ...,
-        description_html: _builtins.str = ...,
-        price: _common_pb2.Money | None = ...,
-        categories: _abc.Iterable[_builtins.str] | None = ...,
-        attributes: _struct_pb2.Struct | None = ...,
-        image_urls: _abc.Iterable[_builtins.str] | None = ...,
-        weight_grams: _builtins.int = ...,
-        state: Global___ProductState.ValueType = ...,
-        etag: _builtins.str = ...,
-        create_time: _timestamp_pb2.Timestamp | None = ...,
-        update_time: _timestamp_pb2.Timestamp | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "create_time", b"create_time", "price", b"price", "update_time", b"update_time"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "categories", b"categories", "create_time", b"create_time", "description", b"description", "description_html", b"description_html", "etag", b"etag", "id", b"id", "image_urls", b"image_urls", "name", b"name", "price", b"price", "sku", b"sku", "state", b"state", "update_time", b"update_time", "weight_grams", b"weight_grams"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Product: _TypeAlias = Product  # noqa: Y015
-
-@_typing.final
-class Category(_message.Message):
-    """Category groups products; it exists while at least one product names it."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    SLUG_FIELD_NUMBER: _builtins.int
-    PRODUCT_COUNT_FIELD_NUMBER: _builtins.int
-    slug: _builtins.str
-    """The slug products name, e.g. "kitchen"."""
-    product_count: _builtins.int
-    """Number of ACTIVE products in the category."""
-    def __init__(
-        self,
-        *,
-        slug: _builtins.str = ...,
-        product_count: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["product_count", b"product_count", "slug", b"slug"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Category: _TypeAlias = Category  # noqa: Y015
-
 @_typing.final
 class CreateProductRequest(_message.Message):
     """CreateProductRequest is the input of CreateProduct."""
@@ -171,13 +28,13 @@ class CreateProductRequest(_message.Message):
 
     PRODUCT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def product(self) -> Global___Product:
+    def product(self) -> _product_pb2.Product:
         """The product; output-only fields are ignored."""
 
     def __init__(
         self,
         *,
-        product: Global___Product | None = ...,
+        product: _product_pb2.Product | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["product", b"product"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -195,13 +52,13 @@ class CreateProductResponse(_message.Message):
 
     PRODUCT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def product(self) -> Global___Product:
+    def product(self) -> _product_pb2.Product:
         """The new product."""
 
     def __init__(
         self,
         *,
-        product: Global___Product | None = ...,
+        product: _product_pb2.Product | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["product", b"product"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -241,13 +98,13 @@ class GetProductResponse(_message.Message):
 
     PRODUCT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def product(self) -> Global___Product:
+    def product(self) -> _product_pb2.Product:
         """The product."""
 
     def __init__(
         self,
         *,
-        product: Global___Product | None = ...,
+        product: _product_pb2.Product | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["product", b"product"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -290,7 +147,7 @@ class BatchGetProductsResponse(_message.Message):
     PRODUCTS_FIELD_NUMBER: _builtins.int
     MISSING_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def products(self) -> _containers.RepeatedCompositeFieldContainer[Global___Product]:
+    def products(self) -> _containers.RepeatedCompositeFieldContainer[_product_pb2.Product]:
         """The products found, in the order of product_ids."""
 
     @_builtins.property
@@ -300,7 +157,7 @@ class BatchGetProductsResponse(_message.Message):
     def __init__(
         self,
         *,
-        products: _abc.Iterable[Global___Product] | None = ...,
+        products: _abc.Iterable[_product_pb2.Product] | None = ...,
         missing_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -365,13 +222,13 @@ class ListProductsResponse(_message.Message):
     next_page_token: _builtins.str
     """Token for the next page; empty on the last page."""
     @_builtins.property
-    def products(self) -> _containers.RepeatedCompositeFieldContainer[Global___Product]:
+    def products(self) -> _containers.RepeatedCompositeFieldContainer[_product_pb2.Product]:
         """The page of products."""
 
     def __init__(
         self,
         *,
-        products: _abc.Iterable[Global___Product] | None = ...,
+        products: _abc.Iterable[_product_pb2.Product] | None = ...,
         next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -429,13 +286,13 @@ class SearchProductsResponse(_message.Message):
     next_page_token: _builtins.str
     """Token for the next page; empty on the last page."""
     @_builtins.property
-    def products(self) -> _containers.RepeatedCompositeFieldContainer[Global___Product]:
+    def products(self) -> _containers.RepeatedCompositeFieldContainer[_product_pb2.Product]:
         """The page of products, best match first."""
 
     def __init__(
         self,
         *,
-        products: _abc.Iterable[Global___Product] | None = ...,
+        products: _abc.Iterable[_product_pb2.Product] | None = ...,
         next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -458,7 +315,7 @@ class UpdateProductRequest(_message.Message):
     etag: _builtins.str
     """The etag of the product as last read; if set and stale, the update is ABORTED."""
     @_builtins.property
-    def product(self) -> Global___Product:
+    def product(self) -> _product_pb2.Product:
         """The product with its id and the new values; only fields named in update_mask are read."""
 
     @_builtins.property
@@ -470,7 +327,7 @@ class UpdateProductRequest(_message.Message):
     def __init__(
         self,
         *,
-        product: Global___Product | None = ...,
+        product: _product_pb2.Product | None = ...,
         update_mask: _field_mask_pb2.FieldMask | None = ...,
         etag: _builtins.str = ...,
     ) -> None: ...
@@ -490,13 +347,13 @@ class UpdateProductResponse(_message.Message):
 
     PRODUCT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def product(self) -> Global___Product:
+    def product(self) -> _product_pb2.Product:
         """The updated product."""
 
     def __init__(
         self,
         *,
-        product: Global___Product | None = ...,
+        product: _product_pb2.Product | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["product", b"product"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -540,13 +397,13 @@ class ArchiveProductResponse(_message.Message):
 
     PRODUCT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def product(self) -> Global___Product:
+    def product(self) -> _product_pb2.Product:
         """The archived product."""
 
     def __init__(
         self,
         *,
-        product: Global___Product | None = ...,
+        product: _product_pb2.Product | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["product", b"product"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -590,13 +447,13 @@ class RestoreProductResponse(_message.Message):
 
     PRODUCT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def product(self) -> Global___Product:
+    def product(self) -> _product_pb2.Product:
         """The restored product."""
 
     def __init__(
         self,
         *,
-        product: Global___Product | None = ...,
+        product: _product_pb2.Product | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["product", b"product"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -631,13 +488,13 @@ class ListCategoriesResponse(_message.Message):
 
     CATEGORIES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def categories(self) -> _containers.RepeatedCompositeFieldContainer[Global___Category]:
+    def categories(self) -> _containers.RepeatedCompositeFieldContainer[_product_pb2.Category]:
         """Every category, by slug."""
 
     def __init__(
         self,
         *,
-        categories: _abc.Iterable[Global___Category] | None = ...,
+        categories: _abc.Iterable[_product_pb2.Category] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -655,13 +512,13 @@ class ImportProductsRequest(_message.Message):
 
     PRODUCT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def product(self) -> Global___Product:
+    def product(self) -> _product_pb2.Product:
         """The product to create or, if its sku exists, to update (every field is replaced)."""
 
     def __init__(
         self,
         *,
-        product: Global___Product | None = ...,
+        product: _product_pb2.Product | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["product", b"product"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

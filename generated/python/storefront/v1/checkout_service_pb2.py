@@ -24,10 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from storefront.v1 import access_pb2 as storefront_dot_v1_dot_access__pb2
-from storefront.v1 import order_service_pb2 as storefront_dot_v1_dot_order__service__pb2
+from storefront.v1 import order_pb2 as storefront_dot_v1_dot_order__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$storefront/v1/checkout_service.proto\x12\rstorefront.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1astorefront/v1/access.proto\x1a!storefront/v1/order_service.proto\"\xa6\x01\n\x11PlaceOrderRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x36\n\x10shipping_address\x18\x02 \x01(\x0b\x32\x16.storefront.v1.AddressB\x04\xe2\x41\x01\x02\x12\x1b\n\rcurrency_code\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\"\n\x14payment_method_token\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\"9\n\x12PlaceOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order2o\n\x0f\x43heckoutService\x12\\\n\nPlaceOrder\x12 .storefront.v1.PlaceOrderRequest\x1a!.storefront.v1.PlaceOrderResponse\"\t\xa2\xbb\x18\x05\x12\x01\x01\x18\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$storefront/v1/checkout_service.proto\x12\rstorefront.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1astorefront/v1/access.proto\x1a\x19storefront/v1/order.proto\"\xa6\x01\n\x11PlaceOrderRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x36\n\x10shipping_address\x18\x02 \x01(\x0b\x32\x16.storefront.v1.AddressB\x04\xe2\x41\x01\x02\x12\x1b\n\rcurrency_code\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\"\n\x14payment_method_token\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\"9\n\x12PlaceOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order2o\n\x0f\x43heckoutService\x12\\\n\nPlaceOrder\x12 .storefront.v1.PlaceOrderRequest\x1a!.storefront.v1.PlaceOrderResponse\"\t\xa2\xbb\x18\x05\x12\x01\x01\x18\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,10 +44,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PLACEORDERREQUEST'].fields_by_name['payment_method_token']._serialized_options = b'\342A\001\002'
   _globals['_CHECKOUTSERVICE'].methods_by_name['PlaceOrder']._loaded_options = None
   _globals['_CHECKOUTSERVICE'].methods_by_name['PlaceOrder']._serialized_options = b'\242\273\030\005\022\001\001\030\001'
-  _globals['_PLACEORDERREQUEST']._serialized_start=152
-  _globals['_PLACEORDERREQUEST']._serialized_end=318
-  _globals['_PLACEORDERRESPONSE']._serialized_start=320
-  _globals['_PLACEORDERRESPONSE']._serialized_end=377
-  _globals['_CHECKOUTSERVICE']._serialized_start=379
-  _globals['_CHECKOUTSERVICE']._serialized_end=490
+  _globals['_PLACEORDERREQUEST']._serialized_start=144
+  _globals['_PLACEORDERREQUEST']._serialized_end=310
+  _globals['_PLACEORDERRESPONSE']._serialized_start=312
+  _globals['_PLACEORDERRESPONSE']._serialized_end=369
+  _globals['_CHECKOUTSERVICE']._serialized_start=371
+  _globals['_CHECKOUTSERVICE']._serialized_end=482
 # @@protoc_insertion_point(module_scope)

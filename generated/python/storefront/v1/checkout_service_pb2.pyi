@@ -5,7 +5,7 @@ isort:skip_file
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from storefront.v1 import order_service_pb2 as _order_service_pb2
+from storefront.v1 import order_pb2 as _order_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -39,14 +39,14 @@ class PlaceOrderRequest(_message.Message):
     tok_provider_down is UNAVAILABLE.
     """
     @_builtins.property
-    def shipping_address(self) -> _order_service_pb2.Address:
+    def shipping_address(self) -> _order_pb2.Address:
         """Where to ship."""
 
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
-        shipping_address: _order_service_pb2.Address | None = ...,
+        shipping_address: _order_pb2.Address | None = ...,
         currency_code: _builtins.str = ...,
         payment_method_token: _builtins.str = ...,
     ) -> None: ...
@@ -66,13 +66,13 @@ class PlaceOrderResponse(_message.Message):
 
     ORDER_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def order(self) -> _order_service_pb2.Order:
+    def order(self) -> _order_pb2.Order:
         """The order: PAID, or PENDING_PAYMENT when the payment's outcome is not known yet."""
 
     def __init__(
         self,
         *,
-        order: _order_service_pb2.Order | None = ...,
+        order: _order_pb2.Order | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

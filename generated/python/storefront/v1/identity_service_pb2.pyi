@@ -427,7 +427,7 @@ class ChangePasswordRequest(_message.Message):
     CURRENT_PASSWORD_FIELD_NUMBER: _builtins.int
     NEW_PASSWORD_FIELD_NUMBER: _builtins.int
     current_password: _builtins.str
-    """The password in use now."""
+    """The password in use now (at most 128 characters)."""
     new_password: _builtins.str
     """The new password, 12 to 128 characters."""
     def __init__(

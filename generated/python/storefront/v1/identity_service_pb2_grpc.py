@@ -176,8 +176,11 @@ class IdentityServiceServicer:
 
     def ChangePassword(self, request, context):
         """Changes the signed-in user's password, ends every session of the user and starts a new one.
-        Returns UNAUTHENTICATED if `current_password` is wrong and INVALID_ARGUMENT if the new password
-        is outside 12..128 characters or equals the current one.
+        Returns INVALID_ARGUMENT (reason INVALID_CURRENT_PASSWORD, a violation on `current_password`)
+        if `current_password` is wrong; INVALID_ARGUMENT if it is empty or longer than 128 characters,
+        or if the new password is outside 12..128 characters or equals the current one;
+        RESOURCE_EXHAUSTED (LOGIN_THROTTLED) after repeated wrong passwords, as for Login;
+        UNAUTHENTICATED only for a missing, invalid or revoked access token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

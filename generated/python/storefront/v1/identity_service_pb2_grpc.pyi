@@ -72,8 +72,11 @@ class IdentityServiceStub:
     """
     ChangePassword: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.ChangePasswordRequest, _identity_service_pb2.ChangePasswordResponse]
     """Changes the signed-in user's password, ends every session of the user and starts a new one.
-    Returns UNAUTHENTICATED if `current_password` is wrong and INVALID_ARGUMENT if the new password
-    is outside 12..128 characters or equals the current one.
+    Returns INVALID_ARGUMENT (reason INVALID_CURRENT_PASSWORD, a violation on `current_password`)
+    if `current_password` is wrong; INVALID_ARGUMENT if it is empty or longer than 128 characters,
+    or if the new password is outside 12..128 characters or equals the current one;
+    RESOURCE_EXHAUSTED (LOGIN_THROTTLED) after repeated wrong passwords, as for Login;
+    UNAUTHENTICATED only for a missing, invalid or revoked access token.
     """
     ListUsers: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.ListUsersRequest, _identity_service_pb2.ListUsersResponse]
     """Lists users, oldest first by default. Returns INVALID_ARGUMENT for a negative page size, an
@@ -149,8 +152,11 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     """
     ChangePassword: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.ChangePasswordRequest, _identity_service_pb2.ChangePasswordResponse]  # type: ignore[assignment]
     """Changes the signed-in user's password, ends every session of the user and starts a new one.
-    Returns UNAUTHENTICATED if `current_password` is wrong and INVALID_ARGUMENT if the new password
-    is outside 12..128 characters or equals the current one.
+    Returns INVALID_ARGUMENT (reason INVALID_CURRENT_PASSWORD, a violation on `current_password`)
+    if `current_password` is wrong; INVALID_ARGUMENT if it is empty or longer than 128 characters,
+    or if the new password is outside 12..128 characters or equals the current one;
+    RESOURCE_EXHAUSTED (LOGIN_THROTTLED) after repeated wrong passwords, as for Login;
+    UNAUTHENTICATED only for a missing, invalid or revoked access token.
     """
     ListUsers: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.ListUsersRequest, _identity_service_pb2.ListUsersResponse]  # type: ignore[assignment]
     """Lists users, oldest first by default. Returns INVALID_ARGUMENT for a negative page size, an
@@ -265,8 +271,11 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_identity_service_pb2.ChangePasswordResponse, _abc.Awaitable[_identity_service_pb2.ChangePasswordResponse]]:
         """Changes the signed-in user's password, ends every session of the user and starts a new one.
-        Returns UNAUTHENTICATED if `current_password` is wrong and INVALID_ARGUMENT if the new password
-        is outside 12..128 characters or equals the current one.
+        Returns INVALID_ARGUMENT (reason INVALID_CURRENT_PASSWORD, a violation on `current_password`)
+        if `current_password` is wrong; INVALID_ARGUMENT if it is empty or longer than 128 characters,
+        or if the new password is outside 12..128 characters or equals the current one;
+        RESOURCE_EXHAUSTED (LOGIN_THROTTLED) after repeated wrong passwords, as for Login;
+        UNAUTHENTICATED only for a missing, invalid or revoked access token.
         """
 
     @_abc_1.abstractmethod

@@ -23,26 +23,18 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
-from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from storefront.v1 import access_pb2 as storefront_dot_v1_dot_access__pb2
 from storefront.v1 import common_pb2 as storefront_dot_v1_dot_common__pb2
+from storefront.v1 import order_pb2 as storefront_dot_v1_dot_order__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!storefront/v1/order_service.proto\x12\rstorefront.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1astorefront/v1/access.proto\x1a\x1astorefront/v1/common.proto\"\xa0\x01\n\x07\x41\x64\x64ress\x12\x1c\n\x0erecipient_name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05line1\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05line2\x18\x03 \x01(\t\x12\x12\n\x04\x63ity\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\x13\n\x0bpostal_code\x18\x06 \x01(\t\x12\x1a\n\x0c\x63ountry_code\x18\x07 \x01(\tB\x04\xe2\x41\x01\x02\"\xde\x01\n\tOrderLine\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x0b\n\x03sku\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x10\n\x08quantity\x18\x05 \x01(\x03\x12(\n\nunit_price\x18\x06 \x01(\x0b\x32\x14.storefront.v1.Money\x12(\n\nline_total\x18\x07 \x01(\x0b\x32\x14.storefront.v1.Money\x12\x30\n\x12\x63\x61talog_unit_price\x18\x08 \x01(\x0b\x32\x14.storefront.v1.Money\"\xad\x01\n\x0bOrderRefund\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x14.storefront.v1.Money\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.storefront.v1.RefundStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfa\x06\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.storefront.v1.OrderState\x12\'\n\x05lines\x18\x04 \x03(\x0b\x32\x18.storefront.v1.OrderLine\x12&\n\x08subtotal\x18\x05 \x01(\x0b\x32\x14.storefront.v1.Money\x12&\n\x08shipping\x18\x06 \x01(\x0b\x32\x14.storefront.v1.Money\x12!\n\x03tax\x18\x07 \x01(\x0b\x32\x14.storefront.v1.Money\x12#\n\x05total\x18\x08 \x01(\x0b\x32\x14.storefront.v1.Money\x12&\n\x08\x63\x61ptured\x18\t \x01(\x0b\x32\x14.storefront.v1.Money\x12&\n\x08refunded\x18\n \x01(\x0b\x32\x14.storefront.v1.Money\x12\x10\n\x08tax_rate\x18\x0b \x01(\t\x12\x19\n\x11shipping_quote_id\x18\x0c \x01(\t\x12\x1e\n\x16shipping_service_level\x18\r \x01(\t\x12\x30\n\x10shipping_address\x18\x0e \x01(\x0b\x32\x16.storefront.v1.Address\x12\x0f\n\x07\x63\x61rrier\x18\x0f \x01(\t\x12\x17\n\x0ftracking_number\x18\x10 \x01(\t\x12\x1c\n\x14payment_failure_code\x18\x11 \x01(\t\x12+\n\x07refunds\x18\x12 \x03(\x0b\x32\x1a.storefront.v1.OrderRefund\x12/\n\x0b\x63reate_time\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tpaid_time\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tship_time\x18\x16 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x64\x65liver_time\x18\x17 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63\x61ncel_time\x18\x18 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd0\x01\n\nOrderEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12-\n\nfrom_state\x18\x03 \x01(\x0e\x32\x19.storefront.v1.OrderState\x12+\n\x08to_state\x18\x04 \x01(\x0e\x32\x19.storefront.v1.OrderState\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x0c\n\x04note\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\")\n\x0fGetOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"7\n\x10GetOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\"\\\n\x11ListOrdersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\"S\n\x12ListOrdersResponse\x12$\n\x06orders\x18\x01 \x03(\x0b\x32\x14.storefront.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"V\n\x12\x43\x61ncelOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x03 \x01(\t\":\n\x13\x43\x61ncelOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\"z\n\x10ShipOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63\x61rrier\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1d\n\x0ftracking_number\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\"8\n\x11ShipOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\"M\n\x19MarkOrderDeliveredRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"A\n\x1aMarkOrderDeliveredResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\"|\n\x12RefundOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12$\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x14.storefront.v1.Money\x12\x0e\n\x06reason\x18\x04 \x01(\t\"M\n\x13RefundOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\x12\x11\n\trefund_id\x18\x02 \x01(\t\"W\n\x16ListOrderEventsRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x17ListOrderEventsResponse\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.storefront.v1.OrderEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x8d\x02\n\nOrderState\x12\x1b\n\x17ORDER_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bORDER_STATE_PENDING_PAYMENT\x10\x01\x12\x14\n\x10ORDER_STATE_PAID\x10\x02\x12\x17\n\x13ORDER_STATE_SHIPPED\x10\x03\x12\x19\n\x15ORDER_STATE_DELIVERED\x10\x04\x12\x19\n\x15ORDER_STATE_CANCELLED\x10\x05\x12\x18\n\x14ORDER_STATE_REFUNDED\x10\x06\x12\"\n\x1eORDER_STATE_PARTIALLY_REFUNDED\x10\x07\x12\x1e\n\x1aORDER_STATE_PAYMENT_FAILED\x10\x08*\x7f\n\x0cRefundStatus\x12\x1d\n\x19REFUND_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15REFUND_STATUS_PENDING\x10\x01\x12\x1b\n\x17REFUND_STATUS_SUCCEEDED\x10\x02\x12\x18\n\x14REFUND_STATUS_FAILED\x10\x03\x32\xc9\x05\n\x0cOrderService\x12X\n\x08GetOrder\x12\x1e.storefront.v1.GetOrderRequest\x1a\x1f.storefront.v1.GetOrderResponse\"\x0b\xa2\xbb\x18\x07\x12\x03\x01\x02\x03\x18\x01\x12^\n\nListOrders\x12 .storefront.v1.ListOrdersRequest\x1a!.storefront.v1.ListOrdersResponse\"\x0b\xa2\xbb\x18\x07\x12\x03\x01\x02\x03\x18\x01\x12\x61\n\x0b\x43\x61ncelOrder\x12!.storefront.v1.CancelOrderRequest\x1a\".storefront.v1.CancelOrderResponse\"\x0b\xa2\xbb\x18\x07\x12\x03\x01\x02\x03\x18\x01\x12X\n\tShipOrder\x12\x1f.storefront.v1.ShipOrderRequest\x1a .storefront.v1.ShipOrderResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12s\n\x12MarkOrderDelivered\x12(.storefront.v1.MarkOrderDeliveredRequest\x1a).storefront.v1.MarkOrderDeliveredResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12^\n\x0bRefundOrder\x12!.storefront.v1.RefundOrderRequest\x1a\".storefront.v1.RefundOrderResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12m\n\x0fListOrderEvents\x12%.storefront.v1.ListOrderEventsRequest\x1a&.storefront.v1.ListOrderEventsResponse\"\x0b\xa2\xbb\x18\x07\x12\x03\x01\x02\x03\x18\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!storefront/v1/order_service.proto\x12\rstorefront.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1astorefront/v1/access.proto\x1a\x1astorefront/v1/common.proto\x1a\x19storefront/v1/order.proto\")\n\x0fGetOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"7\n\x10GetOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\"\\\n\x11ListOrdersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\"S\n\x12ListOrdersResponse\x12$\n\x06orders\x18\x01 \x03(\x0b\x32\x14.storefront.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"V\n\x12\x43\x61ncelOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x03 \x01(\t\":\n\x13\x43\x61ncelOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\"z\n\x10ShipOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63\x61rrier\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1d\n\x0ftracking_number\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\"8\n\x11ShipOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\"M\n\x19MarkOrderDeliveredRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"A\n\x1aMarkOrderDeliveredResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\"|\n\x12RefundOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12$\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x14.storefront.v1.Money\x12\x0e\n\x06reason\x18\x04 \x01(\t\"M\n\x13RefundOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\x12\x11\n\trefund_id\x18\x02 \x01(\t\"W\n\x16ListOrderEventsRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x17ListOrderEventsResponse\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.storefront.v1.OrderEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xc9\x05\n\x0cOrderService\x12X\n\x08GetOrder\x12\x1e.storefront.v1.GetOrderRequest\x1a\x1f.storefront.v1.GetOrderResponse\"\x0b\xa2\xbb\x18\x07\x12\x03\x01\x02\x03\x18\x01\x12^\n\nListOrders\x12 .storefront.v1.ListOrdersRequest\x1a!.storefront.v1.ListOrdersResponse\"\x0b\xa2\xbb\x18\x07\x12\x03\x01\x02\x03\x18\x01\x12\x61\n\x0b\x43\x61ncelOrder\x12!.storefront.v1.CancelOrderRequest\x1a\".storefront.v1.CancelOrderResponse\"\x0b\xa2\xbb\x18\x07\x12\x03\x01\x02\x03\x18\x01\x12X\n\tShipOrder\x12\x1f.storefront.v1.ShipOrderRequest\x1a .storefront.v1.ShipOrderResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12s\n\x12MarkOrderDelivered\x12(.storefront.v1.MarkOrderDeliveredRequest\x1a).storefront.v1.MarkOrderDeliveredResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12^\n\x0bRefundOrder\x12!.storefront.v1.RefundOrderRequest\x1a\".storefront.v1.RefundOrderResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12m\n\x0fListOrderEvents\x12%.storefront.v1.ListOrderEventsRequest\x1a&.storefront.v1.ListOrderEventsResponse\"\x0b\xa2\xbb\x18\x07\x12\x03\x01\x02\x03\x18\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'storefront.v1.order_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ADDRESS'].fields_by_name['recipient_name']._loaded_options = None
-  _globals['_ADDRESS'].fields_by_name['recipient_name']._serialized_options = b'\342A\001\002'
-  _globals['_ADDRESS'].fields_by_name['line1']._loaded_options = None
-  _globals['_ADDRESS'].fields_by_name['line1']._serialized_options = b'\342A\001\002'
-  _globals['_ADDRESS'].fields_by_name['city']._loaded_options = None
-  _globals['_ADDRESS'].fields_by_name['city']._serialized_options = b'\342A\001\002'
-  _globals['_ADDRESS'].fields_by_name['country_code']._loaded_options = None
-  _globals['_ADDRESS'].fields_by_name['country_code']._serialized_options = b'\342A\001\002'
   _globals['_GETORDERREQUEST'].fields_by_name['order_id']._loaded_options = None
   _globals['_GETORDERREQUEST'].fields_by_name['order_id']._serialized_options = b'\342A\001\002'
   _globals['_CANCELORDERREQUEST'].fields_by_name['order_id']._loaded_options = None
@@ -81,48 +73,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDERSERVICE'].methods_by_name['RefundOrder']._serialized_options = b'\242\273\030\004\022\002\002\003'
   _globals['_ORDERSERVICE'].methods_by_name['ListOrderEvents']._loaded_options = None
   _globals['_ORDERSERVICE'].methods_by_name['ListOrderEvents']._serialized_options = b'\242\273\030\007\022\003\001\002\003\030\001'
-  _globals['_ORDERSTATE']._serialized_start=2987
-  _globals['_ORDERSTATE']._serialized_end=3256
-  _globals['_REFUNDSTATUS']._serialized_start=3258
-  _globals['_REFUNDSTATUS']._serialized_end=3385
-  _globals['_ADDRESS']._serialized_start=175
-  _globals['_ADDRESS']._serialized_end=335
-  _globals['_ORDERLINE']._serialized_start=338
-  _globals['_ORDERLINE']._serialized_end=560
-  _globals['_ORDERREFUND']._serialized_start=563
-  _globals['_ORDERREFUND']._serialized_end=736
-  _globals['_ORDER']._serialized_start=739
-  _globals['_ORDER']._serialized_end=1629
-  _globals['_ORDEREVENT']._serialized_start=1632
-  _globals['_ORDEREVENT']._serialized_end=1840
-  _globals['_GETORDERREQUEST']._serialized_start=1842
-  _globals['_GETORDERREQUEST']._serialized_end=1883
-  _globals['_GETORDERRESPONSE']._serialized_start=1885
-  _globals['_GETORDERRESPONSE']._serialized_end=1940
-  _globals['_LISTORDERSREQUEST']._serialized_start=1942
-  _globals['_LISTORDERSREQUEST']._serialized_end=2034
-  _globals['_LISTORDERSRESPONSE']._serialized_start=2036
-  _globals['_LISTORDERSRESPONSE']._serialized_end=2119
-  _globals['_CANCELORDERREQUEST']._serialized_start=2121
-  _globals['_CANCELORDERREQUEST']._serialized_end=2207
-  _globals['_CANCELORDERRESPONSE']._serialized_start=2209
-  _globals['_CANCELORDERRESPONSE']._serialized_end=2267
-  _globals['_SHIPORDERREQUEST']._serialized_start=2269
-  _globals['_SHIPORDERREQUEST']._serialized_end=2391
-  _globals['_SHIPORDERRESPONSE']._serialized_start=2393
-  _globals['_SHIPORDERRESPONSE']._serialized_end=2449
-  _globals['_MARKORDERDELIVEREDREQUEST']._serialized_start=2451
-  _globals['_MARKORDERDELIVEREDREQUEST']._serialized_end=2528
-  _globals['_MARKORDERDELIVEREDRESPONSE']._serialized_start=2530
-  _globals['_MARKORDERDELIVEREDRESPONSE']._serialized_end=2595
-  _globals['_REFUNDORDERREQUEST']._serialized_start=2597
-  _globals['_REFUNDORDERREQUEST']._serialized_end=2721
-  _globals['_REFUNDORDERRESPONSE']._serialized_start=2723
-  _globals['_REFUNDORDERRESPONSE']._serialized_end=2800
-  _globals['_LISTORDEREVENTSREQUEST']._serialized_start=2802
-  _globals['_LISTORDEREVENTSREQUEST']._serialized_end=2889
-  _globals['_LISTORDEREVENTSRESPONSE']._serialized_start=2891
-  _globals['_LISTORDEREVENTSRESPONSE']._serialized_end=2984
-  _globals['_ORDERSERVICE']._serialized_start=3388
-  _globals['_ORDERSERVICE']._serialized_end=4101
+  _globals['_GETORDERREQUEST']._serialized_start=168
+  _globals['_GETORDERREQUEST']._serialized_end=209
+  _globals['_GETORDERRESPONSE']._serialized_start=211
+  _globals['_GETORDERRESPONSE']._serialized_end=266
+  _globals['_LISTORDERSREQUEST']._serialized_start=268
+  _globals['_LISTORDERSREQUEST']._serialized_end=360
+  _globals['_LISTORDERSRESPONSE']._serialized_start=362
+  _globals['_LISTORDERSRESPONSE']._serialized_end=445
+  _globals['_CANCELORDERREQUEST']._serialized_start=447
+  _globals['_CANCELORDERREQUEST']._serialized_end=533
+  _globals['_CANCELORDERRESPONSE']._serialized_start=535
+  _globals['_CANCELORDERRESPONSE']._serialized_end=593
+  _globals['_SHIPORDERREQUEST']._serialized_start=595
+  _globals['_SHIPORDERREQUEST']._serialized_end=717
+  _globals['_SHIPORDERRESPONSE']._serialized_start=719
+  _globals['_SHIPORDERRESPONSE']._serialized_end=775
+  _globals['_MARKORDERDELIVEREDREQUEST']._serialized_start=777
+  _globals['_MARKORDERDELIVEREDREQUEST']._serialized_end=854
+  _globals['_MARKORDERDELIVEREDRESPONSE']._serialized_start=856
+  _globals['_MARKORDERDELIVEREDRESPONSE']._serialized_end=921
+  _globals['_REFUNDORDERREQUEST']._serialized_start=923
+  _globals['_REFUNDORDERREQUEST']._serialized_end=1047
+  _globals['_REFUNDORDERRESPONSE']._serialized_start=1049
+  _globals['_REFUNDORDERRESPONSE']._serialized_end=1126
+  _globals['_LISTORDEREVENTSREQUEST']._serialized_start=1128
+  _globals['_LISTORDEREVENTSREQUEST']._serialized_end=1215
+  _globals['_LISTORDEREVENTSRESPONSE']._serialized_start=1217
+  _globals['_LISTORDEREVENTSRESPONSE']._serialized_end=1310
+  _globals['_ORDERSERVICE']._serialized_start=1313
+  _globals['_ORDERSERVICE']._serialized_end=2026
 # @@protoc_insertion_point(module_scope)

@@ -6,10 +6,9 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
-from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from storefront.v1 import common_pb2 as _common_pb2
+from storefront.v1 import order_pb2 as _order_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -20,432 +19,6 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
-
-class _OrderState:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _OrderStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OrderState.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    ORDER_STATE_UNSPECIFIED: _OrderState.ValueType  # 0
-    """Never used."""
-    ORDER_STATE_PENDING_PAYMENT: _OrderState.ValueType  # 1
-    """Stock is reserved and the payment's outcome is not known yet."""
-    ORDER_STATE_PAID: _OrderState.ValueType  # 2
-    """The payment was captured; waiting to ship."""
-    ORDER_STATE_SHIPPED: _OrderState.ValueType  # 3
-    """Handed to the carrier."""
-    ORDER_STATE_DELIVERED: _OrderState.ValueType  # 4
-    """Received by the customer."""
-    ORDER_STATE_CANCELLED: _OrderState.ValueType  # 5
-    """Cancelled before shipping; stock returned, payment refunded."""
-    ORDER_STATE_REFUNDED: _OrderState.ValueType  # 6
-    """Everything captured was refunded."""
-    ORDER_STATE_PARTIALLY_REFUNDED: _OrderState.ValueType  # 7
-    """Part of what was captured was refunded."""
-    ORDER_STATE_PAYMENT_FAILED: _OrderState.ValueType  # 8
-    """The payment was declined, or never completed; the reservations were released."""
-
-class OrderState(_OrderState, metaclass=_OrderStateEnumTypeWrapper):
-    """OrderState is where an order is in its life; see OrderService for the transitions."""
-
-ORDER_STATE_UNSPECIFIED: OrderState.ValueType  # 0
-"""Never used."""
-ORDER_STATE_PENDING_PAYMENT: OrderState.ValueType  # 1
-"""Stock is reserved and the payment's outcome is not known yet."""
-ORDER_STATE_PAID: OrderState.ValueType  # 2
-"""The payment was captured; waiting to ship."""
-ORDER_STATE_SHIPPED: OrderState.ValueType  # 3
-"""Handed to the carrier."""
-ORDER_STATE_DELIVERED: OrderState.ValueType  # 4
-"""Received by the customer."""
-ORDER_STATE_CANCELLED: OrderState.ValueType  # 5
-"""Cancelled before shipping; stock returned, payment refunded."""
-ORDER_STATE_REFUNDED: OrderState.ValueType  # 6
-"""Everything captured was refunded."""
-ORDER_STATE_PARTIALLY_REFUNDED: OrderState.ValueType  # 7
-"""Part of what was captured was refunded."""
-ORDER_STATE_PAYMENT_FAILED: OrderState.ValueType  # 8
-"""The payment was declined, or never completed; the reservations were released."""
-Global___OrderState: _TypeAlias = OrderState  # noqa: Y015
-
-class _RefundStatus:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _RefundStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RefundStatus.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    REFUND_STATUS_UNSPECIFIED: _RefundStatus.ValueType  # 0
-    """Never used."""
-    REFUND_STATUS_PENDING: _RefundStatus.ValueType  # 1
-    """Committed by storefront, not yet confirmed by the provider; retried until it is."""
-    REFUND_STATUS_SUCCEEDED: _RefundStatus.ValueType  # 2
-    """Confirmed by the provider."""
-    REFUND_STATUS_FAILED: _RefundStatus.ValueType  # 3
-    """Refused by the provider (it holds less to refund than storefront expected, e.g. after a
-    refund made outside storefront); no longer counted in the order's `refunded`, and a REFUNDED
-    order becomes PARTIALLY_REFUNDED so the rest can be refunded again. Needs staff attention.
-    """
-
-class RefundStatus(_RefundStatus, metaclass=_RefundStatusEnumTypeWrapper):
-    """RefundStatus is where a refund is at the payment provider."""
-
-REFUND_STATUS_UNSPECIFIED: RefundStatus.ValueType  # 0
-"""Never used."""
-REFUND_STATUS_PENDING: RefundStatus.ValueType  # 1
-"""Committed by storefront, not yet confirmed by the provider; retried until it is."""
-REFUND_STATUS_SUCCEEDED: RefundStatus.ValueType  # 2
-"""Confirmed by the provider."""
-REFUND_STATUS_FAILED: RefundStatus.ValueType  # 3
-"""Refused by the provider (it holds less to refund than storefront expected, e.g. after a
-refund made outside storefront); no longer counted in the order's `refunded`, and a REFUNDED
-order becomes PARTIALLY_REFUNDED so the rest can be refunded again. Needs staff attention.
-"""
-Global___RefundStatus: _TypeAlias = RefundStatus  # noqa: Y015
-
-@_typing.final
-class Address(_message.Message):
-    """Address is a postal address orders are shipped to."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    RECIPIENT_NAME_FIELD_NUMBER: _builtins.int
-    LINE1_FIELD_NUMBER: _builtins.int
-    LINE2_FIELD_NUMBER: _builtins.int
-    CITY_FIELD_NUMBER: _builtins.int
-    REGION_FIELD_NUMBER: _builtins.int
-    POSTAL_CODE_FIELD_NUMBER: _builtins.int
-    COUNTRY_CODE_FIELD_NUMBER: _builtins.int
-    recipient_name: _builtins.str
-    """The recipient's name, 1 to 200 characters."""
-    line1: _builtins.str
-    """Street and number, 1 to 200 characters."""
-    line2: _builtins.str
-    """Apartment, suite, etc.; at most 200 characters."""
-    city: _builtins.str
-    """City, 1 to 100 characters."""
-    region: _builtins.str
-    """State, province or region; at most 100 characters."""
-    postal_code: _builtins.str
-    """Postal code; at most 20 characters."""
-    country_code: _builtins.str
-    """ISO 3166-1 alpha-2 country code, e.g. "DE"; decides shipping and tax."""
-    def __init__(
-        self,
-        *,
-        recipient_name: _builtins.str = ...,
-        line1: _builtins.str = ...,
-        line2: _builtins.str = ...,
-        city: _builtins.str = ...,
-        region: _builtins.str = ...,
-        postal_code: _builtins.str = ...,
-        country_code: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["city", b"city", "country_code", b"country_code", "line1", b"line1", "line2", b"line2", "postal_code", b"postal_code", "recipient_name", b"recipient_name", "region", b"region"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Address: _TypeAlias = Address  # noqa: Y015
-
-@_typing.final
-class OrderLine(_message.Message):
-    """OrderLine is one product of an order, priced when the order was placed."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ID_FIELD_NUMBER: _builtins.int
-    PRODUCT_ID_FIELD_NUMBER: _builtins.int
-    SKU_FIELD_NUMBER: _builtins.int
-    NAME_FIELD_NUMBER: _builtins.int
-    QUANTITY_FIELD_NUMBER: _builtins.int
-    UNIT_PRICE_FIELD_NUMBER: _builtins.int
-    LINE_TOTAL_FIELD_NUMBER: _builtins.int
-    CATALOG_UNIT_PRICE_FIELD_NUMBER: _builtins.int
-    id: _builtins.str
-    """Server-generated id of the line."""
-    product_id: _builtins.str
-    """The product's id."""
-    sku: _builtins.str
-    """The product's SKU when the order was placed."""
-    name: _builtins.str
-    """The product's name when the order was placed."""
-    quantity: _builtins.int
-    """Units ordered."""
-    @_builtins.property
-    def unit_price(self) -> _common_pb2.Money:
-        """The price of one unit in the order's currency."""
-
-    @_builtins.property
-    def line_total(self) -> _common_pb2.Money:
-        """unit_price times quantity."""
-
-    @_builtins.property
-    def catalog_unit_price(self) -> _common_pb2.Money:
-        """The product's own price for one unit when the order was placed, before conversion."""
-
-    def __init__(
-        self,
-        *,
-        id: _builtins.str = ...,
-        product_id: _builtins.str = ...,
-        sku: _builtins.str = ...,
-        name: _builtins.str = ...,
-        quantity: _builtins.int = ...,
-        unit_price: _common_pb2.Money | None = ...,
-        line_total: _common_pb2.Money | None = ...,
-        catalog_unit_price: _common_pb2.Money | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["catalog_unit_price", b"catalog_unit_price", "line_total", b"line_total", "unit_price", b"unit_price"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_unit_price", b"catalog_unit_price", "id", b"id", "line_total", b"line_total", "name", b"name", "product_id", b"product_id", "quantity", b"quantity", "sku", b"sku", "unit_price", b"unit_price"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___OrderLine: _TypeAlias = OrderLine  # noqa: Y015
-
-@_typing.final
-class OrderRefund(_message.Message):
-    """OrderRefund is one refund of an order."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ID_FIELD_NUMBER: _builtins.int
-    AMOUNT_FIELD_NUMBER: _builtins.int
-    STATUS_FIELD_NUMBER: _builtins.int
-    REASON_FIELD_NUMBER: _builtins.int
-    CREATE_TIME_FIELD_NUMBER: _builtins.int
-    id: _builtins.str
-    """Server-generated id of the refund."""
-    status: Global___RefundStatus.ValueType
-    """Where the refund is at the provider."""
-    reason: _builtins.str
-    """Why it was made."""
-    @_builtins.property
-    def amount(self) -> _common_pb2.Money:
-        """The amount, in the order's currency."""
-
-    @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp:
-        """When it was made."""
-
-    def __init__(
-        self,
-        *,
-        id: _builtins.str = ...,
-        amount: _common_pb2.Money | None = ...,
-        status: Global___RefundStatus.ValueType = ...,
-        reason: _builtins.str = ...,
-        create_time: _timestamp_pb2.Timestamp | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "create_time", b"create_time"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "create_time", b"create_time", "id", b"id", "reason", b"reason", "status", b"status"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___OrderRefund: _TypeAlias = OrderRefund  # noqa: Y015
-
-@_typing.final
-class Order(_message.Message):
-    """Order is a placed order."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ID_FIELD_NUMBER: _builtins.int
-    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
-    STATE_FIELD_NUMBER: _builtins.int
-    LINES_FIELD_NUMBER: _builtins.int
-    SUBTOTAL_FIELD_NUMBER: _builtins.int
-    SHIPPING_FIELD_NUMBER: _builtins.int
-    TAX_FIELD_NUMBER: _builtins.int
-    TOTAL_FIELD_NUMBER: _builtins.int
-    CAPTURED_FIELD_NUMBER: _builtins.int
-    REFUNDED_FIELD_NUMBER: _builtins.int
-    TAX_RATE_FIELD_NUMBER: _builtins.int
-    SHIPPING_QUOTE_ID_FIELD_NUMBER: _builtins.int
-    SHIPPING_SERVICE_LEVEL_FIELD_NUMBER: _builtins.int
-    SHIPPING_ADDRESS_FIELD_NUMBER: _builtins.int
-    CARRIER_FIELD_NUMBER: _builtins.int
-    TRACKING_NUMBER_FIELD_NUMBER: _builtins.int
-    PAYMENT_FAILURE_CODE_FIELD_NUMBER: _builtins.int
-    REFUNDS_FIELD_NUMBER: _builtins.int
-    CREATE_TIME_FIELD_NUMBER: _builtins.int
-    UPDATE_TIME_FIELD_NUMBER: _builtins.int
-    PAID_TIME_FIELD_NUMBER: _builtins.int
-    SHIP_TIME_FIELD_NUMBER: _builtins.int
-    DELIVER_TIME_FIELD_NUMBER: _builtins.int
-    CANCEL_TIME_FIELD_NUMBER: _builtins.int
-    id: _builtins.str
-    """Server-generated id."""
-    customer_id: _builtins.str
-    """The id of the customer who placed it."""
-    state: Global___OrderState.ValueType
-    """Where the order is in its life."""
-    tax_rate: _builtins.str
-    """The tax rate applied, as a decimal fraction string, e.g. "0.19"."""
-    shipping_quote_id: _builtins.str
-    """The id of the shipping quote the order was priced with (see ShippingService)."""
-    shipping_service_level: _builtins.str
-    """The shipping service level, e.g. "Standard International"."""
-    carrier: _builtins.str
-    """The carrier, set by ShipOrder."""
-    tracking_number: _builtins.str
-    """The tracking number, set by ShipOrder."""
-    payment_failure_code: _builtins.str
-    """For PAYMENT_FAILED: the provider's decline code (e.g. "card_declined"), or
-    "payment_not_completed" when the provider never recorded a charge.
-    """
-    @_builtins.property
-    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___OrderLine]:
-        """The products, in the order they were in the cart."""
-
-    @_builtins.property
-    def subtotal(self) -> _common_pb2.Money:
-        """The sum of the line totals."""
-
-    @_builtins.property
-    def shipping(self) -> _common_pb2.Money:
-        """The shipping cost (zero when shipping was free)."""
-
-    @_builtins.property
-    def tax(self) -> _common_pb2.Money:
-        """The tax: tax_rate times (subtotal + shipping), rounded half to even once."""
-
-    @_builtins.property
-    def total(self) -> _common_pb2.Money:
-        """subtotal + shipping + tax: what was charged."""
-
-    @_builtins.property
-    def captured(self) -> _common_pb2.Money:
-        """What the payment provider captured (zero until PAID)."""
-
-    @_builtins.property
-    def refunded(self) -> _common_pb2.Money:
-        """The sum of the refunds committed so far (PENDING and SUCCEEDED); never more than captured."""
-
-    @_builtins.property
-    def shipping_address(self) -> Global___Address:
-        """Where the order ships to."""
-
-    @_builtins.property
-    def refunds(self) -> _containers.RepeatedCompositeFieldContainer[Global___OrderRefund]:
-        """The refunds, oldest first."""
-
-    @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp:
-        """When the order was placed."""
-
-    @_builtins.property
-    def update_time(self) -> _timestamp_pb2.Timestamp:
-        """When the order last changed."""
-
-    @_builtins.property
-    def paid_time(self) -> _timestamp_pb2.Timestamp:
-        """When the payment was captured."""
-
-    @_builtins.property
-    def ship_time(self) -> _timestamp_pb2.Timestamp:
-        """When the order shipped."""
-
-    @_builtins.property
-    def deliver_time(self) -> _timestamp_pb2.Timestamp:
-        """When the order was delivered."""
-
-    @_builtins.property
-    def cancel_time(self) -> _timestamp_pb2.Timestamp:
-        """When the order was cancelled."""
-
-    def __init__(
-        self,
-        *,
-        id: _builtins.str = ...,
-        customer_id: _builtins.str = ...,
-        state: Global___OrderState.ValueType = ...,
-        lines: _abc.Iterable[Global___OrderLine] | None = ...,
-        subtotal: _common_pb2.Money | None = ...,
-        shipping: _common_pb2.Money | None = ...,
-        tax: _common_pb2.Money | None = ...,
-        total: _common_pb2.Money | None = ...,
-        captured: _common_pb2.Money | None = ...,
-        refunded: _common_pb2.Money | None = ...,
-        tax_rate: _builtins.str = ...,
-        shipping_quote_id: _builtins.str = ...,
-        shipping_service_level: _builtins.str = ...,
-        shipping_address: Global___Address | None = ...,
-        carrier: _builtins.str = ...,
-        tracking_number: _builtins.str = ...,
-        payment_failure_code: _builtins.str = ...,
-        refunds: _abc.Iterable[Global___OrderRefund] | None = ...,
-        create_time: _timestamp_pb2.Timestamp | None = ...,
-        update_time: _timestamp_pb2.Timestamp | None = ...,
-        paid_time: _timestamp_pb2.Timestamp | None = ...,
-        ship_time: _timestamp_pb2.Timestamp | None = ...,
-        deliver_time: _timestamp_pb2.Timestamp | None = ...,
-        cancel_time: _timestamp_pb2.Timestamp | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_time", b"cancel_time", "captured", b"captured", "create_time", b"create_time", "deliver_time", b"deliver_time", "paid_time", b"paid_time", "refunded", b"refunded", "ship_time", b"ship_time", "shipping", b"shipping", "shipping_address", b"shipping_address", "subtotal", b"subtotal", "tax", b"tax", "total", b"total", "update_time", b"update_time"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_time", b"cancel_time", "captured", b"captured", "carrier", b"carrier", "create_time", b"create_time", "customer_id", b"customer_id", "deliver_time", b"deliver_time", "id", b"id", "lines", b"lines", "paid_time", b"paid_time", "payment_failure_code", b"payment_failure_code", "refunded", b"refunded", "refunds", b"refunds", "ship_time", b"ship_time", "shipping", b"shipping", "shipping_address", b"shipping_address", "shipping_quote_id", b"shipping_quote_id", "shipping_service_level", b"shipping_service_level", "state", b"state", "subtotal", b"subtotal", "tax", b"tax", "tax_rate", b"tax_rate", "total", b"total", "tracking_number", b"tracking_number", "update_time", b"update_time"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Order: _TypeAlias = Order  # noqa: Y015
-
-@_typing.final
-class OrderEvent(_message.Message):
-    """OrderEvent is one entry of an order's history."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ID_FIELD_NUMBER: _builtins.int
-    TYPE_FIELD_NUMBER: _builtins.int
-    FROM_STATE_FIELD_NUMBER: _builtins.int
-    TO_STATE_FIELD_NUMBER: _builtins.int
-    ACTOR_FIELD_NUMBER: _builtins.int
-    NOTE_FIELD_NUMBER: _builtins.int
-    CREATE_TIME_FIELD_NUMBER: _builtins.int
-    id: _builtins.str
-    """Server-generated id."""
-    type: _builtins.str
-    """What happened: "ORDER_PLACED", "PAYMENT_CAPTURED", "PAYMENT_DECLINED",
-    "PAYMENT_OUTCOME_UNKNOWN", "PAYMENT_NOT_COMPLETED", "RESERVATION_EXPIRED",
-    "LATE_CHARGE_REFUNDED", "ORDER_CANCELLED", "ORDER_SHIPPED", "ORDER_DELIVERED",
-    "REFUND_REQUESTED", "REFUND_SUCCEEDED" or "REFUND_FAILED".
-    """
-    from_state: Global___OrderState.ValueType
-    """The state before the event."""
-    to_state: Global___OrderState.ValueType
-    """The state after the event (the same when the state did not change)."""
-    actor: _builtins.str
-    """Who caused it: the user id of the customer or staff member, or "system" for the payment
-    reconciler.
-    """
-    note: _builtins.str
-    """Details, e.g. the tracking number or the refund amount."""
-    @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp:
-        """When it happened."""
-
-    def __init__(
-        self,
-        *,
-        id: _builtins.str = ...,
-        type: _builtins.str = ...,
-        from_state: Global___OrderState.ValueType = ...,
-        to_state: Global___OrderState.ValueType = ...,
-        actor: _builtins.str = ...,
-        note: _builtins.str = ...,
-        create_time: _timestamp_pb2.Timestamp | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "create_time", b"create_time", "from_state", b"from_state", "id", b"id", "note", b"note", "to_state", b"to_state", "type", b"type"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___OrderEvent: _TypeAlias = OrderEvent  # noqa: Y015
 
 @_typing.final
 class GetOrderRequest(_message.Message):
@@ -477,13 +50,13 @@ class GetOrderResponse(_message.Message):
 
     ORDER_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def order(self) -> Global___Order:
+    def order(self) -> _order_pb2.Order:
         """The order."""
 
     def __init__(
         self,
         *,
-        order: Global___Order | None = ...,
+        order: _order_pb2.Order | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -538,13 +111,13 @@ class ListOrdersResponse(_message.Message):
     next_page_token: _builtins.str
     """Token for the next page; empty on the last page."""
     @_builtins.property
-    def orders(self) -> _containers.RepeatedCompositeFieldContainer[Global___Order]:
+    def orders(self) -> _containers.RepeatedCompositeFieldContainer[_order_pb2.Order]:
         """The orders of this page."""
 
     def __init__(
         self,
         *,
-        orders: _abc.Iterable[Global___Order] | None = ...,
+        orders: _abc.Iterable[_order_pb2.Order] | None = ...,
         next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -593,13 +166,13 @@ class CancelOrderResponse(_message.Message):
 
     ORDER_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def order(self) -> Global___Order:
+    def order(self) -> _order_pb2.Order:
         """The order as it is now."""
 
     def __init__(
         self,
         *,
-        order: Global___Order | None = ...,
+        order: _order_pb2.Order | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -651,13 +224,13 @@ class ShipOrderResponse(_message.Message):
 
     ORDER_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def order(self) -> Global___Order:
+    def order(self) -> _order_pb2.Order:
         """The order as it is now."""
 
     def __init__(
         self,
         *,
-        order: Global___Order | None = ...,
+        order: _order_pb2.Order | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -701,13 +274,13 @@ class MarkOrderDeliveredResponse(_message.Message):
 
     ORDER_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def order(self) -> Global___Order:
+    def order(self) -> _order_pb2.Order:
         """The order as it is now."""
 
     def __init__(
         self,
         *,
-        order: Global___Order | None = ...,
+        order: _order_pb2.Order | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -764,13 +337,13 @@ class RefundOrderResponse(_message.Message):
     refund_id: _builtins.str
     """The id of the refund this request made."""
     @_builtins.property
-    def order(self) -> Global___Order:
+    def order(self) -> _order_pb2.Order:
         """The order as it is now."""
 
     def __init__(
         self,
         *,
-        order: Global___Order | None = ...,
+        order: _order_pb2.Order | None = ...,
         refund_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order"]  # noqa: Y015
@@ -822,13 +395,13 @@ class ListOrderEventsResponse(_message.Message):
     next_page_token: _builtins.str
     """Token for the next page; empty on the last page."""
     @_builtins.property
-    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___OrderEvent]:
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_order_pb2.OrderEvent]:
         """The events of this page, oldest first."""
 
     def __init__(
         self,
         *,
-        events: _abc.Iterable[Global___OrderEvent] | None = ...,
+        events: _abc.Iterable[_order_pb2.OrderEvent] | None = ...,
         next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015

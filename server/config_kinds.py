@@ -1,0 +1,179 @@
+"""Kinds of STOREFRONT_* variable: how each one's text becomes a Settings value, within bounds.
+
+`parse` raises ValueError saying what is wrong; server/config.py adds the variable's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+DATABASE_URL_SCHEMES = ("sqlite:", "psycopg3+pool:", "psycopg3:", "postgresql:", "postgres:")
+
+
+class Kind:
+    """Reads a variable's stripped text; `parse` raises ValueError saying why not."""
+
+    # Most variables set to an empty string take their default. Addresses and free text take
+    # the empty string itself: it may mean something ("" disables metrics) or be refused.
+    empty_is_default: ClassVar[bool] = True
+
+    @property
+    def allowed(self) -> str:
+        """The values accepted, for the help; empty when the help line says it."""
+        return ""
+
+    def parse(self, text: str) -> Any:
+        """Returns the value `text` stands for."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Text(Kind):
+    """Free text; `required` refuses an empty value."""
+
+    empty_is_default: ClassVar[bool] = False
+    required: bool = False
+
+    def parse(self, text: str) -> str:
+        if self.required and not text:
+            raise ValueError("must not be empty")
+        return text
+
+
+@dataclass(frozen=True)
+class Directory(Kind):
+    """A directory path (an empty value is the current directory)."""
+
+    empty_is_default: ClassVar[bool] = False
+
+    def parse(self, text: str) -> Path:
+        return Path(text)
+
+
+@dataclass(frozen=True)
+class DatabaseUrl(Kind):
+    """A playhouse.db_url URL for SQLite or PostgreSQL."""
+
+    empty_is_default: ClassVar[bool] = False
+
+    def parse(self, text: str) -> str:
+        if not text.startswith(DATABASE_URL_SCHEMES):
+            raise ValueError("scheme must be sqlite:// or psycopg3+pool://")
+        return text
+
+
+@dataclass(frozen=True)
+class Choice(Kind):
+    """One of a few words; `upper` accepts them in any case."""
+
+    options: tuple[str, ...]
+    upper: bool = False
+
+    @property
+    def allowed(self) -> str:
+        return ", ".join(self.options)
+
+    def parse(self, text: str) -> str:
+        value = text.upper() if self.upper else text
+        if value not in self.options:
+            raise ValueError(f"must be one of {', '.join(self.options)}, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class Integer(Kind):
+    """An integer from `low` to `high`."""
+
+    low: int
+    high: int
+
+    @property
+    def allowed(self) -> str:
+        return f"{self.low}..{self.high}"
+
+    def parse(self, text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {text!r}") from None
+        if not self.low <= value <= self.high:
+            raise ValueError(f"must be between {self.low} and {self.high}, got {value}")
+        return value
+
+
+@dataclass(frozen=True)
+class Number(Kind):
+    """A number from `low` to `high`."""
+
+    low: float
+    high: float
+
+    @property
+    def allowed(self) -> str:
+        return f"{self.low:g}..{self.high:g}"
+
+    def parse(self, text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"expected a number, got {text!r}") from None
+        if not self.low <= value <= self.high:
+            raise ValueError(f"must be between {self.low} and {self.high}, got {value}")
+        return value
+
+
+@dataclass(frozen=True)
+class Boolean(Kind):
+    """true/false (also 1/0, yes/no, on/off)."""
+
+    @property
+    def allowed(self) -> str:
+        return "true, false"
+
+    def parse(self, text: str) -> bool:
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true or false, got {text!r}")
+
+
+@dataclass(frozen=True)
+class Address(Kind):
+    """host:port; `optional` lets an empty value turn the listener off."""
+
+    empty_is_default: ClassVar[bool] = False
+    optional: bool = False
+
+    def parse(self, text: str) -> str:
+        if not text and self.optional:
+            return ""
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected host:port, got {text!r}")
+        return text
+
+
+@dataclass(frozen=True)
+class File(Kind):
+    """A path to a file, checked to exist after the variables have been read together.
+
+    A `generated_in_development` file (a key or secret) may be missing in development, where it
+    is created on first use, and is required in production.
+    """
+
+    generated_in_development: bool = False
+
+    def parse(self, text: str) -> Path:
+        return Path(text)
+
+
+@dataclass(frozen=True)
+class Files(Kind):
+    """Comma-separated paths to existing files."""
+
+    def parse(self, text: str) -> tuple[Path, ...]:
+        return tuple(Path(p.strip()) for p in text.split(",") if p.strip())

@@ -1,0 +1,159 @@
+"""Running a built App: start serving, watch the database, run the jobs, drain and stop.
+
+The gRPC server is built (App.build_server) only when `Runtime.start` runs, so a process may
+fork after `create_app` and before any gRPC object exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from grpc_health.v1 import health_pb2
+from prometheus_client import start_http_server
+
+from server.config import ConfigError
+from server.db import close_database, close_idle_connections, database_reachable
+from server.domain import outbox
+
+if TYPE_CHECKING:
+    from server.app import App, BuiltServer
+    from server.services.health_service import HealthServicer
+
+log = logging.getLogger("storefront")
+
+
+class Runtime:
+    """Serves one App: metrics endpoint, gRPC server, outbox consumers, health watch and jobs.
+
+    `stop` drains in the order load balancers need: health NOT_SERVING, the drain period,
+    `server.stop(grace)` (in-flight calls finish, new ones are refused), then the pool closes.
+    """
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.metrics_port: int | None = None
+        self._built: BuiltServer | None = None
+        self._metrics_httpd: Any = None
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._subscriptions: list[outbox.Subscription] = []
+
+    @property
+    def port(self) -> int:
+        """The port the gRPC server is bound to."""
+        return self._server().port
+
+    @property
+    def health(self) -> HealthServicer:
+        """The health servicer."""
+        return self._server().health
+
+    def start(self) -> None:
+        """Builds and binds the server, then starts metrics, consumers, RPCs, health watch, jobs.
+
+        Raises ConfigError when the gRPC or metrics address cannot be listened on.
+        """
+        settings = self.app.settings
+        self._built = self.app.build_server()
+        self.set_serving(True)
+        if settings.metrics_address:
+            host, _, port = settings.metrics_address.rpartition(":")
+            try:
+                self._metrics_httpd, _ = start_http_server(
+                    int(port), host.strip("[]"), registry=self.app.metrics.registry
+                )
+            except OSError as exc:
+                raise ConfigError(
+                    f"STOREFRONT_METRICS_ADDRESS: cannot listen on "
+                    f"{settings.metrics_address} ({exc.strerror})"
+                ) from None
+            self.metrics_port = self._metrics_httpd.server_port
+        self._subscriptions = [
+            outbox.subscribe(name, consumer) for name, consumer in self.app.consumers.items()
+        ]
+        self._built.server.start()
+        self._watcher = threading.Thread(target=self._watch_database, name="db-health", daemon=True)
+        self._watcher.start()
+        for job in self.app.jobs:
+            job.start()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Drains and stops: health NOT_SERVING, drain period, stop(grace), close the pool."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        settings = self.app.settings
+        for job in self.app.jobs:
+            job.stop()
+        grace = settings.shutdown_grace_seconds if grace is None else grace
+        if self._built is not None:
+            self._built.health.enter_graceful_shutdown()
+            # Load balancers and clients watching health move away during the drain period,
+            # before the server starts refusing new RPCs.
+            if settings.drain_seconds:
+                time.sleep(settings.drain_seconds)
+            self._built.server.stop(grace).wait()
+        # After the server: the calls that finished during the grace period had their events seen.
+        for subscription in self._subscriptions:
+            outbox.unsubscribe(subscription)
+        if self._watcher is not None:
+            self._watcher.join(timeout=settings.health_check_seconds + 1)
+        for job in self.app.jobs:
+            # A pass in progress may be waiting on the payment provider; it is safe to abandon.
+            job.join(timeout=grace + 1)
+        if self._metrics_httpd is not None:
+            self._metrics_httpd.shutdown()
+            self._metrics_httpd.server_close()
+        close_database()
+
+    def stop_on_signals(self) -> None:
+        """Drains and stops on the first SIGTERM or SIGINT (on a thread: a handler must return)."""
+        requested = threading.Event()
+
+        def request_stop(signum: int, frame: FrameType | None) -> None:
+            if not requested.is_set():
+                requested.set()
+                log.info("signal %s: draining", signal.Signals(signum).name)
+                threading.Thread(target=self.stop, name="shutdown").start()
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+
+    def wait(self) -> None:
+        """Blocks until the server has stopped."""
+        self._server().server.wait_for_termination()
+
+    def set_serving(self, serving: bool) -> None:
+        """Reports SERVING (or NOT_SERVING) for "" and every storefront service."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self.app.service_names):
+            self.health.set(name, status)
+
+    def _server(self) -> BuiltServer:
+        if self._built is None:
+            raise RuntimeError("the server is built when the runtime starts")
+        return self._built
+
+    def _watch_database(self) -> None:
+        """Reports NOT_SERVING while the database is unreachable, SERVING when it is back."""
+        settings, db = self.app.settings, self.app.db
+        serving = True
+        while not self._stopping.wait(settings.health_check_seconds):
+            healthy = database_reachable(db)
+            if not healthy:
+                # Idle pooled connections may be dead (or, on SQLite, still open on a file that
+                # is gone): drop them so calls reconnect and fail or recover honestly.
+                close_idle_connections(db)
+            if healthy != serving and not self._stopping.is_set():
+                log.warning("database %s", "reachable again" if healthy else "unreachable")
+                self.set_serving(healthy)
+                serving = healthy
