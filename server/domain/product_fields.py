@@ -97,8 +97,9 @@ def image_urls_of(product: Product) -> list[str]:
 # --- validation ----------------------------------------------------------------------------------
 
 
-def has_control_characters(text: str) -> bool:
-    """Whether `text` holds a control character other than tab, newline and carriage return."""
+def has_ascii_controls(text: str) -> bool:
+    """Whether `text` holds an ASCII control character other than tab, newline and carriage
+    return, which descriptions may hold."""
     return _CONTROL.search(text) is not None
 
 
@@ -130,7 +131,7 @@ def _validate_description(v: Validator, path: str, raw: str) -> str:
     text = unicodedata.normalize("NFC", raw)
     if len(text) > DESCRIPTION_MAX_LENGTH:
         v.add(path, f"must be at most {DESCRIPTION_MAX_LENGTH} characters")
-    elif has_control_characters(text):
+    elif has_ascii_controls(text):
         v.add(path, "must not contain control characters other than tab and newline")
     return text
 

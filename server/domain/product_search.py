@@ -119,7 +119,7 @@ def search(page: listing.PageRequest, *, query: str, show_archived: bool) -> lis
         v.add("query", "is required")
     elif len(query) > SEARCH_QUERY_MAX_LENGTH:
         v.add("query", f"must be at most {SEARCH_QUERY_MAX_LENGTH} characters")
-    elif product_fields.has_control_characters(query):
+    elif product_fields.has_ascii_controls(query):
         v.add("query", "must not contain control characters")
     elif not words:
         v.add("query", "must contain at least one letter or digit")

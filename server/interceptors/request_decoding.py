@@ -98,12 +98,14 @@ def lenient(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return decode
 
 
-def _refuse(malformed: MalformedRequest, method: str) -> InvalidArgument:
+def _refuse(malformed: MalformedRequest, method_path: str) -> InvalidArgument:
     call = call_context.current()
+    service, _, method = method_path.lstrip("/").rpartition("/")
     log.warning(
         "refused a malformed request",
         extra={
             "request_id": call.request_id if call else "-",
+            "grpc.service": service,
             "grpc.method": method,
             "reason": malformed.error.reason,
         },
