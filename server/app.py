@@ -43,9 +43,17 @@ from server.domain.passwords import PasswordHasher
 from server.domain.product_cache import ProductCache
 from server.domain.sessions import SessionPolicy
 from server.interceptors.auth import AccessRule, AuthInterceptor, access_rules
+from server.interceptors.client_address import parse_networks
 from server.interceptors.db_scope import DatabaseScopeInterceptor
 from server.interceptors.errors import ErrorInterceptor
 from server.interceptors.metrics import MetricsInterceptor, ServerMetrics
+from server.interceptors.rate_limit import (
+    MethodClass,
+    RateLimiter,
+    RateLimitInterceptor,
+    RateLimitMetrics,
+    method_classes,
+)
 from server.interceptors.request_decoding import RequestDecodingInterceptor
 from server.interceptors.request_log import RequestLogInterceptor
 from server.jobs import Job
@@ -92,6 +100,7 @@ class App:
     dependencies: Dependencies
     access_rules: dict[str, AccessRule]
     token_service: tokens.TokenService
+    rate_limit_metrics: RateLimitMetrics
     reconciler: Job[payment_jobs.Report]
     # The jobs the runtime runs while serving (each one off when its interval is 0).
     jobs: tuple[Job[Any], ...]
@@ -115,14 +124,29 @@ class App:
         settings, db, metrics = self.settings, self.db, self.metrics
         rules, token_service = self.access_rules, self.token_service
 
-        # Outermost first. A malformed body is refused inside the error scope (so it gets the usual
-        # error shape) but before a database connection is taken. The database scope wraps auth
-        # because auth checks, with one indexed query, that the token's session is still live.
+        # Outermost first. A malformed body and a call over its rate limit are refused inside the
+        # error scope (so they get the usual error shape) but before a database connection is
+        # taken; the rate limiter verifies the token itself (no query) to count per principal. The
+        # database scope wraps auth because auth checks, with one indexed query, that the token's
+        # session is still live. Built here, after any fork: each process has its own limiter
+        # (memory:// counts per process; redis:// shares the counts).
+        limiter = RateLimiter(
+            storage_url=settings.rate_limit_storage_url,
+            key_prefix=settings.rate_limit_key_prefix,
+            limits={
+                MethodClass.SIGN_IN: settings.rate_limit_sign_in,
+                MethodClass.READ: settings.rate_limit_read,
+                MethodClass.WRITE: settings.rate_limit_write,
+                MethodClass.CHECKOUT: settings.rate_limit_checkout,
+            },
+            metrics=self.rate_limit_metrics,
+        )
         interceptors = [
-            RequestLogInterceptor(),
+            RequestLogInterceptor(parse_networks(settings.trusted_proxies)),
             MetricsInterceptor(metrics),
             ErrorInterceptor(),
             RequestDecodingInterceptor(),
+            RateLimitInterceptor(limiter, method_classes(rules), token_service),
             DatabaseScopeInterceptor(db),
             AuthInterceptor(rules, token_service, sessions.authorize),
         ]
@@ -133,10 +157,12 @@ class App:
             interceptors=interceptors,
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             options=[
-                # Off: a second server on the same port must fail, not silently share it.
-                ("grpc.so_reuseport", 0),
+                # Off in one process: a second server on the same port must fail, not silently
+                # share it. Several workers (server/supervisor.py) share it on purpose.
+                ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
+                *_connection_age_options(settings),
             ],
         )
         for service in registry.SERVICES:
@@ -316,6 +342,23 @@ def build_payment_gateway(settings: Settings) -> PaymentGateway:
         raise ConfigError(f"STOREFRONT_PAYMENT_{variable}: {exc}") from None
 
 
+def _connection_age_options(settings: Settings) -> list[tuple[str, int]]:
+    """Returns the connection-age options: none in one process, which keeps connections for good.
+
+    With several workers an aged connection gets GOAWAY, so a long-lived client reconnects and
+    the kernel spreads it over the workers again.
+    """
+    if settings.workers == 1 or not settings.max_connection_age_seconds:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", round(settings.max_connection_age_seconds * 1000)),
+        (
+            "grpc.max_connection_age_grace_ms",
+            round(settings.max_connection_age_grace_seconds * 1000),
+        ),
+    ]
+
+
 def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     if not settings.tls_enabled:
         return None
@@ -397,6 +440,7 @@ def create_app(settings: Settings) -> App:
         ),
         access_rules=access_rules(registry.DESCRIPTORS),
         token_service=token_service,
+        rate_limit_metrics=RateLimitMetrics(metrics.registry),
         reconciler=reconciler,
         jobs=(reconciler, idempotency_key_purge(db)),
         consumers=consumers,

@@ -1,4 +1,5 @@
-"""Per-call facts the interceptors establish and the servicers read: request id and principal."""
+"""Per-call facts the interceptors establish and the servicers read: request id, principal and
+client address."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ class CallContext:
 
     request_id: str
     principal: Principal | None = None
+    # The caller's IP address (x-forwarded-for only from a trusted proxy); "" when unknown.
+    client_address: str = ""
 
 
 _current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
@@ -35,6 +38,12 @@ def reset(token: contextvars.Token[CallContext | None]) -> None:
 def current() -> CallContext | None:
     """Returns the call in progress on this thread, if any."""
     return _current.get()
+
+
+def client_address() -> str:
+    """Returns the calling client's address, "" outside a call or when it is unknown."""
+    call = _current.get()
+    return "" if call is None else call.client_address
 
 
 def principal_or_none() -> Principal | None:

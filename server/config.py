@@ -23,7 +23,11 @@ from server.config_kinds import (
     Files,
     Integer,
     Kind,
+    Networks,
     Number,
+    Processes,
+    RateLimit,
+    RateLimitStorage,
     Text,
 )
 
@@ -175,6 +179,33 @@ class Settings:
             "STOREFRONT_WORKER_THREADS", Integer(1, 512), "Threads serving RPCs in each process."
         ),
     )
+    workers: int = field(
+        default=1,
+        metadata=variable(
+            "STOREFRONT_WORKERS",
+            Processes(256),
+            "Processes serving the gRPC port under a supervisor (SO_REUSEPORT); auto is one per "
+            "CPU; 1 serves in this one process; `serve --workers` overrides it.",
+        ),
+    )
+    max_connection_age_seconds: float = field(
+        default=30.0,
+        metadata=variable(
+            "STOREFRONT_MAX_CONNECTION_AGE_SECONDS",
+            Number(0.0, 86400.0),
+            "With several workers, age at which a client connection is asked to reconnect "
+            "(GOAWAY), so long-lived clients spread over the workers; 0 never.",
+        ),
+    )
+    max_connection_age_grace_seconds: float = field(
+        default=60.0,
+        metadata=variable(
+            "STOREFRONT_MAX_CONNECTION_AGE_GRACE_SECONDS",
+            Number(0.0, 3600.0),
+            "With several workers, seconds the calls in progress on an aged connection get to "
+            "finish (a checkout may wait on the payment provider) before it is closed.",
+        ),
+    )
     max_concurrent_rpcs: int = field(
         default=64,
         metadata=variable(
@@ -279,6 +310,65 @@ class Settings:
             "STOREFRONT_PASSWORD_HASH_CONCURRENCY",
             Integer(1, 64),
             "Password hashes computed at once per process (argon2id uses 19 MiB each).",
+        ),
+    )
+    trusted_proxies: tuple[str, ...] = field(
+        default=(),
+        metadata=variable(
+            "STOREFRONT_TRUSTED_PROXIES",
+            Networks(),
+            "Comma-separated proxy addresses or CIDR ranges whose x-forwarded-for is believed; "
+            "from any other peer the connection's own address is the client's.",
+        ),
+    )
+    rate_limit_storage_url: str = field(
+        default="memory://",
+        metadata=variable(
+            "STOREFRONT_RATE_LIMIT_STORAGE_URL",
+            RateLimitStorage(),
+            "Where rate-limit counters live: memory:// (one process) or redis://host:port/db "
+            "(shared by every process); an unreachable Redis lets calls through (fail open).",
+        ),
+    )
+    rate_limit_key_prefix: str = field(
+        default="storefront",
+        metadata=variable(
+            "STOREFRONT_RATE_LIMIT_KEY_PREFIX",
+            Text(required=True),
+            "Prefix of the rate-limit keys in the storage; deployments sharing a Redis differ.",
+        ),
+    )
+    rate_limit_sign_in: str = field(
+        default="60/minute",
+        metadata=variable(
+            "STOREFRONT_RATE_LIMIT_SIGN_IN",
+            RateLimit(),
+            "Sign-in calls (Login, RegisterUser, RefreshSession, IssueServiceToken, "
+            "ChangePassword) per caller.",
+        ),
+    )
+    rate_limit_read: str = field(
+        default="1200/minute",
+        metadata=variable(
+            "STOREFRONT_RATE_LIMIT_READ",
+            RateLimit(),
+            "Read calls (Get*, List*, Search*, BatchGet*, quotes and conversions) per caller.",
+        ),
+    )
+    rate_limit_write: str = field(
+        default="300/minute",
+        metadata=variable(
+            "STOREFRONT_RATE_LIMIT_WRITE",
+            RateLimit(),
+            "Other calls that change state per caller.",
+        ),
+    )
+    rate_limit_checkout: str = field(
+        default="30/minute",
+        metadata=variable(
+            "STOREFRONT_RATE_LIMIT_CHECKOUT",
+            RateLimit(),
+            "CheckoutService calls (PlaceOrder) per caller.",
         ),
     )
     shipping_rules_file: Path = field(

@@ -5,9 +5,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
+
+from limits import parse as parse_limit
 
 DATABASE_URL_SCHEMES = ("sqlite:", "psycopg3+pool:", "psycopg3:", "postgresql:", "postgres:")
 
@@ -104,6 +108,29 @@ class Integer(Kind):
 
 
 @dataclass(frozen=True)
+class Processes(Kind):
+    """A number of processes from 1 to `high`, or auto: one per CPU this process may use."""
+
+    high: int
+
+    @property
+    def allowed(self) -> str:
+        return f"1..{self.high}, auto"
+
+    def parse(self, text: str) -> int:
+        if text.lower() == "auto":
+            return min(available_cpus(), self.high)
+        return Integer(1, self.high).parse(text)
+
+
+def available_cpus() -> int:
+    """Returns how many CPUs this process may run on (its affinity, else the machine's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
 class Number(Kind):
     """A number from `low` to `high`."""
 
@@ -177,3 +204,53 @@ class Files(Kind):
 
     def parse(self, text: str) -> tuple[Path, ...]:
         return tuple(Path(p.strip()) for p in text.split(",") if p.strip())
+
+
+@dataclass(frozen=True)
+class RateLimit(Kind):
+    """A rate in the `limits` notation: "<count>/<second|minute|hour|day>" (or "N per minute")."""
+
+    @property
+    def allowed(self) -> str:
+        return "N/second, N/minute, N/hour, N/day"
+
+    def parse(self, text: str) -> str:
+        try:
+            item = parse_limit(text)
+        except ValueError:
+            raise ValueError(f"expected a rate such as 100/minute, got {text!r}") from None
+        if item.amount < 1:
+            raise ValueError(f"the count must be at least 1, got {text!r}")
+        return text
+
+
+@dataclass(frozen=True)
+class RateLimitStorage(Kind):
+    """Where rate-limit counters live: memory:// (this process) or redis://host:port[/db]."""
+
+    schemes: ClassVar[tuple[str, ...]] = ("memory://", "redis://", "rediss://", "redis+unix://")
+
+    @property
+    def allowed(self) -> str:
+        return "memory://, redis://host:port/db"
+
+    def parse(self, text: str) -> str:
+        if not text.startswith(self.schemes):
+            raise ValueError(f"scheme must be memory:// or redis://, got {text!r}")
+        return text
+
+
+@dataclass(frozen=True)
+class Networks(Kind):
+    """Comma-separated IP addresses or CIDR ranges (empty: none)."""
+
+    empty_is_default: ClassVar[bool] = True
+
+    def parse(self, text: str) -> tuple[str, ...]:
+        entries = tuple(e.strip() for e in text.split(",") if e.strip())
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"expected IP addresses or CIDR ranges, got {entry!r}") from None
+        return entries

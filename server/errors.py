@@ -81,9 +81,13 @@ class Aborted(DomainError):
 
 @dataclass
 class ResourceExhausted(DomainError):
-    """A rate limit, throttle or capacity limit was hit."""
+    """A rate limit, throttle or capacity limit was hit.
+
+    `retry_delay_seconds`, when known, tells the caller how long to wait (a google.rpc.RetryInfo).
+    """
 
     reason: str = "RESOURCE_EXHAUSTED"
+    retry_delay_seconds: float | None = None
 
 
 @dataclass

@@ -14,7 +14,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from grpc_health.v1 import health_pb2
-from prometheus_client import start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 
 from server.config import ConfigError
 from server.db import close_database, close_idle_connections, database_reachable
@@ -25,6 +25,21 @@ if TYPE_CHECKING:
     from server.services.health_service import HealthServicer
 
 log = logging.getLogger("storefront")
+
+
+def start_metrics_endpoint(address: str, registry: CollectorRegistry) -> Any:
+    """Serves `registry` on http://address/metrics from a thread; returns the HTTP server.
+
+    Raises ConfigError when the address cannot be listened on.
+    """
+    host, _, port = address.rpartition(":")
+    try:
+        httpd, _ = start_http_server(int(port), host.strip("[]"), registry=registry)
+    except OSError as exc:
+        raise ConfigError(
+            f"STOREFRONT_METRICS_ADDRESS: cannot listen on {address} ({exc.strerror})"
+        ) from None
+    return httpd
 
 
 class Runtime:
@@ -40,6 +55,7 @@ class Runtime:
         self._built: BuiltServer | None = None
         self._metrics_httpd: Any = None
         self._stopping = threading.Event()
+        self._stopped = threading.Event()
         self._watcher: threading.Thread | None = None
         self._subscriptions: list[outbox.Subscription] = []
 
@@ -62,16 +78,9 @@ class Runtime:
         self._built = self.app.build_server()
         self.set_serving(True)
         if settings.metrics_address:
-            host, _, port = settings.metrics_address.rpartition(":")
-            try:
-                self._metrics_httpd, _ = start_http_server(
-                    int(port), host.strip("[]"), registry=self.app.metrics.registry
-                )
-            except OSError as exc:
-                raise ConfigError(
-                    f"STOREFRONT_METRICS_ADDRESS: cannot listen on "
-                    f"{settings.metrics_address} ({exc.strerror})"
-                ) from None
+            self._metrics_httpd = start_metrics_endpoint(
+                settings.metrics_address, self.app.metrics.registry
+            )
             self.metrics_port = self._metrics_httpd.server_port
         self._subscriptions = [
             outbox.subscribe(name, consumer) for name, consumer in self.app.consumers.items()
@@ -110,6 +119,7 @@ class Runtime:
             self._metrics_httpd.shutdown()
             self._metrics_httpd.server_close()
         close_database()
+        self._stopped.set()
 
     def stop_on_signals(self) -> None:
         """Drains and stops on the first SIGTERM or SIGINT (on a thread: a handler must return)."""
@@ -127,6 +137,10 @@ class Runtime:
     def wait(self) -> None:
         """Blocks until the server has stopped."""
         self._server().server.wait_for_termination()
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        """Blocks until `stop` has finished (jobs joined, pool closed); False on timeout."""
+        return self._stopped.wait(timeout)
 
     def set_serving(self, serving: bool) -> None:
         """Reports SERVING (or NOT_SERVING) for "" and every storefront service."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 
+from server import supervisor
 from server.app import create_app
-from server.config import Settings, variables_help
+from server.config import VARIABLES, Settings, variables_help
 
 log = logging.getLogger("storefront")
 
@@ -20,15 +22,35 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         epilog=variables_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N",
+        help="processes serving the gRPC port under a supervisor (auto: one per CPU); "
+        "overrides STOREFRONT_WORKERS",
+    )
     parser.set_defaults(run=serve)
+
+
+def _workers(text: str) -> int:
+    [workers] = [v for v in VARIABLES if v.name == "STOREFRONT_WORKERS"]
+    try:
+        value: int = workers.kind.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> int:
     """Serves until a signal has drained and stopped the server.
 
     An out-of-date schema or a bad setting found while building or binding raises (main turns
-    it into one line and exit status 1 or 2).
+    it into one line and exit status 1 or 2). With several workers, server/supervisor.py serves.
     """
+    if args.workers is not None:
+        settings = dataclasses.replace(settings, workers=args.workers)
+    if settings.workers > 1:
+        return supervisor.serve(settings, _announce)
     runtime = create_app(settings).runtime
     runtime.start()
     runtime.stop_on_signals()

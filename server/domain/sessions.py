@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import math
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -21,7 +22,10 @@ from server.models.session import RefreshToken, Session
 from server.models.user import User
 from server.validation import Validator, has_control_characters
 
+# Failed sign-ins allowed per window: per email and address, per address, per email.
 LOGIN_FAILURE_LIMIT = 5
+ADDRESS_FAILURE_LIMIT = 50
+EMAIL_FAILURE_LIMIT = 100
 LOGIN_FAILURE_WINDOW = dt.timedelta(minutes=15)
 # The same words for an unknown email, a wrong password and a disabled account, so the answer
 # does not reveal which accounts exist.
@@ -69,45 +73,100 @@ def _start_session(user: User, policy: SessionPolicy, now: dt.datetime) -> Sessi
     return SessionTokens(access, refresh, session.expire_time)
 
 
-def _throttled_attempt(email: str, now: dt.datetime) -> None:
-    """Counts an attempt for `email` as failed until it succeeds; raises if over the limit.
+@dataclass(frozen=True)
+class _FailureLimit:
+    """At most `limit` failed sign-ins per window for failures matching the email and/or address."""
 
-    Count and record happen in one transaction serialised per email, so concurrent guesses
-    cannot slip past the limit together: exactly LOGIN_FAILURE_LIMIT get their password checked.
+    limit: int
+    by_email: bool
+    by_address: bool
+
+
+# The tight limit is per (email, address): guesses from one place cannot lock the owner out
+# elsewhere. The per-address limit stops one place guessing across many accounts; the
+# per-email ceiling, far higher, stops guessing one account from many places (an admin can
+# clear it with ClearSignInThrottle if that locks the owner out).
+FAILURE_LIMITS = (
+    _FailureLimit(LOGIN_FAILURE_LIMIT, by_email=True, by_address=True),
+    _FailureLimit(ADDRESS_FAILURE_LIMIT, by_email=False, by_address=True),
+    _FailureLimit(EMAIL_FAILURE_LIMIT, by_email=True, by_address=False),
+)
+
+
+def _throttled_attempt(email: str, client_address: str, now: dt.datetime) -> None:
+    """Counts an attempt for `email` from `client_address` as failed until it succeeds; raises
+    if any of FAILURE_LIMITS is reached.
+
+    Count and record happen in one transaction serialised per address and per email (locks
+    always taken in that order), so concurrent guesses cannot slip past a limit together.
     """
     since = now - LOGIN_FAILURE_WINDOW
     with database.atomic():
+        lock_transaction_on(f"login-address:{client_address}")
         lock_transaction_on(f"login:{email}")
-        user_model.clear_failures(email, before=since)
-        if user_model.count_recent_failures(email, since=since) >= LOGIN_FAILURE_LIMIT:
-            # Refused attempts are not recorded: the window closes on time, however hard an
-            # attacker keeps trying.
-            raise ResourceExhausted(
-                "Too many failed sign-in attempts; try again later.",
-                reason="LOGIN_THROTTLED",
-                metadata={"retry_after_seconds": str(int(LOGIN_FAILURE_WINDOW.total_seconds()))},
+        user_model.clear_failures(email=email, before=since)
+        user_model.clear_failures(client_address=client_address, before=since)
+        for rule in FAILURE_LIMITS:
+            count, oldest = user_model.recent_failures(
+                since=since,
+                email=email if rule.by_email else None,
+                client_address=client_address if rule.by_address else None,
             )
-        user_model.record_failure(email)
+            if count >= rule.limit:
+                # Refused attempts are not recorded: the window closes on time, however hard an
+                # attacker keeps trying.
+                wait = (
+                    LOGIN_FAILURE_WINDOW if oldest is None else oldest + LOGIN_FAILURE_WINDOW - now
+                )
+                seconds = max(wait.total_seconds(), 1.0)
+                raise ResourceExhausted(
+                    "Too many failed sign-in attempts; try again later.",
+                    reason="LOGIN_THROTTLED",
+                    metadata={"retry_after_seconds": str(math.ceil(seconds))},
+                    retry_delay_seconds=seconds,
+                )
+        user_model.record_failure(email, client_address)
 
 
-def login(*, email: str, password: str, policy: SessionPolicy) -> tuple[User, SessionTokens]:
-    """Signs a user in; raises Unauthenticated (one message for every cause) or throttles."""
+def clear_sign_in_throttle(*, email: str) -> int:
+    """Forgets every failed sign-in recorded for `email`, from every address; returns how many."""
     v = Validator()
     email = users.normalize_email(email)
+    _validate_email(v, email)
+    v.raise_if_any()
+    with database.atomic():
+        lock_transaction_on(f"login:{email}")
+        return user_model.clear_failures(email=email)
+
+
+def _validate_email(v: Validator, email: str) -> None:
     v.check(bool(email), "email", "is required")
     v.check(len(email) <= user_model.EMAIL_MAX_LENGTH, "email", "is too long")
     v.check(not has_control_characters(email), "email", "must not contain control characters")
+
+
+def login(
+    *, email: str, password: str, policy: SessionPolicy, client_address: str = ""
+) -> tuple[User, SessionTokens]:
+    """Signs a user in; raises Unauthenticated (one message for every cause) or throttles.
+
+    Failures are counted per email and `client_address` (the caller's IP; "" when unknown).
+    """
+    v = Validator()
+    email = users.normalize_email(email)
+    _validate_email(v, email)
     v.check(bool(password), "password", "is required")
     v.check(len(password) <= 1024, "password", "is too long")
     v.raise_if_any()
-    _throttled_attempt(email, utcnow())
+    _throttled_attempt(email, client_address, utcnow())
     user = user_model.get_by_email(email)
     if user is None:
         policy.passwords.verify_nothing(password)
         raise Unauthenticated(BAD_CREDENTIALS, reason="INVALID_CREDENTIALS")
     if not policy.passwords.verify(user.password_hash, password) or user.disabled:
         raise Unauthenticated(BAD_CREDENTIALS, reason="INVALID_CREDENTIALS")
-    user_model.clear_failures(email)
+    # Only this address's failures: other places' guesses still count towards their limits.
+    user_model.clear_failures(email=email, client_address=client_address)
     now = utcnow()
     with database.atomic():
         if policy.passwords.needs_rehash(user.password_hash):
@@ -166,9 +225,17 @@ def logout(*, principal: Principal, all_sessions: bool) -> int:
 
 
 def change_password(
-    *, principal: Principal, current_password: str, new_password: str, policy: SessionPolicy
+    *,
+    principal: Principal,
+    current_password: str,
+    new_password: str,
+    policy: SessionPolicy,
+    client_address: str = "",
 ) -> SessionTokens:
-    """Replaces the caller's password, ends every session and starts a new one."""
+    """Replaces the caller's password, ends every session and starts a new one.
+
+    Wrong current passwords count as failed sign-ins for the user's email from `client_address`.
+    """
     v = Validator()
     if not current_password:
         v.add("current_password", "is required")
@@ -181,14 +248,14 @@ def change_password(
     user = users.get_or_raise(principal.subject)
     # Wrong current passwords count against the same limit as failed sign-ins, so a stolen access
     # token cannot be used to guess the password either.
-    _throttled_attempt(user.email, utcnow())
+    _throttled_attempt(user.email, client_address, utcnow())
     if not policy.passwords.verify(user.password_hash, current_password):
         raise InvalidArgument(
             "The current password is incorrect.",
             reason="INVALID_CURRENT_PASSWORD",
             violations=[FieldViolation("current_password", "is incorrect")],
         )
-    user_model.clear_failures(user.email)
+    user_model.clear_failures(email=user.email, client_address=client_address)
     new_hash = policy.passwords.hash(new_password)
     now = utcnow()
     with database.atomic():

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import grpc
 import peewee
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -93,8 +93,20 @@ def _violation_messages(
     return messages
 
 
+# A delay beyond a day is surely a mistake; clamping keeps RetryInfo small and sane.
+MAX_RETRY_DELAY_SECONDS = 86_400.0
+
+
+def _retry_info(seconds: float) -> error_details_pb2.RetryInfo:
+    """Returns a RetryInfo for a delay of `seconds`, clamped to 0..MAX_RETRY_DELAY_SECONDS."""
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(int(min(max(seconds, 0.0), MAX_RETRY_DELAY_SECONDS) * 1e9))
+    return error_details_pb2.RetryInfo(retry_delay=delay)
+
+
 def build_status(code: grpc.StatusCode, error: errors.DomainError, request_id: str) -> _Status:
-    """Returns the status for `error`: message, ErrorInfo, field violations and the request id.
+    """Returns the status for `error`: message, ErrorInfo, field violations, the request id and,
+    for a ResourceExhausted with a known delay, a RetryInfo.
 
     Every part is bounded here, whatever the domain put in it: messages and values are cut, and
     at most MAX_VIOLATIONS violations are listed (fewer if the whole status would exceed
@@ -114,6 +126,8 @@ def build_status(code: grpc.StatusCode, error: errors.DomainError, request_id: s
         ),
         _pack(error_details_pb2.RequestInfo(request_id=request_id)),
     ]
+    if isinstance(error, errors.ResourceExhausted) and error.retry_delay_seconds is not None:
+        head.append(_pack(_retry_info(error.retry_delay_seconds)))
     violations = error.violations if isinstance(error, errors.InvalidArgument) else []
     shown = min(len(violations), MAX_VIOLATIONS)
     while True:

@@ -6,12 +6,13 @@ import contextlib
 import logging
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import grpc
 
 from server import call_context
 from server.interceptors.base import MethodInfo, ScopeInterceptor, call_outcome, go_code_name
+from server.interceptors.client_address import Network, from_context
 
 REQUEST_ID_HEADER = "x-request-id"
 # A caller's id is kept only if it is short and plain, so it is safe to log and echo back.
@@ -33,11 +34,18 @@ def request_id_from(context: grpc.ServicerContext) -> str:
 
 
 class RequestLogInterceptor(ScopeInterceptor):
-    """Assigns the request id, echoes it in trailing metadata and logs the finished call."""
+    """Assigns the request id and the client address, echoes the id in trailing metadata and
+    logs the finished call."""
+
+    def __init__(self, trusted_proxies: Sequence[Network] = ()) -> None:
+        self.trusted_proxies = tuple(trusted_proxies)
 
     @contextlib.contextmanager
     def scope(self, method: MethodInfo, context: grpc.ServicerContext) -> Iterator[None]:
-        call = call_context.CallContext(request_id=request_id_from(context))
+        call = call_context.CallContext(
+            request_id=request_id_from(context),
+            client_address=from_context(context, self.trusted_proxies),
+        )
         token = call_context.set_current(call)
         context.set_trailing_metadata(((REQUEST_ID_HEADER, call.request_id),))
         try:

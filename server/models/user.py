@@ -10,6 +10,7 @@ from server.db import BaseModel, utcnow
 
 EMAIL_MAX_LENGTH = 254
 DISPLAY_NAME_MAX_LENGTH = 100
+CLIENT_ADDRESS_MAX_LENGTH = 64
 
 
 class User(BaseModel):
@@ -31,15 +32,21 @@ class User(BaseModel):
 
 
 class LoginFailure(BaseModel):
-    """One failed sign-in attempt for an email (registered or not), for throttling."""
+    """One failed sign-in attempt for an email (registered or not) from a client address."""
 
     id = peewee.BigAutoField()
     email = peewee.CharField(max_length=EMAIL_MAX_LENGTH)
+    # "" when the address was not known (calls from outside a server).
+    client_address = peewee.CharField(max_length=CLIENT_ADDRESS_MAX_LENGTH, default="")
     attempt_time = peewee.DateTimeField(default=utcnow)
 
     class Meta:
         table_name = "login_failures"
-        indexes = ((("email", "attempt_time"), False),)
+        indexes = (
+            (("email", "attempt_time"), False),
+            (("email", "client_address", "attempt_time"), False),
+            (("client_address", "attempt_time"), False),
+        )
 
 
 def get_by_email(email: str) -> User | None:
@@ -52,23 +59,44 @@ def get(user_id: str) -> User | None:
     return User.get_or_none(User.id == user_id)
 
 
-def count_recent_failures(email: str, *, since: dt.datetime) -> int:
-    """Returns how many failed sign-ins `email` has had since `since`."""
-    return int(
-        LoginFailure.select()
-        .where((LoginFailure.email == email) & (LoginFailure.attempt_time >= since))
-        .count()
+def _failures(email: str | None, client_address: str | None) -> peewee.ColumnBase:
+    condition: peewee.ColumnBase = peewee.Value(True)
+    if email is not None:
+        condition &= LoginFailure.email == email
+    if client_address is not None:
+        condition &= LoginFailure.client_address == client_address
+    return condition
+
+
+def recent_failures(
+    *, since: dt.datetime, email: str | None = None, client_address: str | None = None
+) -> tuple[int, dt.datetime | None]:
+    """Returns how many failed sign-ins since `since` match the email and/or the address, and
+    when the oldest of them was."""
+    count, oldest = (
+        LoginFailure.select(
+            peewee.fn.COUNT(LoginFailure.id), peewee.fn.MIN(LoginFailure.attempt_time)
+        )
+        .where(_failures(email, client_address) & (LoginFailure.attempt_time >= since))
+        .scalar(as_tuple=True)
     )
+    return int(count or 0), oldest
 
 
-def record_failure(email: str) -> None:
-    """Records a failed sign-in for `email`."""
-    LoginFailure.create(email=email)
+def record_failure(email: str, client_address: str) -> None:
+    """Records a failed sign-in for `email` from `client_address`."""
+    LoginFailure.create(email=email, client_address=client_address[:CLIENT_ADDRESS_MAX_LENGTH])
 
 
-def clear_failures(email: str, *, before: dt.datetime | None = None) -> None:
-    """Forgets failed sign-ins for `email` (all, or those older than `before`)."""
-    condition = LoginFailure.email == email
+def clear_failures(
+    *,
+    email: str | None = None,
+    client_address: str | None = None,
+    before: dt.datetime | None = None,
+) -> int:
+    """Forgets failed sign-ins matching the email and/or the address (all, or those older than
+    `before`); returns how many."""
+    condition = _failures(email, client_address)
     if before is not None:
         condition &= LoginFailure.attempt_time < before
-    LoginFailure.delete().where(condition).execute()
+    return int(LoginFailure.delete().where(condition).execute())

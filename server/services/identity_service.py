@@ -80,7 +80,10 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
 
     def Login(self, request: pb.LoginRequest, context: grpc.ServicerContext) -> pb.LoginResponse:
         user, tokens = sessions.login(
-            email=request.email, password=request.password, policy=self.policy
+            email=request.email,
+            password=request.password,
+            policy=self.policy,
+            client_address=call_context.client_address(),
         )
         return pb.LoginResponse(session=session_to_proto(tokens), user=user_to_proto(user))
 
@@ -121,6 +124,7 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
             current_password=request.current_password,
             new_password=request.new_password,
             policy=self.policy,
+            client_address=call_context.client_address(),
         )
         return pb.ChangePasswordResponse(session=session_to_proto(tokens))
 
@@ -147,6 +151,12 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
     ) -> pb.DisableUserResponse:
         user = users.disable(actor=call_context.principal(), user_id=request.user_id)
         return pb.DisableUserResponse(user=user_to_proto(user))
+
+    def ClearSignInThrottle(
+        self, request: pb.ClearSignInThrottleRequest, context: grpc.ServicerContext
+    ) -> pb.ClearSignInThrottleResponse:
+        cleared = sessions.clear_sign_in_throttle(email=request.email)
+        return pb.ClearSignInThrottleResponse(cleared_failure_count=cleared)
 
     def CreateServiceAccount(
         self, request: pb.CreateServiceAccountRequest, context: grpc.ServicerContext

@@ -24,6 +24,7 @@ from server.domain.principal import Role
 from tests.conftest import POSTGRES_URL, empty_tables
 
 PASSWORD = "correct horse battery staple"
+UNLIMITED = "1000000/second"
 
 
 def rpc_error(call: Callable[..., object]) -> grpc.RpcError:
@@ -75,6 +76,11 @@ def make_settings(tmp: Path, database_url: str, **overrides: object) -> Settings
         page_token_secret_file=tmp / "page-token.key",
         shutdown_grace_seconds=2.0,
         password_hash_concurrency=4,
+        # Far above what any test sends: only tests of rate limiting lower them.
+        rate_limit_sign_in=UNLIMITED,
+        rate_limit_read=UNLIMITED,
+        rate_limit_write=UNLIMITED,
+        rate_limit_checkout=UNLIMITED,
     )
     return replace(base, **overrides)  # type: ignore[arg-type]
 

@@ -33,6 +33,7 @@ EXPECTED: dict[str, str | frozenset[Role]] = {
     "/storefront.v1.IdentityService/ListUsers": frozenset({Role.ADMIN}),
     "/storefront.v1.IdentityService/UpdateUserRole": frozenset({Role.ADMIN}),
     "/storefront.v1.IdentityService/DisableUser": frozenset({Role.ADMIN}),
+    "/storefront.v1.IdentityService/ClearSignInThrottle": frozenset({Role.ADMIN}),
     "/storefront.v1.IdentityService/CreateServiceAccount": frozenset({Role.ADMIN}),
     "/storefront.v1.IdentityService/IssueServiceToken": PUBLIC,
     "/storefront.v1.IdentityService/ListSigningKeys": PUBLIC,

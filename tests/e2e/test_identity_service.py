@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import grpc
 import jwt
 import pytest
 from google.protobuf import field_mask_pb2
+from google.rpc import status_pb2
+from google.rpc.error_details_pb2 import RetryInfo
 from storefront.v1 import access_pb2
 from storefront.v1 import identity_service_pb2 as pb
+from storefront.v1 import identity_service_pb2_grpc as identity_grpc
 from storefront_client import StorefrontClient, error_info
 
 from server.domain.principal import Role
@@ -144,6 +148,102 @@ def test_five_failed_logins_throttle_the_account_even_for_the_right_password(
     assert error_info(err)[0] == "LOGIN_THROTTLED"
     # Another account is not affected.
     client.login(running.create_user(), PASSWORD)
+
+
+def login_via(running: Running, forwarded_for: str, email: str, password: str) -> grpc.StatusCode:
+    """Signs in with an x-forwarded-for header; returns the status code."""
+    with running.channel() as channel:
+        stub = identity_grpc.IdentityServiceStub(channel)
+        try:
+            stub.Login(
+                pb.LoginRequest(email=email, password=password),
+                metadata=(("x-forwarded-for", forwarded_for),),
+            )
+        except grpc.RpcError as err:
+            return err.code()
+    return StatusCode.OK
+
+
+def test_failed_logins_from_one_address_do_not_lock_the_owner_out_from_another(
+    server_factory: Callable[..., Running],
+) -> None:
+    running = server_factory(trusted_proxies=("127.0.0.1",))
+    email = running.create_user()
+    for _ in range(5):
+        assert login_via(running, "203.0.113.1", email, "wrong password!") == (
+            StatusCode.UNAUTHENTICATED
+        )
+    assert login_via(running, "203.0.113.1", email, PASSWORD) == StatusCode.RESOURCE_EXHAUSTED
+    assert login_via(running, "198.51.100.2", email, PASSWORD) == StatusCode.OK
+
+
+def test_x_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy(
+    server_factory: Callable[..., Running],
+) -> None:
+    running = server_factory(trusted_proxies=("10.0.0.0/8",))
+    email = running.create_user()
+    for _ in range(5):
+        login_via(running, "203.0.113.1", email, "wrong password!")
+    # Both calls come from 127.0.0.1, which no setting trusts: one address, one throttle.
+    assert login_via(running, "198.51.100.2", email, PASSWORD) == StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_a_throttled_login_says_when_to_retry(running: Running) -> None:
+    email = running.create_user()
+    client = running.client()
+    for _ in range(5):
+        rpc_error(lambda: client.login(email, "wrong password!"))
+    err = rpc_error(lambda: client.login(email, PASSWORD))
+    [raw] = [v for k, v in err.trailing_metadata() or () if k == "grpc-status-details-bin"]
+    [retry] = [d for d in status_pb2.Status.FromString(raw).details if d.Is(RetryInfo.DESCRIPTOR)]
+    info = RetryInfo()
+    retry.Unpack(info)
+    assert 0 < info.retry_delay.seconds <= 900
+
+
+def test_an_admin_clears_an_emails_sign_in_throttle(running: Running) -> None:
+    email = running.create_user()
+    client = running.client()
+    for _ in range(5):
+        rpc_error(lambda: client.login(email, "wrong password!"))
+    assert rpc_error(lambda: client.login(email, PASSWORD)).code() == StatusCode.RESOURCE_EXHAUSTED
+    admin = running.login(Role.ADMIN)
+    cleared = admin.identity.ClearSignInThrottle(pb.ClearSignInThrottleRequest(email=email.upper()))
+    assert cleared.cleared_failure_count == 5
+    client.login(email, PASSWORD)
+    again = admin.identity.ClearSignInThrottle(pb.ClearSignInThrottleRequest(email=email))
+    assert again.cleared_failure_count == 0
+
+
+@pytest.mark.parametrize(
+    ("email", "role", "code"),
+    [
+        ("", Role.ADMIN, StatusCode.INVALID_ARGUMENT),
+        ("a" * 250 + "@example.com", Role.ADMIN, StatusCode.INVALID_ARGUMENT),
+        ("bell\x07@example.com", Role.ADMIN, StatusCode.INVALID_ARGUMENT),
+        ("someone@example.com", Role.STAFF, StatusCode.PERMISSION_DENIED),
+        ("someone@example.com", Role.CUSTOMER, StatusCode.PERMISSION_DENIED),
+    ],
+)
+def test_clear_sign_in_throttle_refusals(
+    running: Running, email: str, role: Role, code: grpc.StatusCode
+) -> None:
+    caller = running.login(role)
+    err = rpc_error(
+        lambda: caller.identity.ClearSignInThrottle(pb.ClearSignInThrottleRequest(email=email))
+    )
+    assert err.code() == code
+    if code == StatusCode.INVALID_ARGUMENT:
+        assert violated_fields(err) == {"email"}
+
+
+def test_clear_sign_in_throttle_needs_a_token(running: Running) -> None:
+    err = rpc_error(
+        lambda: running.client().identity.ClearSignInThrottle(
+            pb.ClearSignInThrottleRequest(email="someone@example.com")
+        )
+    )
+    assert err.code() == StatusCode.UNAUTHENTICATED
 
 
 def test_login_with_empty_fields_is_invalid_argument(running: Running) -> None:

@@ -91,3 +91,27 @@ def test_role_check_constraint_is_enforced(blank_db) -> None:
             "('x', 'a@b.c', '', 'ROOT', 'h', false, false, 1, CURRENT_TIMESTAMP, "
             "CURRENT_TIMESTAMP)"
         )
+
+
+def test_login_failures_gain_a_client_address_keeping_existing_rows(blank_db) -> None:
+    earlier = [m for m in migrations.discover() if m.version < 8]
+    [m0008] = [m for m in migrations.discover() if m.version == 8]
+    with blank_db.connection_context():
+        with blank_db.atomic():
+            for migration in earlier:
+                migration.up(blank_db)
+        blank_db.execute_sql(
+            "INSERT INTO login_failures (email, attempt_time) VALUES ('a@example.com', "
+            "'2026-01-01 00:00:00')"
+        )
+        with blank_db.atomic():
+            m0008.up(blank_db)
+        rows = blank_db.execute_sql("SELECT email, client_address FROM login_failures").fetchall()
+        assert [tuple(r) for r in rows] == [("a@example.com", "")]
+        blank_db.execute_sql(
+            "INSERT INTO login_failures (email, client_address, attempt_time) "
+            "VALUES ('a@example.com', '203.0.113.1', '2026-01-01 00:00:00')"
+        )
+        indexed = {tuple(i.columns) for i in blank_db.get_indexes("login_failures")}
+        assert ("email", "client_address", "attempt_time") in indexed
+        assert ("client_address", "attempt_time") in indexed

@@ -114,3 +114,85 @@ def test_throttle_window_expires(db: peewee.Database, policy: SessionPolicy) -> 
     user, _ = sessions.login(email="c@example.com", password=PASSWORD, policy=policy)
     assert user.email == "c@example.com"
     assert LoginFailure.select().count() == 0
+
+
+# --- throttling per email and client address ----------------------------------------------------
+
+
+def register(email: str, policy: SessionPolicy) -> None:
+    users.register(email=email, password=PASSWORD, display_name="", passwords=policy.passwords)
+
+
+def login_from(address: str, email: str, password: str, policy: SessionPolicy) -> object:
+    """Signs in from `address`; returns the user, or the DomainError raised."""
+    try:
+        return sessions.login(
+            email=email, password=password, policy=policy, client_address=address
+        )[0]
+    except DomainError as exc:
+        return exc
+
+
+def failures(email: str, addresses: list[str]) -> None:
+    """Records one recent failed sign-in for `email` from each address."""
+    with database.atomic():
+        for address in addresses:
+            LoginFailure.create(email=email, client_address=address)
+
+
+def test_wrong_guesses_from_one_address_do_not_lock_the_owner_out_elsewhere(
+    db: peewee.Database, policy: SessionPolicy
+) -> None:
+    register("owner@example.com", policy)
+    guesses = [login_from("203.0.113.1", "owner@example.com", "wrong!", policy) for _ in range(5)]
+    assert all(isinstance(g, Unauthenticated) for g in guesses)
+    refused = login_from("203.0.113.1", "owner@example.com", PASSWORD, policy)
+    assert isinstance(refused, ResourceExhausted) and refused.reason == "LOGIN_THROTTLED"
+    assert refused.retry_delay_seconds is not None and 0 < refused.retry_delay_seconds <= 900
+    user = login_from("198.51.100.7", "owner@example.com", PASSWORD, policy)
+    assert getattr(user, "email", None) == "owner@example.com"
+    # Signing in elsewhere forgets only that address's failures: the guesser stays throttled.
+    assert isinstance(
+        login_from("203.0.113.1", "owner@example.com", PASSWORD, policy), ResourceExhausted
+    )
+
+
+def test_one_address_guessing_across_many_emails_is_throttled_for_every_email(
+    db: peewee.Database, policy: SessionPolicy
+) -> None:
+    register("victim@example.com", policy)
+    for n in range(sessions.ADDRESS_FAILURE_LIMIT):
+        failures(f"user{n}@example.com", ["203.0.113.9"])
+    refused = login_from("203.0.113.9", "victim@example.com", PASSWORD, policy)
+    assert isinstance(refused, ResourceExhausted)
+    assert getattr(
+        login_from("198.51.100.1", "victim@example.com", PASSWORD, policy), "email", None
+    )
+
+
+def test_many_addresses_guessing_one_email_reach_its_ceiling(
+    db: peewee.Database, policy: SessionPolicy
+) -> None:
+    register("target@example.com", policy)
+    addresses = [f"10.0.{n // 250}.{n % 250}" for n in range(sessions.EMAIL_FAILURE_LIMIT - 1)]
+    failures("target@example.com", addresses)
+    # One below the ceiling: a new address still gets its password checked (and fails).
+    assert isinstance(
+        login_from("10.9.9.9", "target@example.com", "wrong!", policy), Unauthenticated
+    )
+    refused = login_from("10.9.9.10", "target@example.com", PASSWORD, policy)
+    assert isinstance(refused, ResourceExhausted)
+
+
+def test_clearing_the_throttle_forgets_the_email_from_every_address(
+    db: peewee.Database, policy: SessionPolicy
+) -> None:
+    register("locked@example.com", policy)
+    failures("locked@example.com", ["10.0.0.1"] * 5 + ["10.0.0.2"] * 3)
+    failures("other@example.com", ["10.0.0.1"])
+    assert isinstance(
+        login_from("10.0.0.1", "locked@example.com", PASSWORD, policy), ResourceExhausted
+    )
+    assert sessions.clear_sign_in_throttle(email=" Locked@Example.com ") == 8
+    assert getattr(login_from("10.0.0.1", "locked@example.com", PASSWORD, policy), "email", None)
+    assert LoginFailure.select().where(LoginFailure.email == "other@example.com").count() == 1

@@ -147,6 +147,7 @@ class FakeIdentity(identity_service_pb2_grpc.IdentityServiceServicer):
     ListUsers = identity_service_pb2_grpc.IdentityServiceServicer.ListUsers
     UpdateUserRole = identity_service_pb2_grpc.IdentityServiceServicer.UpdateUserRole
     DisableUser = identity_service_pb2_grpc.IdentityServiceServicer.DisableUser
+    ClearSignInThrottle = identity_service_pb2_grpc.IdentityServiceServicer.ClearSignInThrottle
     CreateServiceAccount = identity_service_pb2_grpc.IdentityServiceServicer.CreateServiceAccount
     ListSigningKeys = identity_service_pb2_grpc.IdentityServiceServicer.ListSigningKeys
 

@@ -18,6 +18,7 @@ from server.config import (
     payment_worst_case_seconds,
     variables_help,
 )
+from server.config_kinds import available_cpus
 
 
 def test_defaults_serve_development_on_sqlite_in_var() -> None:
@@ -381,3 +382,23 @@ def test_a_payment_client_slower_than_a_checkouts_claim_is_refused(tmp_path: Pat
     )
     with pytest.raises(ConfigError, match=r"STOREFRONT_PAYMENT_READ_TIMEOUT_SECONDS: .* below 60"):
         build_payment_gateway(settings)
+
+
+@pytest.mark.parametrize(
+    ("value", "workers"), [("", 1), ("1", 1), ("4", 4), ("auto", min(available_cpus(), 256))]
+)
+def test_workers_are_one_process_by_default_and_auto_is_one_per_cpu(
+    value: str, workers: int
+) -> None:
+    assert Settings.from_env({"STOREFRONT_WORKERS": value}).workers == workers
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "STOREFRONT_WORKERS: must be between 1 and 256, got 0"),
+        ("many", "STOREFRONT_WORKERS: expected an integer, got 'many'"),
+    ],
+)
+def test_a_bad_worker_count_is_refused(value: str, message: str) -> None:
+    assert config_error({"STOREFRONT_WORKERS": value}) == message

@@ -629,6 +629,50 @@ class DisableUserResponse(_message.Message):
 Global___DisableUserResponse: _TypeAlias = DisableUserResponse  # noqa: Y015
 
 @_typing.final
+class ClearSignInThrottleRequest(_message.Message):
+    """ClearSignInThrottleRequest is the input of ClearSignInThrottle."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMAIL_FIELD_NUMBER: _builtins.int
+    email: _builtins.str
+    """The email whose failed sign-ins are forgotten (case and surrounding spaces do not matter)."""
+    def __init__(
+        self,
+        *,
+        email: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearSignInThrottleRequest: _TypeAlias = ClearSignInThrottleRequest  # noqa: Y015
+
+@_typing.final
+class ClearSignInThrottleResponse(_message.Message):
+    """ClearSignInThrottleResponse is the output of ClearSignInThrottle."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLEARED_FAILURE_COUNT_FIELD_NUMBER: _builtins.int
+    cleared_failure_count: _builtins.int
+    """How many recorded failed attempts were forgotten."""
+    def __init__(
+        self,
+        *,
+        cleared_failure_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cleared_failure_count", b"cleared_failure_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearSignInThrottleResponse: _TypeAlias = ClearSignInThrottleResponse  # noqa: Y015
+
+@_typing.final
 class ServiceAccount(_message.Message):
     """ServiceAccount is the identity of an internal service."""
 

@@ -92,6 +92,11 @@ class IdentityServiceStub:
                 request_serializer=storefront_dot_v1_dot_identity__service__pb2.DisableUserRequest.SerializeToString,
                 response_deserializer=storefront_dot_v1_dot_identity__service__pb2.DisableUserResponse.FromString,
                 _registered_method=True)
+        self.ClearSignInThrottle = channel.unary_unary(
+                '/storefront.v1.IdentityService/ClearSignInThrottle',
+                request_serializer=storefront_dot_v1_dot_identity__service__pb2.ClearSignInThrottleRequest.SerializeToString,
+                response_deserializer=storefront_dot_v1_dot_identity__service__pb2.ClearSignInThrottleResponse.FromString,
+                _registered_method=True)
         self.CreateServiceAccount = channel.unary_unary(
                 '/storefront.v1.IdentityService/CreateServiceAccount',
                 request_serializer=storefront_dot_v1_dot_identity__service__pb2.CreateServiceAccountRequest.SerializeToString,
@@ -132,8 +137,12 @@ class IdentityServiceServicer:
     def Login(self, request, context):
         """Signs a user in with email and password and starts a session.
         Returns UNAUTHENTICATED, with the same message, for an unknown email, a wrong password and a
-        disabled account; RESOURCE_EXHAUSTED (reason LOGIN_THROTTLED) after 5 failed attempts for one
-        email within 15 minutes, until the window has passed; INVALID_ARGUMENT for empty fields.
+        disabled account; INVALID_ARGUMENT for empty fields; RESOURCE_EXHAUSTED (reason
+        LOGIN_THROTTLED, with a google.rpc.RetryInfo) within 15 minutes of 5 failed attempts for one
+        email from the caller's address, of 50 failed attempts from that address for any emails, or
+        of 100 failed attempts for one email from anywhere; failures from other addresses do not
+        count against the first limit, so nobody can lock an owner out with a few wrong guesses.
+        Refused attempts are not counted; ClearSignInThrottle forgets an email's failures.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -179,7 +188,8 @@ class IdentityServiceServicer:
         Returns INVALID_ARGUMENT (reason INVALID_CURRENT_PASSWORD, a violation on `current_password`)
         if `current_password` is wrong; INVALID_ARGUMENT if it is empty or longer than 128 characters,
         or if the new password is outside 12..128 characters or equals the current one;
-        RESOURCE_EXHAUSTED (LOGIN_THROTTLED) after repeated wrong passwords, as for Login;
+        RESOURCE_EXHAUSTED (LOGIN_THROTTLED) after repeated wrong passwords, counted with failed
+        sign-ins for the user's email from the caller's address, as for Login;
         UNAUTHENTICATED only for a missing, invalid or revoked access token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -209,6 +219,16 @@ class IdentityServiceServicer:
         once. Disabling a disabled user succeeds and changes nothing. Returns NOT_FOUND if the user
         does not exist and FAILED_PRECONDITION (reason SELF_MODIFICATION) when administrators disable
         themselves.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearSignInThrottle(self, request, context):
+        """Forgets every failed sign-in attempt recorded for an email, from every address, so that its
+        owner can sign in again at once (after a guessing attack hit the per-email ceiling, say).
+        Succeeds, clearing nothing, for an email without failures or without an account. Returns
+        INVALID_ARGUMENT for an empty email, one over 254 characters or one with control characters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -291,6 +311,11 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.DisableUser,
                     request_deserializer=storefront_dot_v1_dot_identity__service__pb2.DisableUserRequest.FromString,
                     response_serializer=storefront_dot_v1_dot_identity__service__pb2.DisableUserResponse.SerializeToString,
+            ),
+            'ClearSignInThrottle': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearSignInThrottle,
+                    request_deserializer=storefront_dot_v1_dot_identity__service__pb2.ClearSignInThrottleRequest.FromString,
+                    response_serializer=storefront_dot_v1_dot_identity__service__pb2.ClearSignInThrottleResponse.SerializeToString,
             ),
             'CreateServiceAccount': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateServiceAccount,
@@ -586,6 +611,33 @@ class IdentityService:
             '/storefront.v1.IdentityService/DisableUser',
             storefront_dot_v1_dot_identity__service__pb2.DisableUserRequest.SerializeToString,
             storefront_dot_v1_dot_identity__service__pb2.DisableUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearSignInThrottle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/storefront.v1.IdentityService/ClearSignInThrottle',
+            storefront_dot_v1_dot_identity__service__pb2.ClearSignInThrottleRequest.SerializeToString,
+            storefront_dot_v1_dot_identity__service__pb2.ClearSignInThrottleResponse.FromString,
             options,
             channel_credentials,
             insecure,

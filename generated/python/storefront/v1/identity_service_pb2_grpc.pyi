@@ -49,8 +49,12 @@ class IdentityServiceStub:
     Login: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.LoginRequest, _identity_service_pb2.LoginResponse]
     """Signs a user in with email and password and starts a session.
     Returns UNAUTHENTICATED, with the same message, for an unknown email, a wrong password and a
-    disabled account; RESOURCE_EXHAUSTED (reason LOGIN_THROTTLED) after 5 failed attempts for one
-    email within 15 minutes, until the window has passed; INVALID_ARGUMENT for empty fields.
+    disabled account; INVALID_ARGUMENT for empty fields; RESOURCE_EXHAUSTED (reason
+    LOGIN_THROTTLED, with a google.rpc.RetryInfo) within 15 minutes of 5 failed attempts for one
+    email from the caller's address, of 50 failed attempts from that address for any emails, or
+    of 100 failed attempts for one email from anywhere; failures from other addresses do not
+    count against the first limit, so nobody can lock an owner out with a few wrong guesses.
+    Refused attempts are not counted; ClearSignInThrottle forgets an email's failures.
     """
     RefreshSession: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.RefreshSessionRequest, _identity_service_pb2.RefreshSessionResponse]
     """Exchanges a refresh token for a new access token and a new refresh token; the old refresh
@@ -75,7 +79,8 @@ class IdentityServiceStub:
     Returns INVALID_ARGUMENT (reason INVALID_CURRENT_PASSWORD, a violation on `current_password`)
     if `current_password` is wrong; INVALID_ARGUMENT if it is empty or longer than 128 characters,
     or if the new password is outside 12..128 characters or equals the current one;
-    RESOURCE_EXHAUSTED (LOGIN_THROTTLED) after repeated wrong passwords, as for Login;
+    RESOURCE_EXHAUSTED (LOGIN_THROTTLED) after repeated wrong passwords, counted with failed
+    sign-ins for the user's email from the caller's address, as for Login;
     UNAUTHENTICATED only for a missing, invalid or revoked access token.
     """
     ListUsers: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.ListUsersRequest, _identity_service_pb2.ListUsersResponse]
@@ -93,6 +98,12 @@ class IdentityServiceStub:
     once. Disabling a disabled user succeeds and changes nothing. Returns NOT_FOUND if the user
     does not exist and FAILED_PRECONDITION (reason SELF_MODIFICATION) when administrators disable
     themselves.
+    """
+    ClearSignInThrottle: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.ClearSignInThrottleRequest, _identity_service_pb2.ClearSignInThrottleResponse]
+    """Forgets every failed sign-in attempt recorded for an email, from every address, so that its
+    owner can sign in again at once (after a guessing attack hit the per-email ceiling, say).
+    Succeeds, clearing nothing, for an email without failures or without an account. Returns
+    INVALID_ARGUMENT for an empty email, one over 254 characters or one with control characters.
     """
     CreateServiceAccount: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.CreateServiceAccountRequest, _identity_service_pb2.CreateServiceAccountResponse]
     """Creates a service account for an internal service and returns its client secret. The secret
@@ -129,8 +140,12 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     Login: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.LoginRequest, _identity_service_pb2.LoginResponse]  # type: ignore[assignment]
     """Signs a user in with email and password and starts a session.
     Returns UNAUTHENTICATED, with the same message, for an unknown email, a wrong password and a
-    disabled account; RESOURCE_EXHAUSTED (reason LOGIN_THROTTLED) after 5 failed attempts for one
-    email within 15 minutes, until the window has passed; INVALID_ARGUMENT for empty fields.
+    disabled account; INVALID_ARGUMENT for empty fields; RESOURCE_EXHAUSTED (reason
+    LOGIN_THROTTLED, with a google.rpc.RetryInfo) within 15 minutes of 5 failed attempts for one
+    email from the caller's address, of 50 failed attempts from that address for any emails, or
+    of 100 failed attempts for one email from anywhere; failures from other addresses do not
+    count against the first limit, so nobody can lock an owner out with a few wrong guesses.
+    Refused attempts are not counted; ClearSignInThrottle forgets an email's failures.
     """
     RefreshSession: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.RefreshSessionRequest, _identity_service_pb2.RefreshSessionResponse]  # type: ignore[assignment]
     """Exchanges a refresh token for a new access token and a new refresh token; the old refresh
@@ -155,7 +170,8 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     Returns INVALID_ARGUMENT (reason INVALID_CURRENT_PASSWORD, a violation on `current_password`)
     if `current_password` is wrong; INVALID_ARGUMENT if it is empty or longer than 128 characters,
     or if the new password is outside 12..128 characters or equals the current one;
-    RESOURCE_EXHAUSTED (LOGIN_THROTTLED) after repeated wrong passwords, as for Login;
+    RESOURCE_EXHAUSTED (LOGIN_THROTTLED) after repeated wrong passwords, counted with failed
+    sign-ins for the user's email from the caller's address, as for Login;
     UNAUTHENTICATED only for a missing, invalid or revoked access token.
     """
     ListUsers: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.ListUsersRequest, _identity_service_pb2.ListUsersResponse]  # type: ignore[assignment]
@@ -173,6 +189,12 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     once. Disabling a disabled user succeeds and changes nothing. Returns NOT_FOUND if the user
     does not exist and FAILED_PRECONDITION (reason SELF_MODIFICATION) when administrators disable
     themselves.
+    """
+    ClearSignInThrottle: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.ClearSignInThrottleRequest, _identity_service_pb2.ClearSignInThrottleResponse]  # type: ignore[assignment]
+    """Forgets every failed sign-in attempt recorded for an email, from every address, so that its
+    owner can sign in again at once (after a guessing attack hit the per-email ceiling, say).
+    Succeeds, clearing nothing, for an email without failures or without an account. Returns
+    INVALID_ARGUMENT for an empty email, one over 254 characters or one with control characters.
     """
     CreateServiceAccount: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.CreateServiceAccountRequest, _identity_service_pb2.CreateServiceAccountResponse]  # type: ignore[assignment]
     """Creates a service account for an internal service and returns its client secret. The secret
@@ -218,8 +240,12 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_identity_service_pb2.LoginResponse, _abc.Awaitable[_identity_service_pb2.LoginResponse]]:
         """Signs a user in with email and password and starts a session.
         Returns UNAUTHENTICATED, with the same message, for an unknown email, a wrong password and a
-        disabled account; RESOURCE_EXHAUSTED (reason LOGIN_THROTTLED) after 5 failed attempts for one
-        email within 15 minutes, until the window has passed; INVALID_ARGUMENT for empty fields.
+        disabled account; INVALID_ARGUMENT for empty fields; RESOURCE_EXHAUSTED (reason
+        LOGIN_THROTTLED, with a google.rpc.RetryInfo) within 15 minutes of 5 failed attempts for one
+        email from the caller's address, of 50 failed attempts from that address for any emails, or
+        of 100 failed attempts for one email from anywhere; failures from other addresses do not
+        count against the first limit, so nobody can lock an owner out with a few wrong guesses.
+        Refused attempts are not counted; ClearSignInThrottle forgets an email's failures.
         """
 
     @_abc_1.abstractmethod
@@ -274,7 +300,8 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         Returns INVALID_ARGUMENT (reason INVALID_CURRENT_PASSWORD, a violation on `current_password`)
         if `current_password` is wrong; INVALID_ARGUMENT if it is empty or longer than 128 characters,
         or if the new password is outside 12..128 characters or equals the current one;
-        RESOURCE_EXHAUSTED (LOGIN_THROTTLED) after repeated wrong passwords, as for Login;
+        RESOURCE_EXHAUSTED (LOGIN_THROTTLED) after repeated wrong passwords, counted with failed
+        sign-ins for the user's email from the caller's address, as for Login;
         UNAUTHENTICATED only for a missing, invalid or revoked access token.
         """
 
@@ -310,6 +337,18 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         once. Disabling a disabled user succeeds and changes nothing. Returns NOT_FOUND if the user
         does not exist and FAILED_PRECONDITION (reason SELF_MODIFICATION) when administrators disable
         themselves.
+        """
+
+    @_abc_1.abstractmethod
+    def ClearSignInThrottle(
+        self,
+        request: _identity_service_pb2.ClearSignInThrottleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_service_pb2.ClearSignInThrottleResponse, _abc.Awaitable[_identity_service_pb2.ClearSignInThrottleResponse]]:
+        """Forgets every failed sign-in attempt recorded for an email, from every address, so that its
+        owner can sign in again at once (after a guessing attack hit the per-email ceiling, say).
+        Succeeds, clearing nothing, for an email without failures or without an account. Returns
+        INVALID_ARGUMENT for an empty email, one over 254 characters or one with control characters.
         """
 
     @_abc_1.abstractmethod
