@@ -65,14 +65,15 @@ def storefront(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
 class Serving:
     """`storefront serve` in the background, its stderr collected line by line."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], *serve_args: str, own_session: bool = False) -> None:
         self.process = subprocess.Popen(
-            [str(STOREFRONT), "serve"],
+            [str(STOREFRONT), "serve", *serve_args],
             env=env,
             text=True,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            start_new_session=own_session,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.stderr: list[str] = []

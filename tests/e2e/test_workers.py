@@ -7,11 +7,9 @@ the gRPC port belongs to one worker's file descriptors), so the API exposes noth
 from __future__ import annotations
 
 import os
-import queue
 import re
 import signal
 import socket
-import subprocess
 import threading
 import time
 import urllib.request
@@ -27,7 +25,7 @@ from storefront.v1 import catalog_service_pb2 as catalog_pb
 from storefront_client import StorefrontClient
 
 from tests.e2e.test_catalog_service import product
-from tests.e2e.test_cli import STOREFRONT, cli_env, storefront
+from tests.e2e.test_cli import Serving, cli_env, storefront
 
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux /proc")
 
@@ -47,42 +45,17 @@ def poll(condition: Callable[[], bool], *, timeout: float = WAIT_SECONDS) -> boo
     return condition()
 
 
-class Supervised:
+class Supervised(Serving):
     """`storefront serve --workers N` in its own session, its stderr collected line by line."""
 
     def __init__(self, env: dict[str, str], workers: int = 2) -> None:
         self.env = env
         self.port = int(env["STOREFRONT_GRPC_ADDRESS"].rpartition(":")[2])
-        self.process = subprocess.Popen(
-            [str(STOREFRONT), "serve", "--workers", str(workers)],
-            env=env,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.stderr: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.stderr.append(line)
-            self.lines.put(line)
-        self.lines.put(None)
+        super().__init__(env, "--workers", str(workers), own_session=True)
 
     def wait_for(self, text: str, timeout: float = WAIT_SECONDS) -> str:
         """Returns the first stderr line containing `text`; fails after `timeout` seconds."""
-        try:
-            while (line := self.lines.get(timeout=timeout)) is not None:
-                if text in line:
-                    return line
-        except queue.Empty:
-            pass
-        pytest.fail(f"no {text!r} on stderr within {timeout}s:\n{''.join(self.stderr)}")
+        return super().wait_for(text, timeout)
 
     def exit_code(self) -> int:
         code = self.process.wait(timeout=WAIT_SECONDS)
