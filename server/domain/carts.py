@@ -20,6 +20,7 @@ import peewee
 
 from server.db import database, lock_transaction_on, utcnow
 from server.domain import idempotency, inventory
+from server.domain.commands import RequestKey
 from server.errors import FailedPrecondition, NotFound
 from server.models.cart import Cart, CartLine
 from server.models.product import Product
@@ -170,7 +171,7 @@ ADD_ITEM_OPERATION = "/storefront.v1.CartService/AddCartItem"
 class AddItem:
     """An AddCartItem request; `request` is None when the caller sent no request_id."""
 
-    request: idempotency.RequestKey | None
+    request: RequestKey | None
     product_id: str
     quantity: int
 

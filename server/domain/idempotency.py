@@ -14,6 +14,7 @@ from typing import Any
 import peewee
 
 from server.db import database, utcnow
+from server.domain.commands import RequestKey
 from server.errors import Aborted, FailedPrecondition
 from server.models.idempotency_key import IdempotencyKey
 from server.validation import Validator
@@ -42,16 +43,6 @@ OPERATION_MAX_LENGTH = 100
 IN_FLIGHT = "IN_FLIGHT"
 DONE = "DONE"
 _CLAIM_ATTEMPTS = 5
-
-
-@dataclass(frozen=True)
-class RequestKey:
-    """A mutation's request_id and the request's fingerprint: the request without its request_id,
-    serialised deterministically by the entry point. Equal fingerprints make two calls with one
-    key the same request."""
-
-    request_id: str
-    fingerprint: bytes
 
 
 @dataclass(frozen=True)

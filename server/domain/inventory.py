@@ -10,6 +10,7 @@ from typing import Any, TypeAlias
 
 from server.db import database, utcnow
 from server.domain import idempotency, listing
+from server.domain.commands import RequestKey
 from server.domain.principal import Principal, Role
 from server.errors import DomainError, FailedPrecondition, NotFound
 from server.models.product import Product
@@ -207,7 +208,7 @@ def adjust(
 class AdjustStock:
     """An AdjustStock request."""
 
-    request: idempotency.RequestKey
+    request: RequestKey
     product_id: str
     delta: int
     reason: str

@@ -15,6 +15,7 @@ from typing import Any
 
 from server.db import database, utcnow
 from server.domain import idempotency, inventory, orders
+from server.domain.commands import RequestKey
 from server.domain.principal import Principal
 from server.models.order import Order
 from server.validation import Validator
@@ -199,7 +200,7 @@ REFUND_OPERATION = "/storefront.v1.OrderService/RefundOrder"
 class CancelOrder:
     """A CancelOrder request."""
 
-    request: idempotency.RequestKey
+    request: RequestKey
     order_id: str
     reason: str
 
@@ -208,7 +209,7 @@ class CancelOrder:
 class ShipOrder:
     """A ShipOrder request."""
 
-    request: idempotency.RequestKey
+    request: RequestKey
     order_id: str
     carrier: str
     tracking_number: str
@@ -218,7 +219,7 @@ class ShipOrder:
 class MarkOrderDelivered:
     """A MarkOrderDelivered request."""
 
-    request: idempotency.RequestKey
+    request: RequestKey
     order_id: str
 
 
@@ -227,7 +228,7 @@ class RefundOrder:
     """A RefundOrder request; `amount` is (currency code, minor units), None for all that is
     left."""
 
-    request: idempotency.RequestKey
+    request: RequestKey
     order_id: str
     amount: tuple[str, int] | None
     reason: str

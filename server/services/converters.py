@@ -10,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from storefront.v1 import access_pb2, common_pb2, order_pb2, product_pb2
 
 from server.domain import money
-from server.domain.idempotency import RequestKey
+from server.domain.commands import RequestKey
 from server.domain.listing import PageRequest
 from server.domain.money import Money
 from server.domain.orders import Address

@@ -19,6 +19,7 @@ from server.domain import (
     product_fields,
     products,
 )
+from server.domain.commands import RequestKey
 from server.domain.principal import Principal, Role
 from server.domain.product_cache import ProductCache
 from server.errors import Aborted
@@ -155,7 +156,7 @@ def test_a_failure_after_the_change_leaves_neither_the_change_nor_its_event(
         order_actions.ship_order(
             STAFF,
             order_actions.ShipOrder(
-                idempotency.RequestKey(str(uuid.uuid4()), b"ship"), order_id, "DHL", "JJD1"
+                RequestKey(str(uuid.uuid4()), b"ship"), order_id, "DHL", "JJD1"
             ),
         )
     assert orders.get(STAFF, order_id).order.state == orders.State.PAID
