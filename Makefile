@@ -1,5 +1,5 @@
 # storefront: `make run` serves on SQLite, `make test` runs lint + the whole suite.
-# Both create .venv on first use and reinstall only when pyproject.toml or requirements.lock change.
+# Both create .venv on first use and reinstall only when pyproject.toml or requirements/*.lock change.
 
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PROTO_FILES := $(shell find protos/storefront -name '*.proto' | sort)
 GEN_PY := generated/python
 
-.PHONY: help venv generate check-generated lint format typecheck test test-fast fuzz run migrate bench clean
+.PHONY: help venv generate check-generated lint format typecheck test test-fast fuzz run migrate bench cluster clean
 
 help:
 	@echo "make run     - serve gRPC on 127.0.0.1:50051 (SQLite in ./var), metrics on :9464"
@@ -16,9 +16,9 @@ help:
 	@echo "make fuzz    - nightly-size fuzz of every RPC (FUZZ_EXAMPLES per RPC, default 3000)"
 	@echo "make generate, make lint, make typecheck, make migrate, make bench"
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements/runtime.lock requirements/dev.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements/dev.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
@@ -101,6 +101,10 @@ run: $(STAMP)
 # "Benchmarks"); BENCH_ARGS="--duration 5 --rpc GetProduct" and so on, see bench/run.py --help.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# Three replicas on the local PostgreSQL behind nginx (grpc_pass), until Ctrl-C; see deploy/README.md.
+cluster: $(STAMP)
+	$(BIN)/python deploy/cluster.py $(CLUSTER_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,7 +1,8 @@
-"""Load generator: one RPC, closed loop, N concurrent callers on one grpc.aio channel.
+"""Load generator: one RPC, closed loop, N concurrent callers on K grpc.aio channels (one
+connection each, so that `serve --workers` and load balancers can spread them; default 1).
 
 Prints one JSON object: calls, errors by status code, latency percentiles, and the CPU time the
-server process (--server-pid, read from /proc) and this process used in the measured window.
+server's processes (--server-pids, read from /proc) and this process used in the measured window.
 Requests are serialised once up front and responses are not parsed, so the client spends its CPU
 on gRPC itself. The access tokens for authenticated RPCs come from BENCH_ACCESS_TOKEN
 (comma-separated: caller i uses token i modulo their number, so each checkout caller is its own
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -132,13 +134,18 @@ def workloads(product_ids: list[str]) -> dict[str, Callable[[], Workload]]:
     }
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """Returns the user + system CPU time of process `pid` (all its threads) from /proc."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    # The command name (field 2) may contain spaces; the fields after its ")" are fixed.
-    fields = stat.rpartition(")")[2].split()
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+def processes_cpu_seconds(pids: list[int]) -> float:
+    """Returns the user + system CPU time of the processes `pids` (all threads) from /proc."""
+    total = 0
+    for member in pids:
+        try:
+            stat = Path(f"/proc/{member}/stat").read_text()
+        except OSError:
+            continue  # it ended meanwhile
+        # The command name (field 2) may contain spaces; the fields after its ")" are fixed.
+        fields = stat.rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -168,16 +175,24 @@ async def run(args: argparse.Namespace, workload: Workload) -> dict[str, Any]:
         callers_metadata = [(("authorization", f"Bearer {token}"),) for token in tokens]
     rng = random.Random(args.seed)
     tally = Tally()
-    async with grpc.aio.insecure_channel(args.target) as channel:
-        await asyncio.wait_for(channel.channel_ready(), timeout=10)
-        # No (de)serialisers: the requests are bytes already and responses stay bytes.
-        call = channel.unary_unary(workload.method)
-        prepare = channel.unary_unary(workload.before_each[0]) if workload.before_each else None
+    async with contextlib.AsyncExitStack() as stack:
+        channels = []
+        for _ in range(args.channels):
+            # A local subchannel pool: each channel opens a connection of its own.
+            channel = grpc.aio.insecure_channel(
+                args.target, options=[("grpc.use_local_subchannel_pool", 1)]
+            )
+            await stack.enter_async_context(channel)
+            await asyncio.wait_for(channel.channel_ready(), timeout=10)
+            channels.append(channel)
         loop = asyncio.get_running_loop()
         start = loop.time() + args.warmup
         end = start + args.duration
 
-        async def caller(metadata: tuple[tuple[str, str], ...]) -> None:
+        async def caller(channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
+            # No (de)serialisers: the requests are bytes already and responses stay bytes.
+            call = channel.unary_unary(workload.method)
+            prepare = channel.unary_unary(workload.before_each[0]) if workload.before_each else None
             while loop.time() < end:
                 if prepare is not None and workload.before_each is not None:
                     try:
@@ -213,15 +228,20 @@ async def run(args: argparse.Namespace, workload: Workload) -> dict[str, Any]:
 
         async def clock() -> tuple[float, float, float, float]:
             await asyncio.sleep(max(0.0, start - loop.time()))
-            server_before, client_before = process_cpu_seconds(args.server_pid), time.process_time()
+            server_before = processes_cpu_seconds(args.server_pids)
+            client_before = time.process_time()
             await asyncio.sleep(max(0.0, end - loop.time()))
-            server_after, client_after = process_cpu_seconds(args.server_pid), time.process_time()
+            server_after = processes_cpu_seconds(args.server_pids)
+            client_after = time.process_time()
             return server_before, server_after, client_before, client_after
 
         measured = asyncio.create_task(clock())
         await asyncio.gather(
             *(
-                caller(callers_metadata[index % len(callers_metadata)])
+                caller(
+                    channels[index % len(channels)],
+                    callers_metadata[index % len(callers_metadata)],
+                )
                 for index in range(args.concurrency)
             )
         )
@@ -257,8 +277,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", required=True, help="host:port")
     parser.add_argument("--rpc", required=True, choices=list(workloads([])))
-    parser.add_argument("--server-pid", type=int, required=True, help="the process to measure")
+    parser.add_argument(
+        "--server-pids",
+        type=lambda text: [int(pid) for pid in text.split(",")],
+        required=True,
+        help="the server's processes to measure, comma-separated",
+    )
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--channels", type=int, default=1, help="connections to spread over")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
     parser.add_argument("--product-ids", type=Path, help="file with one product id per line")

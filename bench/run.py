@@ -77,19 +77,36 @@ def pinning(enabled: bool) -> tuple[list[str], list[str]]:
     return [taskset, "-c", "0"], [taskset, "-c", "1"]
 
 
+def process_tree(pid: int) -> list[int]:
+    """Returns `pid` and its living descendants (`serve --workers N`: the supervisor, its
+    workers and its metrics child), from /proc."""
+    tree, index = [pid], 0
+    while index < len(tree):
+        for children in Path(f"/proc/{tree[index]}/task").glob("*/children"):
+            with contextlib.suppress(OSError):  # the task ended meanwhile
+                tree.extend(int(child) for child in children.read_text().split())
+        index += 1
+    return tree
+
+
 def peak_rss_mib(pid: int) -> float:
-    """Returns the process's peak resident set size (VmHWM) in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """Returns the largest peak resident set size (VmHWM) in MiB among the process and its
+    descendants: with `--workers N`, that of the biggest worker."""
+    peak = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) / 1024)
+    return peak
 
 
 def reset_peak_rss(pid: int) -> None:
-    """Resets the process's peak RSS (VmHWM), so that setup (e.g. the argon2 hashes of
-    registering the checkout customers) does not count as what the RPCs need."""
-    with contextlib.suppress(OSError):
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    """Resets the peak RSS (VmHWM) of the process and its descendants, so that setup (e.g. the
+    argon2 hashes of registering the checkout customers) does not count as what the RPCs need."""
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{member}/clear_refs").write_text("5")
 
 
 def cpu_model() -> str:
@@ -285,9 +302,10 @@ def postgres_database(admin_url: str) -> Iterator[str]:
 
 @contextmanager
 def storefront_server(
-    prefix: list[str], data_dir: Path, database_url: str | None
+    prefix: list[str], data_dir: Path, database_url: str | None, *serve_args: str
 ) -> Iterator[tuple[str, subprocess.Popen[Any], Path]]:
-    """Migrates and seeds the database, serves it; yields (target, process, log file)."""
+    """Migrates and seeds the database, serves it (`storefront serve *serve_args`); yields
+    (target, process, log file)."""
     target = f"127.0.0.1:{free_port()}"
     env = storefront_env(data_dir, target)
     if database_url:
@@ -298,7 +316,7 @@ def storefront_server(
     with (
         server_log.open("w") as log,
         running(
-            [*prefix, str(STOREFRONT), "serve"],
+            [*prefix, str(STOREFRONT), "serve", *serve_args],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -317,8 +335,10 @@ def measure(
     options: argparse.Namespace,
     ids_file: Path,
     token: str,
+    channels: int = 1,
 ) -> dict[str, Any]:
-    """Runs bench/load.py for one RPC and returns its figures plus the server's peak RSS."""
+    """Runs bench/load.py for one RPC and returns its figures plus the server's peak RSS (of
+    its biggest process, with several)."""
     result = subprocess.run(
         [
             *prefix,
@@ -326,7 +346,8 @@ def measure(
             str(BENCH / "load.py"),
             f"--target={target}",
             f"--rpc={rpc}",
-            f"--server-pid={server_pid}",
+            f"--server-pids={','.join(map(str, process_tree(server_pid)))}",
+            f"--channels={channels}",
             f"--concurrency={options.concurrency}",
             f"--duration={options.duration}",
             f"--warmup={options.warmup}",
@@ -365,6 +386,72 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# Rows of the scaling table: the same RPC with 1 and with 2 worker processes, none pinned (the load
+# generator shares the two CPUs), the callers spread over SCALING_CHANNELS connections.
+SCALING_RPCS = ("GetProduct", "PlaceOrder")
+SCALING_WORKERS = (1, 2)
+SCALING_CHANNELS = 8
+
+
+def measure_scaling(
+    options: argparse.Namespace, tmp: Path, rpcs: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Measures `rpcs` against `storefront serve --workers N` on SQLite for each N in
+    SCALING_WORKERS; each row also gets its throughput and p99 relative to one worker's."""
+    rows: list[dict[str, Any]] = []
+    for workers in SCALING_WORKERS:
+        data_dir = tmp / f"workers-{workers}"
+        data_dir.mkdir()
+        serve_args = ("--workers", str(workers))
+        with storefront_server([], data_dir, None, *serve_args) as (target, server, _):
+            prepared = prepare(target, data_dir, options.concurrency)
+            reset_peak_rss(server.pid)
+            ids_file = data_dir / "product-ids.txt"
+            ids_file.write_text("\n".join(prepared.product_ids) + "\n")
+            for rpc in rpcs:
+                print(f"bench: {rpc} with --workers {workers} ...", file=sys.stderr, flush=True)
+                tokens = prepared.customer_tokens if rpc == "PlaceOrder" else [prepared.admin_token]
+                figures = measure(
+                    [],
+                    rpc,
+                    target,
+                    server.pid,
+                    options,
+                    ids_file,
+                    ",".join(tokens),
+                    channels=SCALING_CHANNELS,
+                )
+                rows.append({"rpc": rpc, "workers": workers, **figures})
+    for row in rows:
+        [one] = [r for r in rows if r["rpc"] == row["rpc"] and r["workers"] == 1]
+        row["ratio_to_one_worker"] = row["throughput_per_s"] / (one["throughput_per_s"] or 1.0)
+        row["p99_ratio_to_one_worker"] = row["latency_ms"]["p99"] / (
+            one["latency_ms"]["p99"] or 1.0
+        )
+    return rows
+
+
+def scaling_table(rows: list[dict[str, Any]]) -> str:
+    """Returns the scaling rows as a Markdown table."""
+    lines = [
+        "| RPC (SQLite, not pinned) | workers | calls/s | vs 1 worker | p50 ms | p99 ms "
+        "| p99 vs 1 worker | errors | server CPU ms/call | peak RSS MiB (biggest process) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for row in rows:
+        latency = row["latency_ms"]
+        errors = ", ".join(f"{n} {code}" for code, n in sorted(row["errors"].items())) or "0"
+        per_call = row["server_cpu_ms_per_call"]
+        lines.append(
+            f"| {row['rpc']} | {row['workers']} | {row['throughput_per_s']:,.0f} "
+            f"| {row['ratio_to_one_worker']:.2f}x | {latency['p50']:.2f} | {latency['p99']:.2f} "
+            f"| {row['p99_ratio_to_one_worker']:.2f}x | {errors} "
+            f"| {'-' if per_call is None else f'{per_call:.3f}'} "
+            f"| {row['server_peak_rss_mib']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the benchmark and writes its results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -386,6 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a PostgreSQL server where a throwaway database may be created (default: %(default)s)",
     )
     parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL rows")
+    parser.add_argument("--no-scaling", action="store_true", help="skip the --workers 1 vs 2 table")
     parser.add_argument("--results-dir", type=Path, default=BENCH / "results")
     options = parser.parse_args(argv)
     chosen = {"echo", *(options.rpc or [name for name, _, _ in RPCS])}
@@ -446,7 +534,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         load_prefix, rpc, where, pid, options, ids_file, ",".join(tokens)
                     )
                     rows.append({"label": label, "database": database, **figures})
-    product_count = len(prepared.product_ids) if rows else 0
+        product_count = len(prepared.product_ids) if rows else 0
+        scaling_rpcs = [rpc for rpc in SCALING_RPCS if rpc in chosen]
+        scaling = [] if options.no_scaling else measure_scaling(options, Path(tmp), scaling_rpcs)
 
     ceiling = rows[0]["throughput_per_s"] or 1.0
     for row in rows:
@@ -476,8 +566,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "worker_threads": WORKER_THREADS,
         },
         "results": rows,
+        "scaling": scaling,
     }
     table = markdown_table(rows)
+    if scaling:
+        table += (
+            f"\n\nWith worker processes (`serve --workers N`), callers on {SCALING_CHANNELS} "
+            "connections:\n\n" + scaling_table(scaling)
+        )
     stamp = started.strftime("%Y-%m-%dT%H%M%SZ")
     options.results_dir.mkdir(parents=True, exist_ok=True)
     (options.results_dir / f"{stamp}.json").write_text(json.dumps(report, indent=2) + "\n")

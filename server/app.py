@@ -37,6 +37,7 @@ from server.domain import (
     shipping,
     taxes,
     tokens,
+    work_leases,
 )
 from server.domain.page_tokens import PageTokenSigner
 from server.domain.passwords import PasswordHasher
@@ -68,9 +69,11 @@ log = logging.getLogger("storefront")
 
 MIN_PAGE_TOKEN_SECRET_BYTES = 32
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-# Expired keys already count as unused (see domain/idempotency.py): purging only keeps the table
-# small, so a pass every ten minutes is plenty.
-IDEMPOTENCY_PURGE_INTERVAL_SECONDS = 600.0
+# Expired keys and leases already count as unused (see domain/idempotency.py, work_leases.py):
+# purging only keeps the tables small, so a pass every ten minutes is plenty.
+PURGE_INTERVAL_SECONDS = 600.0
+# How long `storefront reconcile` (no interval of its own) holds what it works on.
+RECONCILE_COMMAND_LEASE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -233,6 +236,7 @@ def payment_reconciler(
                 gateway,
                 reconcile_after=dt.timedelta(seconds=settings.reconcile_after_seconds),
                 reservation_ttl=dt.timedelta(seconds=settings.reservation_ttl_seconds),
+                lease=reconcile_lease(settings),
             )
         if report.paid or report.failed or report.expired or report.refunds_succeeded:
             log.info(
@@ -247,14 +251,25 @@ def payment_reconciler(
     return Job("payment-reconciler", settings.reconcile_interval_seconds, run_once)
 
 
-def idempotency_key_purge(db: peewee.Database) -> Job[int]:
-    """The job deleting expired idempotency keys."""
+def reconcile_lease(settings: Settings) -> dt.timedelta:
+    """How long one process holds an order or a refund it reconciles: one pass interval."""
+    seconds = settings.reconcile_interval_seconds or RECONCILE_COMMAND_LEASE_SECONDS
+    return dt.timedelta(seconds=seconds)
+
+
+def expired_rows_purge(db: peewee.Database) -> Job[int]:
+    """The job deleting expired idempotency keys and work leases (one process per interval)."""
+    name = "expired-rows-purge"
 
     def run_once() -> int:
+        now = utcnow()
         with db.connection_context():
-            return idempotency.purge_expired(utcnow())
+            lease = dt.timedelta(seconds=PURGE_INTERVAL_SECONDS / 2)
+            if not work_leases.claim_pass(name, lease=lease, now=now):
+                return 0
+            return idempotency.purge_expired(now) + work_leases.purge_expired(now)
 
-    return Job("idempotency-key-purge", IDEMPOTENCY_PURGE_INTERVAL_SECONDS, run_once)
+    return Job(name, PURGE_INTERVAL_SECONDS, run_once)
 
 
 def load_page_token_secret(settings: Settings) -> bytes:
@@ -420,7 +435,7 @@ def create_app(settings: Settings) -> App:
     reconciler = payment_reconciler(settings, db, gateway)
     consumers: dict[str, outbox.Consumer] = {
         "product-cache": product_cache.on_committed,
-        "refunds": payment_jobs.refund_sender(gateway),
+        "refunds": payment_jobs.refund_sender(gateway, lease=reconcile_lease(settings)),
         "order-metrics": lambda event: commerce_metrics.observe_order_event(
             event.type, event.payload
         ),
@@ -442,6 +457,6 @@ def create_app(settings: Settings) -> App:
         token_service=token_service,
         rate_limit_metrics=RateLimitMetrics(metrics.registry),
         reconciler=reconciler,
-        jobs=(reconciler, idempotency_key_purge(db)),
+        jobs=(reconciler, expired_rows_purge(db)),
         consumers=consumers,
     )

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
+import itertools
+import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -40,36 +44,98 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
+class _FileTurn:
+    """An exclusive flock(2) on a file beside the database: the writer turn among processes.
+
+    Each process opens the file itself (a forked child reopens it): a descriptor inherited
+    across fork shares its lock with the parent. The kernel drops the lock of a process that
+    dies, so a killed writer never blocks the others.
+    """
+
+    # Waiting polls with short sleeps, doubling up to the last: a turn passes on within about a
+    # millisecond of its release, where SQLite's busy handler sleeps up to 100 ms.
+    _SLEEPS = (0.0002, 0.0005, 0.001, 0.002)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._pid = 0
+
+    def acquire(self, timeout: float) -> bool:
+        """Takes the turn; False if another process kept it for `timeout` seconds."""
+        fd = self._descriptor()
+        deadline = time.monotonic() + timeout
+        for attempt in itertools.count():
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(self._SLEEPS[min(attempt, len(self._SLEEPS) - 1)])
+        raise AssertionError("unreachable")
+
+    def release(self) -> None:
+        """Gives the turn back."""
+        if self._fd is not None and self._pid == os.getpid():
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _descriptor(self) -> int:
+        if self._fd is None or self._pid != os.getpid():
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._pid = os.getpid()
+        return self._fd
+
+
 class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
-    """Pooled SQLite whose write transactions queue on a lock in this process.
+    """Pooled SQLite whose write transactions take turns: on a lock in the process, then on a
+    file lock among processes (`serve --workers N`, the CLI beside a server).
 
     SQLite admits one writer; the others wait in its busy handler, which polls with sleeps of up
     to 100 ms, so under load a waiting writer often sleeps long after the lock came free (the
-    tail latency of checkouts). A threading.Lock hands the turn over at once. busy_timeout still
-    covers writers in other processes (a CLI command, a second server).
+    tail latency of checkouts; with several processes, throughput fell as processes were added).
+    A threading.Lock hands the turn over at once within a process; among processes only the one
+    thread holding it waits on the file lock, which passes on within a millisecond. A writer
+    that does not use this class (sqlite3 by hand) is still covered by busy_timeout.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._writer = threading.Lock()
         self._holding = threading.local()
+        path = str(self.database)
+        self._file_turn = _FileTurn(f"{path}-writer.lock") if path and path != ":memory:" else None
         # As long as SQLite's own busy timeout, and failing the same way, so that a writer stuck
         # for good cannot hang every other writer of the process.
         self.turn_timeout_seconds = SQLITE_BUSY_TIMEOUT_MS / 1000
 
+    def _take_turn(self) -> None:
+        """Waits for this process's turn, then for the turn among processes."""
+        deadline = time.monotonic() + self.turn_timeout_seconds
+        if not self._writer.acquire(timeout=self.turn_timeout_seconds):
+            raise peewee.OperationalError("database is locked")
+        if self._file_turn is not None and not self._file_turn.acquire(
+            max(0.0, deadline - time.monotonic())
+        ):
+            self._writer.release()
+            raise peewee.OperationalError("database is locked")
+        self._holding.held = True
+
     def _release_writer(self) -> None:
         if getattr(self._holding, "held", False):
             self._holding.held = False
-            self._writer.release()
+            try:
+                if self._file_turn is not None:
+                    self._file_turn.release()
+            finally:
+                self._writer.release()
 
     def begin(self, lock_type: str | None = None) -> None:
-        """Waits for this process's turn to write, then BEGINs (IMMEDIATE)."""
+        """Waits for the writer turn (see the class), then BEGINs (IMMEDIATE)."""
         if getattr(self._holding, "held", False):
             # A second BEGIN on this thread would wait for its own turn.
             raise peewee.OperationalError("a write transaction is already open on this thread")
-        if not self._writer.acquire(timeout=self.turn_timeout_seconds):
-            raise peewee.OperationalError("database is locked")
-        self._holding.held = True
+        self._take_turn()
         try:
             super().begin(lock_type)
         except BaseException:

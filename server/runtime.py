@@ -6,6 +6,7 @@ fork after `create_app` and before any gRPC object exists.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -13,12 +14,14 @@ import time
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+import peewee
 from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry, start_http_server
 
 from server.config import ConfigError
 from server.db import close_database, close_idle_connections, database_reachable
-from server.domain import outbox
+from server.domain import instances, outbox
+from server.jobs import Job
 
 if TYPE_CHECKING:
     from server.app import App, BuiltServer
@@ -58,6 +61,8 @@ class Runtime:
         self._stopped = threading.Event()
         self._watcher: threading.Thread | None = None
         self._subscriptions: list[outbox.Subscription] = []
+        self._instance_id: str | None = None
+        self._heartbeat: Job[None] | None = None
 
     @property
     def port(self) -> int:
@@ -76,6 +81,7 @@ class Runtime:
         """
         settings = self.app.settings
         self._built = self.app.build_server()
+        self._register_instance()
         self.set_serving(True)
         if settings.metrics_address:
             self._metrics_httpd = start_metrics_endpoint(
@@ -115,6 +121,7 @@ class Runtime:
         for job in self.app.jobs:
             # A pass in progress may be waiting on the payment provider; it is safe to abandon.
             job.join(timeout=grace + 1)
+        self._retire_instance()
         if self._metrics_httpd is not None:
             self._metrics_httpd.shutdown()
             self._metrics_httpd.server_close()
@@ -151,6 +158,32 @@ class Runtime:
         )
         for name in ("", *self.app.service_names):
             self.health.set(name, status)
+
+    def _register_instance(self) -> None:
+        """Registers this process as a live instance and keeps its heartbeat (domain/instances):
+        the claims it makes are taken over within seconds if it dies."""
+        db = self.app.db
+        with db.connection_context():
+            instance_id = instances.register()
+
+        def beat() -> None:
+            # While the database is down the health watch says so; a missed beat needs no line.
+            with contextlib.suppress(peewee.PeeweeException), db.connection_context():
+                instances.heartbeat(instance_id)
+
+        self._instance_id = instance_id
+        self._heartbeat = Job("instance-heartbeat", instances.HEARTBEAT_SECONDS, beat)
+        self._heartbeat.start()
+
+    def _retire_instance(self) -> None:
+        """Stops the heartbeat and deletes the instance, now that its calls have finished."""
+        if self._heartbeat is None or self._instance_id is None:
+            return
+        self._heartbeat.stop()
+        self._heartbeat.join(timeout=self.app.settings.health_check_seconds + 1)
+        # Best effort: an instance left behind is dead once its heartbeat is old.
+        with contextlib.suppress(Exception), self.app.db.connection_context():
+            instances.retire(self._instance_id)
 
     def _server(self) -> BuiltServer:
         if self._built is None:

@@ -22,8 +22,9 @@ of its own (the metrics child) rather than by a thread of the supervisor.
   period, in-flight calls finish, the pool closes); the metrics child stops after the last
   worker, so the final counts can still be scraped; the supervisor exits 0. A child still running
   STOP_MARGIN_SECONDS after drain and grace is killed. Workers get SIGTERM if the supervisor dies.
-- Background jobs run in worker 0 (and in its replacement) only, so each pass runs once at a
-  time; claims that let every process run them are a separate change.
+- Every worker runs the background jobs: what a pass works on is leased to one process at a
+  time (domain/work_leases.py), and each worker is a live instance (domain/instances.py) whose
+  idempotency claims are taken over within seconds if it is killed.
 - Metrics: prometheus_client's multiprocess mode. Every process writes its values to files in
   `<data dir>/metrics-multiproc` (emptied at start); the metrics child serves their sum with
   MultiProcessCollector under the same names as one process; a dead worker's live gauges are
@@ -344,7 +345,6 @@ class Supervisor:
             self.app,
             # The metrics child serves every worker's metrics.
             settings=dataclasses.replace(self.settings, metrics_address=""),
-            jobs=self.app.jobs if slot == 0 else (),
         )
         runtime = app.runtime
         try:

@@ -14,6 +14,7 @@ from typing import Any
 import peewee
 
 from server.db import database, utcnow
+from server.domain import instances
 from server.domain.commands import RequestKey
 from server.errors import Aborted, FailedPrecondition
 from server.models.idempotency_key import IdempotencyKey
@@ -29,8 +30,10 @@ from server.validation import Validator
 # - The response is stored in the same transaction as execute()'s own writes: either both commit
 #   or neither, so a crash between them can never make a retry apply the change twice.
 # - A claim is committed before execute() runs, so a concurrent duplicate finds it IN_FLIGHT
-#   (ABORTED, REQUEST_IN_FLIGHT) instead of running alongside it. A claim older than
-#   STALE_CLAIM_AFTER belongs to a call that died and may be taken over.
+#   (ABORTED, REQUEST_IN_FLIGHT) instead of running alongside it. A claim names the process
+#   instance that made it: once that instance is dead (instances.is_dead: killed, within
+#   seconds), the claim may be taken over. A claim older than STALE_CLAIM_AFTER (a hung call, or
+#   one made outside a serving process) may be taken over too.
 # - The same key with a different request (operation or fields) is FAILED_PRECONDITION,
 #   IDEMPOTENCY_KEY_REUSED, whether the first is done or in flight.
 # - Keys live KEY_TTL from their claim; expired keys count as unused and are purged now and then.
@@ -89,8 +92,19 @@ class Verdict(enum.Enum):
     TAKE_OVER = "take_over"  # expired, or a claim whose call died: claim it anew
 
 
-def judge(existing: IdempotencyKey, *, digest: str, now: dt.datetime) -> Verdict:
-    """Returns what a call with request hash `digest` does about the stored key `existing`."""
+def _never(owner: str) -> bool:
+    return False
+
+
+def judge(
+    existing: IdempotencyKey,
+    *,
+    digest: str,
+    now: dt.datetime,
+    is_dead: Callable[[str], bool] = _never,
+) -> Verdict:
+    """Returns what a call with request hash `digest` does about the stored key `existing`;
+    `is_dead(owner)` tells whether the instance that claimed it has died."""
     if existing.expire_time <= now:
         return Verdict.TAKE_OVER
     if existing.request_hash != digest:
@@ -98,6 +112,8 @@ def judge(existing: IdempotencyKey, *, digest: str, now: dt.datetime) -> Verdict
     if existing.state == DONE:
         return Verdict.REPLAY
     if existing.create_time <= now - STALE_CLAIM_AFTER:
+        return Verdict.TAKE_OVER
+    if existing.owner is not None and is_dead(existing.owner):
         return Verdict.TAKE_OVER
     return Verdict.IN_FLIGHT
 
@@ -219,6 +235,7 @@ def _claim(
     principal: str, key: str, operation: str, digest: str, now: dt.datetime
 ) -> Claim | bytes:
     """Claims the key in its own committed transaction; returns the claim or a stored response."""
+    owner = instances.current()
     for _ in range(_CLAIM_ATTEMPTS):
         with database.atomic():
             # The primary key decides a race between duplicates on both engines: one INSERT
@@ -233,6 +250,7 @@ def _claim(
                     response=None,
                     create_time=now,
                     expire_time=now + KEY_TTL,
+                    owner=owner,
                 )
                 .on_conflict_ignore()
                 .as_rowcount()
@@ -245,7 +263,12 @@ def _claim(
             )
             if existing is None:
                 continue  # a failed first call deleted its claim between the INSERT and the read
-            verdict = judge(existing, digest=digest, now=now)
+            verdict = judge(
+                existing,
+                digest=digest,
+                now=now,
+                is_dead=lambda claimant: instances.is_dead(claimant, now),
+            )
             if verdict is Verdict.REUSED:
                 raise key_reused()
             if verdict is Verdict.REPLAY:
@@ -265,6 +288,7 @@ def _claim(
                     response=None,
                     create_time=now,
                     expire_time=now + KEY_TTL,
+                    owner=owner,
                 )
                 .where(
                     (IdempotencyKey.principal == principal)

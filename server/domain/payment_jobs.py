@@ -13,6 +13,10 @@ change is a guarded transition, every provider call is keyed):
    that turns up is refunded in full.
 3. Refunds still PENDING (no answer, or the secret key was rejected) are sent again under their
    own keys, which never refunds twice, oldest attempt first.
+
+Every worker of every replica runs passes. Each order and each refund is leased (work_leases)
+to one process for `lease` (the pass interval) before the provider is asked about it, so in
+each interval it is asked once, whichever process asks.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import logging
 from dataclasses import dataclass, field
 
 from server.db import database, utcnow
-from server.domain import order_payments, orders, outbox
+from server.domain import order_payments, orders, outbox, work_leases
 from server.domain.orders import RefundStatus, State
 from server.models.order import Order, OrderRefund
 from server.payments import (
@@ -38,6 +42,10 @@ from server.payments import (
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 100
+# Lease kinds: an order's payment (pending or unresolved: asked about once per lease either way),
+# and a refund to send.
+PAYMENT_LEASE = "payment"
+REFUND_LEASE = "refund"
 # Provider answers that say "ask again later" rather than anything about the payment.
 _TRY_LATER = (PaymentOutcomeUnknown, PaymentProviderUnavailable)
 
@@ -60,14 +68,18 @@ def reconcile(
     *,
     reconcile_after: dt.timedelta,
     reservation_ttl: dt.timedelta,
+    lease: dt.timedelta,
     now: dt.datetime | None = None,
 ) -> Report:
-    """Runs one pass (see the module docstring); returns what it did."""
+    """Runs one pass (see the module docstring); returns what it did. What it works on is
+    leased to this process for `lease`."""
     now = now or utcnow()
     report = Report()
-    _settle_pending(gateway, report, now - reconcile_after, now - reservation_ttl)
-    _settle_unresolved(gateway, report, now - reservation_ttl)
-    deliver_refunds(gateway, report=report)
+    _settle_pending(gateway, report, now - reconcile_after, now - reservation_ttl, lease, now)
+    # Those the first step just failed were asked already in this pass.
+    asked = {*report.failed, *report.expired}
+    _settle_unresolved(gateway, report, now - reservation_ttl, lease, now, skip=asked)
+    deliver_refunds(gateway, lease=lease, report=report, now=now)
     return report
 
 
@@ -76,15 +88,21 @@ def _settle_pending(
     report: Report,
     attempted_before: dt.datetime,
     expire_before: dt.datetime,
+    lease: dt.timedelta,
+    now: dt.datetime,
 ) -> None:
-    pending = list(
+    pending = work_leases.claim(
+        PAYMENT_LEASE,
         Order.select(Order.id, Order.customer_id, Order.charge_attempt_time, Order.create_time)
         .where(
             (Order.state == State.PENDING_PAYMENT.value)
             & (Order.charge_attempt_time <= attempted_before)
         )
-        .order_by(Order.charge_attempt_time)
-        .limit(BATCH_SIZE)
+        .order_by(Order.charge_attempt_time),
+        Order.id,
+        lease=lease,
+        limit=BATCH_SIZE,
+        now=now,
     )
     for order in pending:
         try:
@@ -134,12 +152,27 @@ def _settle_one(
         report.failed.append(order.id)
 
 
-def _settle_unresolved(gateway: PaymentGateway, report: Report, expire_before: dt.datetime) -> None:
-    unresolved = list(
-        Order.select(Order.id, Order.create_time)
-        .where((Order.state == State.PAYMENT_FAILED.value) & Order.payment_unresolved)
-        .order_by(Order.update_time)
-        .limit(BATCH_SIZE)
+def _settle_unresolved(
+    gateway: PaymentGateway,
+    report: Report,
+    expire_before: dt.datetime,
+    lease: dt.timedelta,
+    now: dt.datetime,
+    *,
+    skip: set[str],
+) -> None:
+    candidates = Order.select(Order.id, Order.create_time).where(
+        (Order.state == State.PAYMENT_FAILED.value) & Order.payment_unresolved
+    )
+    if skip:
+        candidates = candidates.where(Order.id.not_in(sorted(skip)))
+    unresolved = work_leases.claim(
+        PAYMENT_LEASE,
+        candidates.order_by(Order.update_time),
+        Order.id,
+        lease=lease,
+        limit=BATCH_SIZE,
+        now=now,
     )
     for order in unresolved:
         try:
@@ -168,21 +201,27 @@ REFUND_OWED_EVENTS = frozenset(
 )
 
 
-def refund_sender(gateway: PaymentGateway) -> outbox.Consumer:
+def refund_sender(gateway: PaymentGateway, *, lease: dt.timedelta) -> outbox.Consumer:
     """Returns the outbox consumer that asks the provider for a refund as soon as it is owed
-    (the reconciler sends whatever this misses)."""
+    (the reconciler sends whatever this misses, once the lease is over)."""
 
     def send(event: outbox.Event) -> None:
         if event.type in REFUND_OWED_EVENTS:
-            deliver_refunds(gateway, order_id=event.aggregate_id)
+            deliver_refunds(gateway, lease=lease, order_id=event.aggregate_id)
 
     return send
 
 
 def deliver_refunds(
-    gateway: PaymentGateway, *, order_id: str | None = None, report: Report | None = None
+    gateway: PaymentGateway,
+    *,
+    lease: dt.timedelta,
+    order_id: str | None = None,
+    report: Report | None = None,
+    now: dt.datetime | None = None,
 ) -> Report:
-    """Sends the PENDING refunds (of one order, or the oldest BATCH_SIZE) to the provider."""
+    """Sends the PENDING refunds (of one order, or the oldest BATCH_SIZE) that no other process
+    holds to the provider."""
     report = report or Report()
     query = (
         OrderRefund.select(OrderRefund, Order)
@@ -192,7 +231,15 @@ def deliver_refunds(
     if order_id is not None:
         query = query.where(OrderRefund.order == order_id)
     # Oldest attempt first: a refund tried again goes behind the others.
-    for refund in list(query.order_by(OrderRefund.update_time).limit(BATCH_SIZE)):
+    leased = work_leases.claim(
+        REFUND_LEASE,
+        query.order_by(OrderRefund.update_time),
+        OrderRefund.id,
+        lease=lease,
+        limit=BATCH_SIZE,
+        now=now,
+    )
+    for refund in leased:
         try:
             _deliver(gateway, refund, report)
         except Exception:

@@ -18,6 +18,8 @@ class IdempotencyKey(BaseModel):
     response = peewee.BlobField(null=True)
     create_time = peewee.DateTimeField(default=utcnow)
     expire_time = peewee.DateTimeField()
+    # The process instance that claimed the key (None: claimed outside a serving process).
+    owner = peewee.CharField(max_length=36, null=True)
 
     class Meta:
         table_name = "idempotency_keys"

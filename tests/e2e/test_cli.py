@@ -289,7 +289,7 @@ def test_reconcile_without_a_provider_url_names_the_variable(tmp_path: Path) -> 
     )
 
 
-def _pending_order(db_path: Path, *, quantity: int) -> tuple[str, str]:
+def pending_order(db_path: Path, *, quantity: int) -> tuple[str, str]:
     """Puts a PENDING_PAYMENT order for `quantity` reserved units straight into the database, as
     a checkout whose charge answer was lost leaves it; returns (order id, product id)."""
     import datetime as dt
@@ -355,8 +355,8 @@ def test_reconcile_settles_a_lost_charge_answer_with_the_provider(tmp_path: Path
     from tests.fakes.payment_provider import SECRET_KEY, FakePaymentProvider
 
     assert storefront("migrate", env=cli_env(tmp_path)).returncode == 0
-    paid_id, paid_product = _pending_order(tmp_path / "storefront.db", quantity=2)
-    lost_id, lost_product = _pending_order(tmp_path / "storefront.db", quantity=1)
+    paid_id, paid_product = pending_order(tmp_path / "storefront.db", quantity=2)
+    lost_id, lost_product = pending_order(tmp_path / "storefront.db", quantity=1)
     secret = tmp_path / "payment.key"
     secret.write_text(SECRET_KEY + "\n")
     with FakePaymentProvider() as provider:

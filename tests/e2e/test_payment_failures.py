@@ -25,6 +25,7 @@ from storefront.v1 import order_pb2
 from storefront.v1 import order_service_pb2 as order_pb
 from storefront_client import RetryPolicy, StorefrontClient, error_info
 
+from server.app import reconcile_lease
 from server.db import utcnow
 from server.domain import orders, payment_jobs
 from server.domain.principal import Role
@@ -162,6 +163,7 @@ class Shop:
                 app.gateway,
                 reconcile_after=dt.timedelta(seconds=app.settings.reconcile_after_seconds),
                 reservation_ttl=dt.timedelta(seconds=app.settings.reservation_ttl_seconds),
+                lease=reconcile_lease(app.settings),
                 now=now,
             )
 

@@ -58,6 +58,7 @@ class _State:
     charges: dict[str, dict[str, Any]] = field(default_factory=dict)  # by charge id
     charge_by_key: dict[str, str] = field(default_factory=dict)  # Idempotency-Key -> charge id
     charges_created: collections.Counter[str] = field(default_factory=collections.Counter)
+    lookups: collections.Counter[str] = field(default_factory=collections.Counter)  # by key
     responses: dict[str, _Stored] = field(default_factory=dict)  # Idempotency-Key -> first answer
 
 
@@ -147,6 +148,11 @@ class FakePaymentProvider:
         """Returns how many charges were created under the Idempotency-Key `idempotency_key`."""
         with self._lock:
             return self._state.charges_created[idempotency_key]
+
+    def lookups(self) -> dict[str, int]:
+        """Returns how many times each charge Idempotency-Key was looked up (GET /v1/charges)."""
+        with self._lock:
+            return dict(self._state.lookups)
 
     def total_charges_created(self) -> int:
         """Returns how many charges were created under any key."""
@@ -263,6 +269,7 @@ class FakePaymentProvider:
 
     def _lookup(self, key: str) -> _Answer:
         with self._lock:
+            self._state.lookups[key] += 1
             charge_id = self._state.charge_by_key.get(key)
             data = [] if charge_id is None else [dict(self._state.charges[charge_id])]
         return _Answer(200, {"object": "list", "data": data})

@@ -56,6 +56,7 @@ ADDRESS = orders.Address("Ada Lovelace", "1 Main St", "", "Berlin", "", "10115",
 STAFF = Principal("staff-1", Role.STAFF, "token-staff")
 AFTER = dt.timedelta(seconds=60)
 TTL = dt.timedelta(seconds=900)
+LEASE = dt.timedelta(seconds=10)
 WAIT = 10.0  # seconds: a bound on waiting for another thread, never reached when all is well
 
 
@@ -168,7 +169,7 @@ def later(seconds: float = 3600) -> dt.datetime:
 
 def reconcile(provider: ScriptedProvider, now: dt.datetime | None = None) -> payment_jobs.Report:
     return payment_jobs.reconcile(
-        provider, reconcile_after=AFTER, reservation_ttl=TTL, now=now or later()
+        provider, reconcile_after=AFTER, reservation_ttl=TTL, lease=LEASE, now=now or later()
     )
 
 
@@ -423,14 +424,14 @@ def test_pending_refunds_are_retried_until_the_provider_confirms_them(
     refund_id = refund(order.id, 700)
     provider.down = True
     for attempt in (1, 2):
-        report = payment_jobs.deliver_refunds(provider, order_id=order.id)
+        report = payment_jobs.deliver_refunds(provider, lease=LEASE, order_id=order.id)
         assert (report.refunds_succeeded, report.still_pending) == ([], 1)
         [pending] = refunds_of(order.id)
         assert (pending.status, pending.attempts) == (RefundStatus.PENDING, attempt)
     assert current(order.id).refunded_minor == 700  # owed, whatever the provider says
 
     provider.down = False
-    report = payment_jobs.deliver_refunds(provider)
+    report = payment_jobs.deliver_refunds(provider, lease=LEASE)
     assert report.refunds_succeeded == [refund_id]
     [sent] = refunds_of(order.id)
     assert (sent.status, sent.attempts) == (RefundStatus.SUCCEEDED, 3)
@@ -438,7 +439,7 @@ def test_pending_refunds_are_retried_until_the_provider_confirms_them(
     assert events(order.id)[-2:] == ["REFUND_REQUESTED", "REFUND_SUCCEEDED"]
 
     # Nothing is pending any more; a repeat sends nothing.
-    assert payment_jobs.deliver_refunds(provider).refunds_succeeded == []
+    assert payment_jobs.deliver_refunds(provider, lease=LEASE).refunds_succeeded == []
     assert provider.sandbox.refunded_minor(str(order.charge_id)) == 700
 
 
@@ -448,11 +449,11 @@ def test_a_refund_sent_again_after_a_lost_answer_is_made_once(
     order = shipped_order(provider)
     refund(order.id, None)
     provider.lose_next_answers = 1  # the provider refunds, the answer never arrives
-    report = payment_jobs.deliver_refunds(provider, order_id=order.id)
+    report = payment_jobs.deliver_refunds(provider, lease=LEASE, order_id=order.id)
     assert report.still_pending == 1
     assert provider.sandbox.refunded_minor(str(order.charge_id)) == order.total_minor
 
-    report = payment_jobs.deliver_refunds(provider, order_id=order.id)
+    report = payment_jobs.deliver_refunds(provider, lease=LEASE, order_id=order.id)
     [sent] = refunds_of(order.id)
     assert report.refunds_succeeded == [sent.id]
     assert sent.status == RefundStatus.SUCCEEDED
@@ -462,7 +463,7 @@ def test_a_refund_sent_again_after_a_lost_answer_is_made_once(
     # Even recorded PENDING again (a crash before the answer was stored), it refunds nothing.
     first_id = sent.provider_refund_id
     OrderRefund.update(status=RefundStatus.PENDING.value).where(OrderRefund.id == sent.id).execute()
-    payment_jobs.deliver_refunds(provider, order_id=order.id)
+    payment_jobs.deliver_refunds(provider, lease=LEASE, order_id=order.id)
     [again] = refunds_of(order.id)
     assert (again.status, again.provider_refund_id) == (RefundStatus.SUCCEEDED, first_id)
     assert provider.sandbox.refunded_minor(str(order.charge_id)) == order.total_minor
@@ -474,7 +475,7 @@ def test_concurrent_deliveries_settle_a_refund_once(
     order = shipped_order(provider)
     refund_id = refund(order.id, 500)
     reports = run_concurrently(
-        db, [lambda: payment_jobs.deliver_refunds(provider, order_id=order.id)] * 4
+        db, [lambda: payment_jobs.deliver_refunds(provider, lease=LEASE, order_id=order.id)] * 4
     )
     succeeded = [r for report in reports for r in report.refunds_succeeded]  # type: ignore[union-attr]
     assert succeeded == [refund_id]
@@ -490,7 +491,7 @@ def test_a_refund_the_provider_refuses_is_failed_and_not_retried(
     # Someone refunded part of the charge at the provider, outside storefront.
     provider.sandbox.refund(idempotency_key="dashboard-1", charge_id=charge_id, amount_minor=100)
     refund(order.id, None)  # everything: more than the provider has left
-    report = payment_jobs.deliver_refunds(provider)
+    report = payment_jobs.deliver_refunds(provider, lease=LEASE)
     [refused] = refunds_of(order.id)
     assert report.refunds_failed == [refused.id]
     assert refused.status == RefundStatus.FAILED
@@ -501,7 +502,7 @@ def test_a_refund_the_provider_refuses_is_failed_and_not_retried(
     assert current(order.id).state == State.PARTIALLY_REFUNDED
     note = OrderEvent.select().where(OrderEvent.order == order.id).order_by(OrderEvent.id)[-1].note
     assert note.endswith("refused by the payment provider")  # the provider's words stay in the log
-    assert payment_jobs.deliver_refunds(provider).refunds_failed == []
+    assert payment_jobs.deliver_refunds(provider, lease=LEASE).refunds_failed == []
     assert provider.sandbox.refunded_minor(charge_id) == 100
 
 
@@ -511,14 +512,14 @@ def test_a_refund_refused_for_the_secret_key_stays_owed(
     order = shipped_order(provider)
     refund_id = refund(order.id, 300)
     provider.rejects_credentials = True  # configuration, not an answer about this refund
-    report = payment_jobs.deliver_refunds(provider)
+    report = payment_jobs.deliver_refunds(provider, lease=LEASE)
     assert (report.refunds_failed, report.still_pending) == ([], 1)
     [owed] = refunds_of(order.id)
     assert (owed.status, owed.attempts) == (RefundStatus.PENDING, 1)
     assert current(order.id).refunded_minor == 300
 
     provider.rejects_credentials = False  # the key file is mended
-    assert payment_jobs.deliver_refunds(provider).refunds_succeeded == [refund_id]
+    assert payment_jobs.deliver_refunds(provider, lease=LEASE).refunds_succeeded == [refund_id]
     assert provider.sandbox.refunded_minor(str(order.charge_id)) == 300
 
 
@@ -544,7 +545,7 @@ def test_an_order_that_cannot_be_resolved_does_not_stop_the_pass(
     cancelled = shipped_order(provider)  # placed while the provider was up
     provider.down = True
     refund_id = refund(cancelled.id, None)
-    payment_jobs.deliver_refunds(provider)
+    payment_jobs.deliver_refunds(provider, lease=LEASE)
     provider.down = False
 
     report = reconcile(provider)
@@ -555,7 +556,7 @@ def test_an_order_that_cannot_be_resolved_does_not_stop_the_pass(
 @pytest.fixture
 def refunds_sent_at_commit(provider: ScriptedProvider) -> Iterator[None]:
     """Wires the outbox's refund consumer to the provider, as the server does."""
-    subscription = outbox.subscribe("refunds", payment_jobs.refund_sender(provider))
+    subscription = outbox.subscribe("refunds", payment_jobs.refund_sender(provider, lease=LEASE))
     yield
     outbox.unsubscribe(subscription)
 
@@ -726,7 +727,7 @@ def test_a_refund_the_provider_rejects_as_a_request_is_failed(
     order = shipped_order(provider)
     refund(order.id, 300)
     provider.refuses_requests = True  # e.g. HTTP 400 for the refund itself
-    report = payment_jobs.deliver_refunds(provider)
+    report = payment_jobs.deliver_refunds(provider, lease=LEASE)
     [refused] = refunds_of(order.id)
     assert (report.refunds_failed, refused.status) == ([refused.id], RefundStatus.FAILED)
     assert current(order.id).refunded_minor == 0
@@ -769,7 +770,7 @@ def test_a_sequence_of_refunds_never_exceeds_the_capture(
         if 0 < owed < captured:
             expected = State.PARTIALLY_REFUNDED
         assert now.state == expected
-    payment_jobs.deliver_refunds(provider, order_id=order.id)
+    payment_jobs.deliver_refunds(provider, lease=LEASE, order_id=order.id)
     assert provider.sandbox.refunded_minor(str(order.charge_id)) == owed
 
 

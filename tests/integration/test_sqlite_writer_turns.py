@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -115,3 +118,69 @@ def test_a_second_begin_on_one_thread_fails_at_once(sqlite: peewee.Database) -> 
         sqlite.execute_sql("UPDATE counter SET n = n + 1 WHERE id = 1")
     _increment(sqlite)  # the first transaction's turn was given back
     assert _count(sqlite) == 2
+
+
+# A second process: counts how long it waited for its turn, then increments (see _increment).
+_OTHER_PROCESS = """
+import sys, time
+from server import db as dbmod
+db = dbmod.connect_url("sqlite:///" + sys.argv[1], pool_size=1)
+db.turn_timeout_seconds = float(sys.argv[2])
+started = time.monotonic()
+try:
+    with db.connection_context(), db.atomic():
+        waited = time.monotonic() - started
+        n = db.execute_sql("SELECT n FROM counter WHERE id = 1").fetchone()[0]
+        db.execute_sql("UPDATE counter SET n = ? WHERE id = 1", (n + 1,))
+except Exception as exc:
+    print("refused", exc)
+else:
+    print("waited", waited)
+"""
+
+
+def _other_process(db: peewee.Database, timeout: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _OTHER_PROCESS, str(db.database), str(timeout)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_the_turn_is_shared_with_other_processes(sqlite: peewee.Database) -> None:
+    """Another process waits on the turn file, not in SQLite's busy handler: it fails the same
+    way after its own timeout, and gets the turn once this transaction ends."""
+    with sqlite.connection_context(), sqlite.atomic():
+        sqlite.execute_sql("UPDATE counter SET n = n + 1 WHERE id = 1")
+        refused = _other_process(sqlite, 0.3)
+        assert refused.communicate(timeout=30)[0].startswith("refused database is locked")
+        waiting = _other_process(sqlite, 30)
+        time.sleep(0.5)  # it is waiting for the turn now (or still starting up)
+    out = waiting.communicate(timeout=30)[0]
+    assert out.startswith("waited"), out
+    assert _count(sqlite) == 2
+    assert Path(f"{sqlite.database}-writer.lock").exists()
+
+
+def test_a_killed_holder_of_the_turn_does_not_block_the_others(sqlite: peewee.Database) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from server import db as dbmod\n"
+            "db = dbmod.connect_url('sqlite:///' + sys.argv[1], pool_size=1)\n"
+            "with db.connection_context(), db.atomic():\n"
+            "    db.execute_sql('UPDATE counter SET n = 100 WHERE id = 1')\n"
+            "    print('holding', flush=True)\n"
+            "    time.sleep(60)\n",
+            str(sqlite.database),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+    holder.kill()
+    holder.wait(timeout=30)
+    _increment(sqlite)  # the kernel released the dead process's turn; its write rolled back
+    assert _count(sqlite) == 1

@@ -51,7 +51,11 @@ def test_the_request_hash_separates_operations_and_requests() -> None:
 
 
 def _stored(
-    *, state: str, digest: str = "h", claimed: dt.timedelta = dt.timedelta(0)
+    *,
+    state: str,
+    digest: str = "h",
+    claimed: dt.timedelta = dt.timedelta(0),
+    owner: str | None = None,
 ) -> IdempotencyKey:
     create_time = NOW - claimed
     return IdempotencyKey(
@@ -63,6 +67,7 @@ def _stored(
         response=b"r" if state == DONE else None,
         create_time=create_time,
         expire_time=create_time + KEY_TTL,
+        owner=owner,
     )
 
 
@@ -93,3 +98,22 @@ def test_what_a_stored_key_means_for_a_new_call(
     stored: IdempotencyKey, digest: str, verdict: Verdict
 ) -> None:
     assert idempotency.judge(stored, digest=digest, now=NOW) is verdict
+
+
+@pytest.mark.parametrize(
+    ("stored", "digest", "dead", "verdict"),
+    [
+        # A fresh claim whose process died is taken over at once...
+        (_stored(state=IN_FLIGHT, owner="a"), "h", {"a"}, Verdict.TAKE_OVER),
+        # ...not while it lives, nor when it names no process (claimed outside a server).
+        (_stored(state=IN_FLIGHT, owner="a"), "h", {"b"}, Verdict.IN_FLIGHT),
+        (_stored(state=IN_FLIGHT), "h", {"a"}, Verdict.IN_FLIGHT),
+        # A dead owner changes nothing about a done key or a reused one.
+        (_stored(state=DONE, owner="a"), "h", {"a"}, Verdict.REPLAY),
+        (_stored(state=IN_FLIGHT, owner="a"), "other", {"a"}, Verdict.REUSED),
+    ],
+)
+def test_a_claim_of_a_dead_process_is_taken_over(
+    stored: IdempotencyKey, digest: str, dead: set[str], verdict: Verdict
+) -> None:
+    assert idempotency.judge(stored, digest=digest, now=NOW, is_dead=dead.__contains__) is verdict
