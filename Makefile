@@ -70,7 +70,7 @@ lint: $(STAMP)
 	fi
 
 typecheck: $(STAMP)
-	$(BIN)/mypy server clients/python tests bench
+	$(BIN)/mypy server clients/python tests bench deploy
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

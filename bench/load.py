@@ -60,8 +60,11 @@ class Workload:
     authenticated: bool = False
     # Builds each request afresh (e.g. with a new request_id) instead of choosing from `requests`.
     make_request: Callable[[], bytes] | None = None
-    # An unmeasured call (method, request) each caller makes before every measured one.
-    before_each: tuple[str, bytes] | None = None
+    # An unmeasured call (method, requests) each caller makes before every measured one; caller i
+    # sends requests[i modulo their number].
+    before_each: tuple[str, list[bytes]] | None = None
+    # Caller i always sends requests[i modulo their number] instead of a random one.
+    per_caller: bool = False
 
 
 def place_order_request() -> bytes:
@@ -80,8 +83,12 @@ def place_order_request() -> bytes:
     ).SerializeToString()
 
 
-def workloads(product_ids: list[str]) -> dict[str, Callable[[], Workload]]:
-    """Returns how to build each workload, by the name used on the command line."""
+def workloads(
+    product_ids: list[str], *, per_caller: bool = False
+) -> dict[str, Callable[[], Workload]]:
+    """Returns how to build each workload, by the name used on the command line. With
+    `per_caller`, caller i reads (GetProduct) or buys (PlaceOrder) product i (modulo their
+    number) only, so that checkouts do not all queue on one stock row."""
     identity = "/storefront.v1.IdentityService/"
     catalog = "/storefront.v1.CatalogService/"
     checkout = "/storefront.v1.CheckoutService/"
@@ -105,6 +112,7 @@ def workloads(product_ids: list[str]) -> dict[str, Callable[[], Workload]]:
                 catalog_service_pb2.GetProductRequest(product_id=pid).SerializeToString()
                 for pid in ids
             ],
+            per_caller=per_caller,
         ),
         "ListProducts": lambda: Workload(
             catalog + "ListProducts",
@@ -117,8 +125,9 @@ def workloads(product_ids: list[str]) -> dict[str, Callable[[], Workload]]:
                 for q in SEARCH_QUERIES
             ],
         ),
-        # Each call checks out one unit of the first product; the caller's AddCartItem that
-        # fills the cart again is not timed, but its server CPU is in the per-call figure.
+        # Each call checks out one unit of the first product (or the caller's own); the caller's
+        # AddCartItem that fills the cart again is not timed, but its server CPU is in the
+        # per-call figure.
         "PlaceOrder": lambda: Workload(
             checkout + "PlaceOrder",
             [],
@@ -126,9 +135,12 @@ def workloads(product_ids: list[str]) -> dict[str, Callable[[], Workload]]:
             make_request=place_order_request,
             before_each=(
                 cart + "AddCartItem",
-                cart_service_pb2.AddCartItemRequest(
-                    product_id=ids[0], quantity=1
-                ).SerializeToString(),
+                [
+                    cart_service_pb2.AddCartItemRequest(
+                        product_id=pid, quantity=1
+                    ).SerializeToString()
+                    for pid in (ids if per_caller else ids[:1])
+                ],
             ),
         ),
     }
@@ -189,15 +201,21 @@ async def run(args: argparse.Namespace, workload: Workload) -> dict[str, Any]:
         start = loop.time() + args.warmup
         end = start + args.duration
 
-        async def caller(channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
+        async def caller(index: int) -> None:
+            channel = channels[index % len(channels)]
+            metadata = callers_metadata[index % len(callers_metadata)]
             # No (de)serialisers: the requests are bytes already and responses stay bytes.
             call = channel.unary_unary(workload.method)
-            prepare = channel.unary_unary(workload.before_each[0]) if workload.before_each else None
+            prepare, preparation = None, b""
+            if workload.before_each is not None:
+                prepare = channel.unary_unary(workload.before_each[0])
+                preparation = workload.before_each[1][index % len(workload.before_each[1])]
+            own = workload.requests[index % len(workload.requests)] if workload.per_caller else None
             while loop.time() < end:
-                if prepare is not None and workload.before_each is not None:
+                if prepare is not None:
                     try:
                         await prepare(
-                            workload.before_each[1],
+                            preparation,
                             metadata=metadata,
                             timeout=CALL_TIMEOUT_SECONDS,
                         )
@@ -210,6 +228,8 @@ async def run(args: argparse.Namespace, workload: Workload) -> dict[str, Any]:
                         continue
                 if workload.make_request is not None:
                     request = workload.make_request()
+                elif own is not None:
+                    request = own
                 else:
                     request = rng.choice(workload.requests)
                 began = loop.time()
@@ -226,31 +246,28 @@ async def run(args: argparse.Namespace, workload: Workload) -> dict[str, Any]:
                     else:
                         tally.errors[code] += 1
 
-        async def clock() -> tuple[float, float, float, float]:
+        def cpu_now() -> tuple[float, float, float]:
+            return (
+                processes_cpu_seconds(args.server_pids),
+                processes_cpu_seconds(args.proxy_pids),
+                time.process_time(),
+            )
+
+        async def clock() -> tuple[float, float, float]:
             await asyncio.sleep(max(0.0, start - loop.time()))
-            server_before = processes_cpu_seconds(args.server_pids)
-            client_before = time.process_time()
+            before = cpu_now()
             await asyncio.sleep(max(0.0, end - loop.time()))
-            server_after = processes_cpu_seconds(args.server_pids)
-            client_after = time.process_time()
-            return server_before, server_after, client_before, client_after
+            after = cpu_now()
+            server, proxy, client = (b - a for a, b in zip(before, after, strict=True))
+            return server, proxy, client
 
         measured = asyncio.create_task(clock())
-        await asyncio.gather(
-            *(
-                caller(
-                    channels[index % len(channels)],
-                    callers_metadata[index % len(callers_metadata)],
-                )
-                for index in range(args.concurrency)
-            )
-        )
-        server_before, server_after, client_before, client_after = await measured
+        await asyncio.gather(*(caller(index) for index in range(args.concurrency)))
+        server_cpu, proxy_cpu, client_cpu = await measured
 
     latencies = sorted(tally.latencies)
     calls = len(latencies)
     errors = sum(tally.errors.values())
-    server_cpu = server_after - server_before
     return {
         "rpc": args.rpc,
         "method": workload.method,
@@ -268,7 +285,8 @@ async def run(args: argparse.Namespace, workload: Workload) -> dict[str, Any]:
         "server_cpu_s": server_cpu,
         "server_cpu_ms_per_call": server_cpu * 1000 / (calls + errors) if calls + errors else None,
         "server_cpu_utilisation": server_cpu / args.duration,
-        "client_cpu_utilisation": (client_after - client_before) / args.duration,
+        "proxy_cpu_utilisation": proxy_cpu / args.duration,
+        "client_cpu_utilisation": client_cpu / args.duration,
     }
 
 
@@ -283,15 +301,26 @@ def main() -> int:
         required=True,
         help="the server's processes to measure, comma-separated",
     )
+    parser.add_argument(
+        "--proxy-pids",
+        type=lambda text: [int(pid) for pid in text.split(",") if pid],
+        default=[],
+        help="a load balancer's processes between us and the server, measured apart",
+    )
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--channels", type=int, default=1, help="connections to spread over")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
     parser.add_argument("--product-ids", type=Path, help="file with one product id per line")
     parser.add_argument("--seed", type=int, default=1, help="random seed choosing requests")
+    parser.add_argument(
+        "--product-per-caller",
+        action="store_true",
+        help="caller i reads or buys product i of --product-ids only (modulo their number)",
+    )
     args = parser.parse_args()
     product_ids = args.product_ids.read_text().split() if args.product_ids else []
-    workload = workloads(product_ids)[args.rpc]()
+    workload = workloads(product_ids, per_caller=args.product_per_caller)[args.rpc]()
     result = asyncio.run(run(args, workload))
     json.dump(result, sys.stdout)
     print()

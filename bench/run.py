@@ -37,6 +37,8 @@ from storefront.v1 import catalog_service_pb2, inventory_service_pb2
 from storefront_client import StorefrontClient
 
 BENCH = Path(__file__).resolve().parent
+if __package__ in (None, ""):  # run as a file (make bench): make `bench` and `deploy` importable
+    sys.path.insert(0, str(BENCH.parent))
 ROOT = BENCH.parent
 STOREFRONT = Path(sys.executable).with_name("storefront")
 SQLITE, POSTGRES = "sqlite", "postgres"
@@ -239,20 +241,21 @@ class Prepared:
     product_ids: list[str]
 
 
-def prepare(target: str, data_dir: Path, customers: int) -> Prepared:
-    """Signs in the demo admin, stocks the first product for checkouts and registers one
-    customer per caller (each with their own cart)."""
+def prepare(target: str, data_dir: Path, customers: int, stocked: int = 1) -> Prepared:
+    """Signs in the demo admin, stocks the first `stocked` products for checkouts and registers
+    one customer per caller (each with their own cart)."""
     with StorefrontClient(target) as admin:
         admin.login(*demo_admin(data_dir))
         product_ids = seeded_product_ids(admin)
-        admin.inventory.AdjustStock(
-            inventory_service_pb2.AdjustStockRequest(
-                product_id=product_ids[0],
-                delta=CHECKOUT_STOCK,
-                reason="bench checkouts",
-                request_id=str(uuid.uuid4()),
+        for product_id in product_ids[:stocked]:
+            admin.inventory.AdjustStock(
+                inventory_service_pb2.AdjustStockRequest(
+                    product_id=product_id,
+                    delta=CHECKOUT_STOCK,
+                    reason="bench checkouts",
+                    request_id=str(uuid.uuid4()),
+                )
             )
-        )
         session = admin.session
         assert session is not None
         admin_token = session.access_token
@@ -331,14 +334,19 @@ def measure(
     prefix: list[str],
     rpc: str,
     target: str,
-    server_pid: int,
+    server_pid: int | Sequence[int],
     options: argparse.Namespace,
     ids_file: Path,
     token: str,
     channels: int = 1,
+    *,
+    proxy_pids: Sequence[int] = (),
+    product_per_caller: bool = False,
 ) -> dict[str, Any]:
-    """Runs bench/load.py for one RPC and returns its figures plus the server's peak RSS (of
-    its biggest process, with several)."""
+    """Runs bench/load.py for one RPC against the server process (or several: replicas) and
+    returns its figures plus the peak RSS of the biggest server process."""
+    servers = [server_pid] if isinstance(server_pid, int) else list(server_pid)
+    measured = [member for pid in servers for member in process_tree(pid)]
     result = subprocess.run(
         [
             *prefix,
@@ -346,12 +354,14 @@ def measure(
             str(BENCH / "load.py"),
             f"--target={target}",
             f"--rpc={rpc}",
-            f"--server-pids={','.join(map(str, process_tree(server_pid)))}",
+            f"--server-pids={','.join(map(str, measured))}",
+            f"--proxy-pids={','.join(map(str, proxy_pids))}",
             f"--channels={channels}",
             f"--concurrency={options.concurrency}",
             f"--duration={options.duration}",
             f"--warmup={options.warmup}",
             f"--product-ids={ids_file}",
+            *(["--product-per-caller"] if product_per_caller else []),
         ],
         env={**os.environ, "BENCH_ACCESS_TOKEN": token},
         capture_output=True,
@@ -361,7 +371,7 @@ def measure(
     if result.returncode != 0:
         sys.exit(f"bench: load.py --rpc={rpc} failed:\n{result.stderr}")
     figures: dict[str, Any] = json.loads(result.stdout)
-    figures["server_peak_rss_mib"] = peak_rss_mib(server_pid)
+    figures["server_peak_rss_mib"] = max(peak_rss_mib(pid) for pid in servers)
     return figures
 
 
@@ -452,6 +462,28 @@ def scaling_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def measure_replicas(options: argparse.Namespace, chosen: set[str]) -> list[dict[str, Any]]:
+    """The 1 vs 3 replicas behind nginx rows (bench/cluster_bench.py), or none where they are
+    not wanted or cannot run (no nginx, no PostgreSQL)."""
+    from bench.cluster_bench import RPCS as REPLICA_RPCS
+    from bench.cluster_bench import cluster_rows
+    from deploy import cluster
+
+    rpcs = [rpc for rpc in REPLICA_RPCS if rpc in chosen]
+    if options.no_replicas or options.no_postgres or not rpcs:
+        return []
+    if cluster.nginx_executable() is None:
+        print("bench: no nginx, so no replica rows (Debian: nginx-light)", file=sys.stderr)
+        return []
+    return cluster_rows(
+        postgres_url=options.postgres_url,
+        concurrency=options.concurrency,
+        duration=options.duration,
+        warmup=options.warmup,
+        rpcs=rpcs,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the benchmark and writes its results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -474,6 +506,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL rows")
     parser.add_argument("--no-scaling", action="store_true", help="skip the --workers 1 vs 2 table")
+    parser.add_argument(
+        "--no-replicas",
+        action="store_true",
+        help="skip the 1 vs 3 replicas behind nginx table (skipped anyway without nginx)",
+    )
     parser.add_argument("--results-dir", type=Path, default=BENCH / "results")
     options = parser.parse_args(argv)
     chosen = {"echo", *(options.rpc or [name for name, _, _ in RPCS])}
@@ -537,6 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         product_count = len(prepared.product_ids) if rows else 0
         scaling_rpcs = [rpc for rpc in SCALING_RPCS if rpc in chosen]
         scaling = [] if options.no_scaling else measure_scaling(options, Path(tmp), scaling_rpcs)
+    replicas = measure_replicas(options, chosen)
 
     ceiling = rows[0]["throughput_per_s"] or 1.0
     for row in rows:
@@ -567,12 +605,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "results": rows,
         "scaling": scaling,
+        "replicas": replicas,
     }
     table = markdown_table(rows)
     if scaling:
         table += (
             f"\n\nWith worker processes (`serve --workers N`), callers on {SCALING_CHANNELS} "
             "connections:\n\n" + scaling_table(scaling)
+        )
+    if replicas:
+        from bench.cluster_bench import markdown_table as replicas_table
+
+        table += (
+            "\n\nReplicas on PostgreSQL behind nginx (deploy/cluster.py), not pinned, a product "
+            "per caller:\n\n" + replicas_table(replicas)
         )
     stamp = started.strftime("%Y-%m-%dT%H%M%SZ")
     options.results_dir.mkdir(parents=True, exist_ok=True)
