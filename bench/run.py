@@ -465,12 +465,14 @@ def scaling_table(rows: list[dict[str, Any]]) -> str:
 def measure_replicas(options: argparse.Namespace, chosen: set[str]) -> list[dict[str, Any]]:
     """The 1 vs 3 replicas behind nginx rows (bench/cluster_bench.py), or none where they are
     not wanted or cannot run (no nginx, no PostgreSQL)."""
+    if options.no_replicas or options.no_postgres:
+        return []
     from bench.cluster_bench import RPCS as REPLICA_RPCS
     from bench.cluster_bench import cluster_rows
     from deploy import cluster
 
     rpcs = [rpc for rpc in REPLICA_RPCS if rpc in chosen]
-    if options.no_replicas or options.no_postgres or not rpcs:
+    if not rpcs:
         return []
     if cluster.nginx_executable() is None:
         print("bench: no nginx, so no replica rows (Debian: nginx-light)", file=sys.stderr)
