@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PROTO_FILES := $(shell find protos/storefront -name '*.proto' | sort)
 GEN_PY := generated/python
 
-.PHONY: help venv generate check-generated lint format typecheck test test-fast fuzz run migrate bench cluster clean
+.PHONY: help venv generate check-generated lint format typecheck test test-fast fuzz run migrate bench profile cluster clean
 
 help:
 	@echo "make run     - serve gRPC on 127.0.0.1:50051 (SQLite in ./var), metrics on :9464"
@@ -101,6 +101,11 @@ run: $(STAMP)
 # "Benchmarks"); BENCH_ARGS="--duration 5 --rpc GetProduct" and so on, see bench/run.py --help.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# Where each RPC spends the server's CPU (py-spy samples under the bench load; docs/performance.md);
+# PROFILE_ARGS="--rpc GetProduct --output var/profiles" and so on, see bench/profile.py --help.
+profile: $(STAMP)
+	$(BIN)/python bench/profile.py $(PROFILE_ARGS)
 
 # Three replicas on the local PostgreSQL behind nginx (grpc_pass), until Ctrl-C; see deploy/README.md.
 cluster: $(STAMP)
