@@ -44,6 +44,7 @@ from server.domain.passwords import PasswordHasher
 from server.domain.product_cache import ProductCache
 from server.domain.sessions import SessionPolicy
 from server.interceptors.auth import AccessRule, AuthInterceptor, access_rules
+from server.interceptors.chain import InterceptorChain
 from server.interceptors.client_address import parse_networks
 from server.interceptors.db_scope import DatabaseScopeInterceptor
 from server.interceptors.errors import ErrorInterceptor
@@ -157,7 +158,8 @@ class App:
             futures.ThreadPoolExecutor(
                 max_workers=settings.worker_threads, thread_name_prefix="rpc"
             ),
-            interceptors=interceptors,
+            # One interceptor: each method's handler is composed once (chain.py).
+            interceptors=[InterceptorChain(interceptors)],
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             options=[
                 # Off in one process: a second server on the same port must fail, not silently

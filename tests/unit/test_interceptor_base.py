@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
+from typing import Any
 
 import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
 from server.interceptors.base import MethodInfo, ScopeInterceptor
+from server.interceptors.chain import InterceptorChain
 from server.interceptors.metrics import MetricsInterceptor, ServerMetrics
 
 SERVICE = "test.v1.Echo"
@@ -115,3 +117,61 @@ def test_request_streams_are_counted_per_message(echo) -> None:
     assert counted(metrics, "grpc_server_msg_received_total", "client_stream", "ClientStream") == 2
     assert counted(metrics, "grpc_server_msg_received_total", "bidi_stream", "Bidi") == 3
     assert counted(metrics, "grpc_server_msg_sent_total", "bidi_stream", "Bidi") == 3
+
+
+class Counting(Recorder):
+    """A Recorder that also counts how often grpc asks it to wrap a handler."""
+
+    def __init__(self, events: list[str], name: str) -> None:
+        super().__init__(events)
+        self.name = name
+        self.wraps = 0
+
+    def intercept_service(
+        self, continuation: Callable[[Any], Any], handler_call_details: Any
+    ) -> Any:
+        self.wraps += 1
+        return super().intercept_service(continuation, handler_call_details)
+
+    @contextlib.contextmanager
+    def scope(self, method: MethodInfo, context: grpc.ServicerContext) -> Iterator[None]:
+        self.events.append(f"{self.name} in")
+        try:
+            yield
+        finally:
+            self.events.append(f"{self.name} out")
+
+
+def test_the_chain_composes_each_method_once_and_keeps_the_order() -> None:
+    events: list[str] = []
+    outer, inner = Counting(events, "outer"), Counting(events, "inner")
+
+    def unary(request: bytes, context: object) -> bytes:
+        events.append("handler")
+        return request
+
+    handlers = {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "Other": grpc.unary_unary_rpc_method_handler(unary),
+    }
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2),
+        interceptors=[InterceptorChain([outer, inner])],
+    )
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            for method in ("Unary", "Unary", "Unary", "Other"):
+                assert channel.unary_unary(f"/{SERVICE}/{method}")(b"x", timeout=5) == b"x"
+            with pytest.raises(grpc.RpcError) as unknown:
+                channel.unary_unary(f"/{SERVICE}/Missing")(b"x", timeout=5)
+    finally:
+        server.stop(0)
+
+    assert unknown.value.code() is grpc.StatusCode.UNIMPLEMENTED
+    # Wrapped once per method (Unary, Other; an unknown one has nothing to wrap), but run around
+    # every call, the first interceptor outermost.
+    assert (outer.wraps, inner.wraps) == (2, 2)
+    assert events == ["outer in", "inner in", "handler", "inner out", "outer out"] * 4
