@@ -2,11 +2,11 @@
 
 For each --rpc, as `make bench` does: a fresh SQLite database (or a throwaway PostgreSQL one with
 --postgres), migrated and seeded, `storefront serve` with its default settings, 32 callers for
-2 s + 10 s, while py-spy (a dev dependency) samples the server's threads that are not idle.
+2 s + 10 s, while py-spy (a dev dependency) samples the thread holding the GIL (`--gil`).
 Prints per RPC the calls/s and CPU per call of that run, the samples by layer (the file of the
 innermost Python frame: our interceptors, servicers, domain, models; grpc's Python runtime;
 Peewee; sqlite3; protobuf; PyJWT; logging; prometheus_client; ...), the share spent inside the
-servicer (a `server/services/` frame on the stack) against the plumbing around it, and the
+servicer (a `...Servicer.` frame on the stack) against the plumbing around it, and the
 functions with the most samples of their own. `--output DIR` keeps py-spy's collapsed stacks
 (flame graphs: `py-spy`'s speedscope or any collapsed-stack viewer). The figures are for
 docs/performance.md; sampling slows the server a little, so `make bench` stays the judge.
@@ -35,21 +35,21 @@ from bench.run import RPCS, measure, postgres_database, prepare, storefront_serv
 PY_SPY = Path(sys.executable).with_name("py-spy")
 # (layer, a pattern of the frame's file); the first that matches names the layer.
 LAYERS = (
-    ("interceptors", r"server/interceptors/"),
-    ("servicers + converters", r"server/services/"),
+    ("interceptors", r"server/interceptors/|(^|/)contextlib\.py"),
+    ("servicers + converters", r"(^|/)\w+_service\.py$|(^|/)converters\.py$"),
     ("domain", r"server/domain/"),
     ("models", r"server/models/"),
-    ("storefront, other", r"/server/"),
-    ("grpc (Python runtime)", r"/grpc/"),
-    ("protobuf", r"google/protobuf"),
-    ("peewee", r"peewee"),
-    ("sqlite3", r"sqlite3"),
-    ("psycopg", r"psycopg"),
-    ("PyJWT + cryptography", r"/jwt/|cryptography"),
-    ("logging + json", r"/logging/|/json/"),
-    ("prometheus_client", r"prometheus_client"),
-    ("limits", r"/limits/"),
-    ("thread pool + threading", r"concurrent/futures|threading\.py"),
+    ("storefront, other", r"(^|/)server/"),
+    ("grpc (Python runtime)", r"(^|/)grpc/"),
+    ("protobuf", r"(^|/)(google/)?protobuf/"),
+    ("peewee", r"(^|/)(peewee|playhouse)"),
+    ("sqlite3", r"(^|/)sqlite3/"),
+    ("psycopg", r"(^|/)psycopg"),
+    ("PyJWT + cryptography", r"(^|/)(jwt|cryptography)/"),
+    ("logging + json", r"(^|/)(logging|json)/"),
+    ("prometheus_client", r"(^|/)prometheus_client/"),
+    ("limits", r"(^|/)limits/"),
+    ("thread pool + threading", r"(^|/)(concurrent/futures/|threading\.py|queue\.py)"),
 )
 FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^:()]+)(?::\d+)?\)$")
 
@@ -70,7 +70,6 @@ def short(frame: str) -> str:
     if not match:
         return frame
     file = re.sub(r"^.*/(site-packages|lib/python3\.\d+)/", "", match["file"])
-    file = re.sub(r"^.*/(server|bench|generated)/", r"\1/", file)
     return f"{match['function']} ({file})"
 
 
@@ -89,7 +88,7 @@ def summarise(collapsed: str, top: int) -> str:
         innermost = frames[-1]
         layers[layer_of(innermost)] += count
         own[short(innermost)] += count
-        if any("server/services/" in frame for frame in frames):
+        if any("Servicer." in frame for frame in frames):
             inside += count
         total += count
     if not total:
@@ -127,6 +126,7 @@ def profile(
                 "--duration",
                 str(int(options.warmup + options.duration)),
                 "--nonblocking",
+                "--gil",  # only the thread holding the GIL: Python's CPU, not threads waiting
                 "--output",
                 raw.name,
             ],
