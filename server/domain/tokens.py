@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from server.errors import Unauthenticated
 ALGORITHM = "EdDSA"
 MAX_ACCESS_TOKEN_TTL_SECONDS = 900
 MAX_LEEWAY_SECONDS = 30
+# Verified tokens remembered per process (see TokenService.verify): about 400 bytes each.
+VERIFIED_TOKENS_KEPT = 10_000
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "exp", "iat", "jti")
 # Every rejection reads the same: which check failed is for the server log, not the caller.
 INVALID_TOKEN = "The access token is invalid or expired."  # noqa: S105
@@ -142,6 +145,9 @@ class TokenService:
         self.audience = audience
         self.ttl_seconds = ttl_seconds
         self.leeway_seconds = leeway_seconds
+        # token -> (its principal, the time.time() until which jwt.decode would accept it)
+        self._verified: dict[str, tuple[Principal, float]] = {}
+        self._verified_lock = threading.Lock()
 
     def issue(
         self, *, subject: str, role: Role, session_id: str | None = None, now: float | None = None
@@ -170,7 +176,26 @@ class TokenService:
         return IssuedToken(token, dt.datetime.fromtimestamp(expires, dt.UTC).replace(tzinfo=None))
 
     def verify(self, token: str) -> Principal:
-        """Returns the principal the token names; raises Unauthenticated for any defect."""
+        """Returns the principal the token names; raises Unauthenticated for any defect.
+
+        A token that verified once is remembered until it expires (the last VERIFIED_TOKENS_KEPT
+        of them): a client sends the same token on every call for its lifetime, and checking
+        its signature and claims again gives the same answer until then. Only the token's own
+        contents are remembered; whether its session is still live is checked on every call
+        (sessions.authorize), so revocation still takes effect at once.
+        """
+        known = self._verified.get(token)
+        if known is not None and time.time() < known[1]:
+            return known[0]
+        principal, expires = self._verified_principal(token)
+        with self._verified_lock:
+            if len(self._verified) >= VERIFIED_TOKENS_KEPT:
+                del self._verified[next(iter(self._verified))]  # the oldest
+            self._verified[token] = (principal, expires + self.leeway_seconds)
+        return principal
+
+    def _verified_principal(self, token: str) -> tuple[Principal, int]:
+        """Checks the token in full; returns its principal and expiry (`exp`)."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -196,7 +221,7 @@ class TokenService:
             raise Unauthenticated(INVALID_TOKEN, reason="TOKEN_EXPIRED") from None
         except jwt.PyJWTError:
             raise Unauthenticated(INVALID_TOKEN, reason="INVALID_TOKEN") from None
-        return self._principal(claims)
+        return self._principal(claims), claims["exp"]
 
     def _principal(self, claims: dict[str, Any]) -> Principal:
         exp, iat = claims.get("exp"), claims.get("iat")

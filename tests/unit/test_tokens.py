@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import time
+
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -48,6 +51,20 @@ def test_expiry_respects_the_leeway() -> None:
     token = tokens.issue(subject="u", role=Role.CUSTOMER, session_id="s", now=issued_at).token
     with pytest.raises(Unauthenticated) as caught:
         tokens.verify(token)  # issued long ago
+    assert caught.value.reason == "TOKEN_EXPIRED"
+
+
+def test_a_remembered_token_still_expires_on_time() -> None:
+    tokens = service(ttl_seconds=1, leeway_seconds=0)
+    time.sleep(1 - time.time() % 1)  # just past a whole second: the token lives ~1 s, not less
+    issued = tokens.issue(subject="u", role=Role.CUSTOMER, session_id="s", now=time.time())
+    expires = issued.expire_time.replace(tzinfo=dt.UTC).timestamp()
+    assert tokens.verify(issued.token).subject == "u"
+    assert tokens.verify(issued.token).subject == "u"  # remembered: no second check
+    while time.time() < expires:
+        time.sleep(0.05)
+    with pytest.raises(Unauthenticated) as caught:
+        tokens.verify(issued.token)
     assert caught.value.reason == "TOKEN_EXPIRED"
 
 
