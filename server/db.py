@@ -9,8 +9,9 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import peewee
@@ -18,6 +19,7 @@ from playhouse import db_url
 from playhouse.pool import PooledSqliteDatabase
 
 database = peewee.DatabaseProxy()
+ModelT = TypeVar("ModelT", bound=peewee.Model)
 
 # WAL lets readers run beside the one writer; busy_timeout makes writers queue instead of failing;
 # synchronous=normal is durable across process crashes in WAL mode (only an OS crash can lose the
@@ -37,6 +39,43 @@ class BaseModel(peewee.Model):
     class Meta:
         database = database
         legacy_table_names = False
+
+
+class PreparedSelect:
+    """A Peewee SELECT whose SQL is built once per engine, then run again with new values.
+
+    Peewee renders a query's SQL anew on every execution, which for a join with a few
+    conditions costs more CPU than SQLite takes to answer it; the reads made on every call
+    (the session check, the current user) reuse the text instead. `build(*values)` returns the
+    query using each value once, in the order given: the first run checks that Peewee's
+    parameters are exactly those values in that order, so a later run can bind new ones by
+    position. Values must be in their database form (`Field.db_value`, booleans as such).
+    """
+
+    def __init__(self, build: Callable[..., peewee.SelectBase]) -> None:
+        self._build = build
+        self._sql: dict[type, str] = {}  # by engine: placeholders and quoting differ
+
+    def _statement(self, values: Sequence[object]) -> str:
+        engine = type(database.obj)
+        sql = self._sql.get(engine)
+        if sql is None:
+            sql, params = self._build(*values).sql()
+            if list(params) != list(values):
+                raise ValueError(f"prepared query binds {params!r}, not {list(values)!r}")
+            self._sql[engine] = sql
+        return sql
+
+    def first_row(self, *values: object) -> tuple[Any, ...] | None:
+        """The first row as a tuple, or None."""
+        row: tuple[Any, ...] | None = database.execute_sql(
+            self._statement(values), values
+        ).fetchone()
+        return row
+
+    def first_model(self, model: type[ModelT], *values: object) -> ModelT | None:
+        """The first row as a `model` instance (the query must select that model's columns)."""
+        return next(iter(model.raw(self._statement(values), *values)), None)
 
 
 def utcnow() -> dt.datetime:

@@ -279,12 +279,12 @@ def authorize(principal: Principal) -> Principal:
             raise Unauthenticated(INVALID_SESSION, reason="SESSION_REVOKED")
         return principal
     assert principal.session_id is not None
-    session = session_model.live_session(
+    role_name = session_model.live_session_role(
         session_id=principal.session_id, user_id=principal.subject, now=utcnow()
     )
-    if session is None:
+    if role_name is None:
         raise Unauthenticated(INVALID_SESSION, reason="SESSION_REVOKED")
-    role = Role(session.user.role)
+    role = Role(role_name)
     if role is principal.role:
         return principal
     return Principal(

@@ -6,7 +6,7 @@ import datetime as dt
 
 import peewee
 
-from server.db import BaseModel, utcnow
+from server.db import BaseModel, PreparedSelect, utcnow
 from server.models.user import User
 
 
@@ -62,3 +62,27 @@ def live_session(
     if user_id is not None:
         condition &= Session.user == user_id
     return Session.select(Session, User).join(User).where(condition).first()
+
+
+_LIVE_SESSION_ROLE = PreparedSelect(
+    lambda session_id, expire_after, user_id, disabled: (
+        Session.select(User.role)
+        .join(User)
+        .where(
+            (Session.id == session_id)
+            & (Session.expire_time > expire_after)
+            & (Session.user == user_id)
+            & (User.disabled == disabled)
+            & Session.revoke_time.is_null()
+        )
+    )
+)
+
+
+def live_session_role(*, session_id: str, user_id: str, now: dt.datetime) -> str | None:
+    """Returns the role of the session's user if the session is live, belongs to that user and
+    the user is enabled, else None. Runs on every authenticated call, hence prepared."""
+    row = _LIVE_SESSION_ROLE.first_row(
+        session_id, Session.expire_time.db_value(now), user_id, False
+    )
+    return None if row is None else str(row[0])

@@ -6,7 +6,7 @@ import datetime as dt
 
 import peewee
 
-from server.db import BaseModel, utcnow
+from server.db import BaseModel, PreparedSelect, utcnow
 
 EMAIL_MAX_LENGTH = 254
 DISPLAY_NAME_MAX_LENGTH = 100
@@ -54,9 +54,12 @@ def get_by_email(email: str) -> User | None:
     return User.get_or_none(User.email == email)
 
 
+_BY_ID = PreparedSelect(lambda user_id: User.select().where(User.id == user_id))
+
+
 def get(user_id: str) -> User | None:
-    """Returns the user with the given id, or None."""
-    return User.get_or_none(User.id == user_id)
+    """Returns the user with the given id, or None (prepared: GetCurrentUser reads it)."""
+    return _BY_ID.first_model(User, user_id)
 
 
 def _failures(email: str | None, client_address: str | None) -> peewee.ColumnBase:

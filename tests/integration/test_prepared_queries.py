@@ -1,0 +1,103 @@
+"""Prepared reads (server.db.PreparedSelect) answer as Peewee's own queries do, on both engines.
+
+Each case runs the prepared statement at least twice: the first run renders the SQL, the later
+ones reuse it with new values.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import peewee
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from server.db import PreparedSelect, database, utcnow
+from server.domain import sessions, users
+from server.domain.passwords import PasswordHasher
+from server.domain.principal import Principal, Role
+from server.domain.sessions import SessionPolicy
+from server.domain.tokens import Keyring, TokenService
+from server.errors import Unauthenticated
+from server.models import user as user_model
+from server.models.session import Session
+from server.models.user import User
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="module")
+def policy() -> SessionPolicy:
+    tokens = TokenService(Keyring.of(Ed25519PrivateKey.generate()), issuer="i", audience="a")
+    return SessionPolicy(
+        tokens=tokens,
+        passwords=PasswordHasher(concurrency=8, memory_cost_kib=1024, time_cost=1),
+        refresh_ttl=dt.timedelta(days=1),
+    )
+
+
+def signed_in(email: str, policy: SessionPolicy) -> Principal:
+    """Registers and signs in `email`; returns the principal its access token names."""
+    users.register(email=email, password=PASSWORD, display_name="", passwords=policy.passwords)
+    _, tokens = sessions.login(email=email, password=PASSWORD, policy=policy)
+    return policy.tokens.verify(tokens.access.token)
+
+
+def refused(principal: Principal) -> bool:
+    try:
+        sessions.authorize(principal)
+    except Unauthenticated as exc:
+        assert exc.reason == "SESSION_REVOKED"
+        return True
+    return False
+
+
+def test_the_session_check_follows_revocation_expiry_disabling_and_role(
+    db: peewee.Database, policy: SessionPolicy
+) -> None:
+    ann = signed_in("ann@example.com", policy)
+    bob = signed_in("bob@example.com", policy)
+    assert sessions.authorize(ann) == ann
+    assert sessions.authorize(bob) == bob
+
+    # A role change shows at once.
+    User.update(role=Role.STAFF.value).where(User.id == ann.subject).execute()
+    assert sessions.authorize(ann).role is Role.STAFF
+    # Another user's session id under ann's subject is not ann's session.
+    assert refused(Principal(ann.subject, ann.role, ann.token_id, bob.session_id))
+    # Disabled, expired, revoked: each refuses, and undoing it lets the call through again.
+    User.update(disabled=True).where(User.id == ann.subject).execute()
+    assert refused(ann)
+    User.update(disabled=False).where(User.id == ann.subject).execute()
+    assert not refused(ann)
+    Session.update(expire_time=utcnow() - dt.timedelta(seconds=1)).where(
+        Session.id == bob.session_id
+    ).execute()
+    assert refused(bob)
+    Session.update(expire_time=utcnow() + dt.timedelta(hours=1)).where(
+        Session.id == bob.session_id
+    ).execute()
+    assert not refused(bob)
+    sessions.logout(principal=bob, all_sessions=False)
+    assert refused(bob)
+
+
+def test_the_prepared_user_read_is_the_user_row(db: peewee.Database, policy: SessionPolicy) -> None:
+    ann = signed_in("ann@example.com", policy)
+    signed_in("bob@example.com", policy)
+    for user in User.select():
+        read = user_model.get(user.id)
+        assert read is not None
+        assert read.__data__ == User.get_by_id(user.id).__data__
+    assert user_model.get("00000000-0000-4000-8000-000000000000") is None
+    assert users.get_or_raise(ann.subject).email == "ann@example.com"
+
+
+def test_a_prepared_query_whose_values_bind_out_of_order_is_refused(db: peewee.Database) -> None:
+    crossed = PreparedSelect(
+        lambda email, user_id: User.select(User.id).where(
+            (User.id == user_id) & (User.email == email)
+        )
+    )
+    with database.connection_context(), pytest.raises(ValueError, match="binds"):
+        crossed.first_row("ann@example.com", "00000000-0000-4000-8000-000000000000")
