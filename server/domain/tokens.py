@@ -6,7 +6,6 @@ import base64
 import datetime as dt
 import hashlib
 import json
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from server.domain import key_files
+from server.domain.memo import BoundedMemo
 from server.domain.principal import Principal, Role
 from server.errors import Unauthenticated
 
@@ -146,8 +146,9 @@ class TokenService:
         self.ttl_seconds = ttl_seconds
         self.leeway_seconds = leeway_seconds
         # token -> (its principal, the time.time() until which jwt.decode would accept it)
-        self._verified: dict[str, tuple[Principal, float]] = {}
-        self._verified_lock = threading.Lock()
+        self._verified: BoundedMemo[str, tuple[Principal, float]] = BoundedMemo(
+            VERIFIED_TOKENS_KEPT
+        )
 
     def issue(
         self, *, subject: str, role: Role, session_id: str | None = None, now: float | None = None
@@ -188,10 +189,7 @@ class TokenService:
         if known is not None and time.time() < known[1]:
             return known[0]
         principal, expires = self._verified_principal(token)
-        with self._verified_lock:
-            if len(self._verified) >= VERIFIED_TOKENS_KEPT:
-                del self._verified[next(iter(self._verified))]  # the oldest
-            self._verified[token] = (principal, expires + self.leeway_seconds)
+        self._verified.put(token, (principal, expires + self.leeway_seconds))
         return principal
 
     def _verified_principal(self, token: str) -> tuple[Principal, int]:

@@ -11,6 +11,7 @@ from storefront.v1 import catalog_service_pb2, catalog_service_pb2_grpc, product
 
 from server import call_context
 from server.domain import product_fields, product_search, products
+from server.domain.memo import BoundedMemo
 from server.domain.money import Money
 from server.domain.page_tokens import PageTokenSigner
 from server.domain.product_cache import ProductCache
@@ -96,12 +97,41 @@ def fields_from_proto(message: product_pb2.Product) -> ProductFields:
     )
 
 
+# Converted product messages kept per servicer: one per product version read lately.
+PRODUCT_MESSAGES_KEPT = 10_000
+
+
+class ProductMessages:
+    """Product messages by (id, version, update_time), converted once per product version.
+
+    Reads and lists send the same product versions over and over, and building a message
+    (JSON fields, a Struct, timestamps) cost more CPU than reading the row. A version fully
+    determines the message (every change bumps it), so there is nothing to invalidate; old
+    versions age out. Callers must not modify a returned message (responses copy it).
+    """
+
+    def __init__(self, max_size: int = PRODUCT_MESSAGES_KEPT) -> None:
+        self._messages: BoundedMemo[tuple[str, int, object], product_pb2.Product] = BoundedMemo(
+            max_size
+        )
+
+    def of(self, product: Product) -> product_pb2.Product:
+        """The product's message."""
+        key = (product.id, product.version, product.update_time)
+        message = self._messages.get(key)
+        if message is None:
+            message = product_to_proto(product)
+            self._messages.put(key, message)
+        return message
+
+
 class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
     """Implements storefront.v1.CatalogService."""
 
     def __init__(self, pages: PageTokenSigner, cache: ProductCache) -> None:
         self.pages = pages
         self.cache = cache
+        self.messages = ProductMessages()
 
     def CreateProduct(
         self, request: pb.CreateProductRequest, context: grpc.ServicerContext
@@ -109,20 +139,20 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         product = products.create(
             fields_from_proto(request.product), actor=call_context.principal()
         )
-        return pb.CreateProductResponse(product=product_to_proto(product))
+        return pb.CreateProductResponse(product=self.messages.of(product))
 
     def GetProduct(
         self, request: pb.GetProductRequest, context: grpc.ServicerContext
     ) -> pb.GetProductResponse:
         product = products.get_or_raise(request.product_id, cache=self.cache)
-        return pb.GetProductResponse(product=product_to_proto(product))
+        return pb.GetProductResponse(product=self.messages.of(product))
 
     def BatchGetProducts(
         self, request: pb.BatchGetProductsRequest, context: grpc.ServicerContext
     ) -> pb.BatchGetProductsResponse:
         result = products.batch_get(list(request.product_ids), cache=self.cache)
         return pb.BatchGetProductsResponse(
-            products=[product_to_proto(p) for p in result.products],
+            products=[self.messages.of(p) for p in result.products],
             missing_ids=result.missing_ids,
         )
 
@@ -133,7 +163,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             page_request(request, self.pages), show_archived=request.show_archived
         )
         return pb.ListProductsResponse(
-            products=[product_to_proto(p) for p in page.items],
+            products=[self.messages.of(p) for p in page.items],
             next_page_token=page.next_page_token,
         )
 
@@ -146,7 +176,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             show_archived=request.show_archived,
         )
         return pb.SearchProductsResponse(
-            products=[product_to_proto(p) for p in page.items],
+            products=[self.messages.of(p) for p in page.items],
             next_page_token=page.next_page_token,
         )
 
@@ -160,7 +190,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             expected_etag=request.etag,
             actor=call_context.principal(),
         )
-        return pb.UpdateProductResponse(product=product_to_proto(product))
+        return pb.UpdateProductResponse(product=self.messages.of(product))
 
     def ArchiveProduct(
         self, request: pb.ArchiveProductRequest, context: grpc.ServicerContext
@@ -170,7 +200,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             expected_etag=request.etag,
             actor=call_context.principal(),
         )
-        return pb.ArchiveProductResponse(product=product_to_proto(product))
+        return pb.ArchiveProductResponse(product=self.messages.of(product))
 
     def RestoreProduct(
         self, request: pb.RestoreProductRequest, context: grpc.ServicerContext
@@ -180,7 +210,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             expected_etag=request.etag,
             actor=call_context.principal(),
         )
-        return pb.RestoreProductResponse(product=product_to_proto(product))
+        return pb.RestoreProductResponse(product=self.messages.of(product))
 
     def ListCategories(
         self, request: pb.ListCategoriesRequest, context: grpc.ServicerContext
