@@ -74,11 +74,16 @@ def client_address(
     return address
 
 
-def from_context(context: grpc.ServicerContext, trusted_proxies: Sequence[Network]) -> str:
-    """Returns the client's address for the call `context` belongs to."""
+def from_context(
+    context: grpc.ServicerContext, trusted_proxies: Sequence[Network], *, peer: str | None = None
+) -> str:
+    """Returns the client's address for the call `context` belongs to (`peer`: its
+    context.peer(), when the caller has it already)."""
     forwarded = [
         value
         for key, value in context.invocation_metadata() or ()
         if key == FORWARDED_FOR_HEADER and isinstance(value, str)
     ]
-    return client_address(context.peer() or "", forwarded, trusted_proxies)
+    if peer is None:
+        peer = context.peer() or ""
+    return client_address(peer, forwarded, trusted_proxies)

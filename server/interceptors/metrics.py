@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -54,6 +55,27 @@ class ServerMetrics:
         )
 
 
+class _MethodSeries:
+    """One method's label children, looked up once instead of on every call."""
+
+    def __init__(self, metrics: ServerMetrics, method: MethodInfo) -> None:
+        self._metrics = metrics
+        self.labels = (method.rpc_type, method.service, method.method)
+        self.started = metrics.started.labels(*self.labels)
+        self.received = metrics.msg_received.labels(*self.labels)
+        self.sent = metrics.msg_sent.labels(*self.labels)
+        self.seconds = metrics.handling_seconds.labels(*self.labels)
+        self._handled: dict[grpc.StatusCode, Any] = {}
+
+    def handled(self, code: grpc.StatusCode) -> Any:
+        """The handled-calls counter of `code`."""
+        child = self._handled.get(code)
+        if child is None:
+            child = self._metrics.handled.labels(*self.labels, go_code_name(code))
+            self._handled[code] = child
+        return child
+
+
 class MetricsInterceptor(ScopeInterceptor):
     """Counts started and handled RPCs by code, and messages each way, and times them."""
 
@@ -61,20 +83,28 @@ class MetricsInterceptor(ScopeInterceptor):
 
     def __init__(self, metrics: ServerMetrics) -> None:
         self.metrics = metrics
+        self._series: dict[str, _MethodSeries] = {}  # by method: bounded by the registered ones
+
+    def _of(self, method: MethodInfo) -> _MethodSeries:
+        series = self._series.get(method.full_name)
+        if series is None:
+            series = _MethodSeries(self.metrics, method)
+            self._series[method.full_name] = series
+        return series
 
     def message_received(self, method: MethodInfo) -> None:
-        self.metrics.msg_received.labels(method.rpc_type, method.service, method.method).inc()
+        self._of(method).received.inc()
 
     def message_sent(self, method: MethodInfo) -> None:
-        self.metrics.msg_sent.labels(method.rpc_type, method.service, method.method).inc()
+        self._of(method).sent.inc()
 
     @contextlib.contextmanager
     def scope(self, method: MethodInfo, context: grpc.ServicerContext) -> Iterator[None]:
-        labels = (method.rpc_type, method.service, method.method)
-        self.metrics.started.labels(*labels).inc()
+        series = self._of(method)
+        series.started.inc()
         try:
             with call_outcome(context) as outcome:
                 yield
         finally:
-            self.metrics.handled.labels(*labels, go_code_name(outcome.code)).inc()
-            self.metrics.handling_seconds.labels(*labels).observe(outcome.seconds)
+            series.handled(outcome.code).inc()
+            series.seconds.observe(outcome.seconds)
