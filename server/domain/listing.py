@@ -147,7 +147,7 @@ def fetch_page(query: peewee.ModelSelect[M], request: ListRequest) -> Page[M]:
         query = query.where(_after_cursor(request.order, request.after))
     orderings = [_ordering(term) for term in request.order]
     # One extra row says whether another page exists without a COUNT.
-    rows = list(query.order_by(*orderings).limit(request.page_size + 1))
+    rows = instances(query.order_by(*orderings).limit(request.page_size + 1))
     if len(rows) <= request.page_size:
         return Page(rows, "")
     rows = rows[: request.page_size]
@@ -155,6 +155,25 @@ def fetch_page(query: peewee.ModelSelect[M], request: ListRequest) -> Page[M]:
     values = tuple(last[term.column.name] for term in request.order)
     token = request.signer.sign(values, fingerprint=request.fingerprint)
     return Page(rows, token)
+
+
+def instances(query: peewee.ModelSelect[M]) -> list[M]:
+    """Runs a select of one model's columns; returns its rows as instances built directly from
+    their values.
+
+    The same instances Peewee makes (clean, every selected field set), without its way of
+    making them: `Model(**row)` and a descriptor call per field cost more CPU for a page of 50
+    than reading the rows. Not for selects with joined models or extra columns.
+    """
+    model = query.model
+    rows: list[M] = []
+    for data in query.dicts():
+        instance = model.__new__(model)
+        instance.__data__ = data
+        instance._dirty = set()  # type: ignore[attr-defined]  # (untyped in the stubs)
+        instance.__rel__ = {}
+        rows.append(instance)
+    return rows
 
 
 def list_page(

@@ -1,4 +1,5 @@
-"""Prepared reads (server.db.PreparedSelect) answer as Peewee's own queries do, on both engines.
+"""Hot-path reads (PreparedSelect, listing.instances) answer as Peewee's own queries do, on
+both engines.
 
 Each case runs the prepared statement at least twice: the first run renders the SQL, the later
 ones reuse it with new values.
@@ -7,21 +8,25 @@ ones reuse it with new values.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import peewee
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from server.db import PreparedSelect, database, utcnow
-from server.domain import sessions, users
+from server.domain import listing, sessions, users
 from server.domain.passwords import PasswordHasher
 from server.domain.principal import Principal, Role
 from server.domain.sessions import SessionPolicy
 from server.domain.tokens import Keyring, TokenService
 from server.errors import Unauthenticated
 from server.models import user as user_model
+from server.models.product import Product
 from server.models.session import Session
+from server.models.stock import StockMovement
 from server.models.user import User
+from tests.conftest import insert_product
 
 PASSWORD = "correct horse battery staple"
 
@@ -101,3 +106,36 @@ def test_a_prepared_query_whose_values_bind_out_of_order_is_refused(db: peewee.D
     )
     with database.connection_context(), pytest.raises(ValueError, match="binds"):
         crossed.first_row("ann@example.com", "00000000-0000-4000-8000-000000000000")
+
+
+def assert_built_as_peewee_does(query: peewee.ModelSelect[Any]) -> None:
+    expected = list(query)
+    built = listing.instances(query)
+    assert len(built) == len(expected) > 0
+    assert [row.__data__ for row in built] == [row.__data__ for row in expected]
+    assert [type(row) for row in built] == [type(row) for row in expected]
+    assert all(not row.is_dirty() for row in built)
+
+
+def test_list_pages_build_the_same_instances_as_peewee(db: peewee.Database) -> None:
+    product_ids = [insert_product(on_hand=5) for _ in range(3)]
+    for product_id in product_ids:
+        StockMovement.create(
+            product=product_id,
+            kind="ADJUSTMENT",
+            on_hand_delta=5,
+            reserved_delta=0,
+            on_hand_after=5,
+            reserved_after=0,
+            reason="restock",
+            actor="test",
+        )
+    assert_built_as_peewee_does(Product.select().order_by(Product.id))
+    # A foreign key among the columns:
+    assert_built_as_peewee_does(StockMovement.select().order_by(StockMovement.id))
+    # An instance from a page can be changed and saved like any other.
+    first = listing.instances(Product.select().where(Product.id == product_ids[0]))[0]
+    first.name = "Renamed"
+    assert first.dirty_fields == [Product.name]
+    first.save()
+    assert Product.get_by_id(product_ids[0]).name == "Renamed"
