@@ -12,14 +12,11 @@ from typing import Any
 
 import peewee
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from server.db import PreparedSelect, database, utcnow
 from server.domain import listing, sessions, users
-from server.domain.passwords import PasswordHasher
 from server.domain.principal import Principal, Role
 from server.domain.sessions import SessionPolicy
-from server.domain.tokens import Keyring, TokenService
 from server.errors import Unauthenticated
 from server.models import user as user_model
 from server.models.product import Product
@@ -29,16 +26,6 @@ from server.models.user import User
 from tests.conftest import insert_product
 
 PASSWORD = "correct horse battery staple"
-
-
-@pytest.fixture(scope="module")
-def policy() -> SessionPolicy:
-    tokens = TokenService(Keyring.of(Ed25519PrivateKey.generate()), issuer="i", audience="a")
-    return SessionPolicy(
-        tokens=tokens,
-        passwords=PasswordHasher(concurrency=8, memory_cost_kib=1024, time_cost=1),
-        refresh_ttl=dt.timedelta(days=1),
-    )
 
 
 def signed_in(email: str, policy: SessionPolicy) -> Principal:

@@ -8,29 +8,15 @@ from collections.abc import Callable
 
 import peewee
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from server.db import database
 from server.domain import sessions, users
-from server.domain.passwords import PasswordHasher
 from server.domain.sessions import SessionPolicy
-from server.domain.tokens import Keyring, TokenService
 from server.errors import DomainError, ResourceExhausted, Unauthenticated
 from server.models.session import Session
 from server.models.user import LoginFailure
 
 PASSWORD = "correct horse battery staple"
-
-
-@pytest.fixture(scope="module")
-def policy() -> SessionPolicy:
-    tokens = TokenService(Keyring.of(Ed25519PrivateKey.generate()), issuer="i", audience="a")
-    # Cheap argon2 parameters: these tests are about the rules, not the hash strength.
-    return SessionPolicy(
-        tokens=tokens,
-        passwords=PasswordHasher(concurrency=8, memory_cost_kib=1024, time_cost=1),
-        refresh_ttl=dt.timedelta(days=1),
-    )
 
 
 def run_concurrently(
