@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -31,10 +32,21 @@ class DomainError(Exception):
 
 @dataclass
 class InvalidArgument(DomainError):
-    """Malformed input; carries one violation per bad field."""
+    """Malformed input; carries one violation per bad field.
 
-    reason: str = "INVALID_ARGUMENT"
+    Its status message is the violations themselves (see `violations_summary`), so that any tool
+    shows which fields are wrong without decoding the BadRequest detail.
+    """
+
+    reason: str = "FIELD_INVALID"
     violations: list[FieldViolation] = field(default_factory=list)
+
+
+def violations_summary(violations: Sequence[FieldViolation]) -> str:
+    """The violations as one line: "request_id: must be a UUID; quantity: must be 1 to 99"."""
+    return "; ".join(
+        f"{v.field}: {v.description}" if v.field else v.description for v in violations
+    )
 
 
 @dataclass

@@ -17,7 +17,7 @@ from server.config import SHIPPED_DATA_DIR, Settings, variables_help
 from server.db import database, init_database
 from server.domain import inventory, products, users
 from server.domain.passwords import PasswordHasher
-from server.errors import DomainError, InvalidArgument
+from server.errors import DomainError, InvalidArgument, violations_summary
 from server.models.product import Product
 from server.models.user import User
 from server.services.catalog_service import fields_from_proto
@@ -152,7 +152,7 @@ def _seed_catalog(catalog: Path) -> int:
 def _describe(exc: Exception) -> str:
     """Returns an error's message with its field violations, for one line of output."""
     if isinstance(exc, InvalidArgument) and exc.violations:
-        return "; ".join(f"{v.field}: {v.description}" for v in exc.violations)
+        return violations_summary(exc.violations)
     return exc.message if isinstance(exc, DomainError) else str(exc)
 
 
@@ -164,7 +164,7 @@ def create_admin(settings: Settings, args: argparse.Namespace) -> int:
         try:
             user, password = users.create_admin(email=args.email, passwords=PasswordHasher())
         except DomainError as exc:
-            print(f"storefront: {exc.message}", file=sys.stderr)
+            print(f"storefront: {_describe(exc)}", file=sys.stderr)
             return 1
     print(f"created admin {user.email} (id {user.id})\npassword (shown once): {password}")
     return 0

@@ -54,11 +54,12 @@ def _pack(message: Message) -> any_pb2.Any:
 
 # Bounds on what one error may carry, so that no trailer grows near the 8 KiB at which gRPC
 # clients start refusing a response (binary trailers travel base64-encoded, a third larger).
-MAX_MESSAGE_BYTES = 256
+MAX_MESSAGE_BYTES = 512
 MAX_METADATA_VALUE_BYTES = 512
 MAX_FIELD_BYTES = 128
 MAX_DESCRIPTION_BYTES = 160
 MAX_VIOLATIONS = 20
+MAX_MESSAGE_VIOLATIONS = 5  # named in the status message; the BadRequest detail has them all
 MAX_STATUS_BYTES = 4096
 
 
@@ -70,6 +71,22 @@ def cut(text: str, max_bytes: int) -> str:
     ellipsis = "…"
     kept = encoded[: max_bytes - len(ellipsis.encode("utf-8"))]
     return kept.decode("utf-8", errors="ignore") + ellipsis
+
+
+def _message(message: str, violations: list[errors.FieldViolation]) -> str:
+    """The status message: the violations, briefly, when there are any (each description cut as
+    in the BadRequest detail, at most MAX_MESSAGE_VIOLATIONS named); else the error's message."""
+    if not violations:
+        return message
+    named = [
+        errors.FieldViolation(
+            cut(v.field, MAX_FIELD_BYTES), cut(v.description, MAX_DESCRIPTION_BYTES)
+        )
+        for v in violations[:MAX_MESSAGE_VIOLATIONS]
+    ]
+    summary = errors.violations_summary(named)
+    left_out = len(violations) - len(named)
+    return f"{summary}; and {left_out} more" if left_out > 0 else summary
 
 
 def _violation_messages(
@@ -112,7 +129,8 @@ def build_status(code: grpc.StatusCode, error: errors.DomainError, request_id: s
     at most MAX_VIOLATIONS violations are listed (fewer if the whole status would exceed
     MAX_STATUS_BYTES), followed by a count of the rest.
     """
-    message = cut(error.message, MAX_MESSAGE_BYTES)
+    violations = error.violations if isinstance(error, errors.InvalidArgument) else []
+    message = cut(_message(error.message, violations), MAX_MESSAGE_BYTES)
     head = [
         _pack(
             error_details_pb2.ErrorInfo(
@@ -128,7 +146,6 @@ def build_status(code: grpc.StatusCode, error: errors.DomainError, request_id: s
     ]
     if isinstance(error, errors.ResourceExhausted) and error.retry_delay_seconds is not None:
         head.append(_pack(_retry_info(error.retry_delay_seconds)))
-    violations = error.violations if isinstance(error, errors.InvalidArgument) else []
     shown = min(len(violations), MAX_VIOLATIONS)
     while True:
         details = list(head)

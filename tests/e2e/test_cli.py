@@ -270,6 +270,15 @@ def test_create_admin_prints_the_password_once_and_refuses_a_duplicate(tmp_path:
     assert "Traceback" not in duplicate.stderr
 
 
+def test_create_admin_names_the_invalid_field(tmp_path: Path) -> None:
+    env = cli_env(tmp_path)
+    assert storefront("migrate", env=env).returncode == 0
+    refused = storefront("create-admin", "--email", "notanemail", env=env)
+    assert refused.returncode == 1
+    # The field and what is wrong with it, not a generic "invalid fields".
+    assert re.fullmatch(r"storefront: email: \S.*\n", refused.stderr), refused.stderr
+
+
 # --- reconcile ------------------------------------------------------------------------------------
 
 

@@ -51,7 +51,7 @@ def test_register_rejects_invalid_fields(
     err = rpc_error(lambda: running.client().register(email, password, display_name))
     assert err.code() == StatusCode.INVALID_ARGUMENT
     assert violated_fields(err) == fields
-    assert error_info(err)[0] == "INVALID_ARGUMENT"
+    assert error_info(err)[0] == "FIELD_INVALID"
 
 
 def test_register_twice_with_the_same_email_is_already_exists(running: Running) -> None:

@@ -280,6 +280,39 @@ def test_error_details_stay_small_whatever_the_request(
         assert field == ""
         left_out = int(description.split()[1])
         assert left_out + len(violations) - 1 >= at_least
+    # The status message names the first fields too, within its own bound.
+    message = err.details() or ""
+    assert len(message.encode()) <= 512
+    first_field, first_description = violations[0]
+    assert message.startswith(f"{first_field}: {first_description[:40]}")
+
+
+def test_the_status_message_names_the_invalid_fields(running: Running) -> None:
+    customer = running.login(Role.CUSTOMER)
+    request = checkout_pb.PlaceOrderRequest(
+        request_id="not-a-uuid",
+        currency_code="EUR",
+        payment_method_token="tok_visa",
+        shipping_address=order_pb2.Address(
+            recipient_name="Ada", line1="1 Way", city="Nowhere", country_code="XX"
+        ),
+    )
+    err = rpc_error(lambda: customer.checkout.PlaceOrder(request))
+    _assert_clean_invalid_argument(err)
+    violations = field_violations(err)
+    assert {field for field, _ in violations} == {"request_id", "shipping_address.country_code"}
+    # Readable from any tool: the message is the violations, in the detail's order.
+    assert err.details() == "; ".join(f"{field}: {text}" for field, text in violations)
+    assert error_info(err)[0] == "FIELD_INVALID"
+
+
+def test_more_than_five_invalid_fields_are_counted_in_the_message(running: Running) -> None:
+    staff = running.login(Role.STAFF)
+    err = rpc_error(lambda: _update_rates(3)(staff))
+    violations = field_violations(err)
+    assert 5 < len(violations) <= MAX_VIOLATIONS and violations[-1][0]  # every one listed
+    named = "; ".join(f"{field}: {text}" for field, text in violations[:5])
+    assert err.details() == f"{named}; and {len(violations) - 5} more"
 
 
 def test_a_huge_currency_code_is_refused_without_a_lookup_or_an_echo(running: Running) -> None:
@@ -319,6 +352,6 @@ def test_an_overlong_current_password_is_refused_before_hashing(running: Running
         )
     )
     assert err.code() == StatusCode.INVALID_ARGUMENT
-    assert error_info(err)[0] == "INVALID_ARGUMENT"  # a field check, not a wrong password
+    assert error_info(err)[0] == "FIELD_INVALID"  # a field check, not a wrong password
     assert field_violations(err) == [("current_password", "must be at most 128 characters")]
     client.identity.GetCurrentUser(identity_pb.GetCurrentUserRequest())

@@ -32,11 +32,11 @@ class CartServiceStub:
     and server restarts. Every response shows the cart as it is now: each product's current name,
     price and availability, not those of the moment it was added.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED for a missing, invalid or revoked
-    access token, PERMISSION_DENIED for a caller who is not a customer, RESOURCE_EXHAUSTED when the
-    server is at its concurrency limit, UNAVAILABLE when the database is unreachable, and INTERNAL
-    for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED
+    for a missing, invalid or revoked access token, PERMISSION_DENIED for a caller who is not a
+    customer, RESOURCE_EXHAUSTED when the server is at its concurrency limit, UNAVAILABLE when the
+    database is unreachable, and INTERNAL for a bug (with a request id, nothing more).
     """
 
     def __init__(self, channel):
@@ -79,11 +79,11 @@ class CartServiceServicer:
     and server restarts. Every response shows the cart as it is now: each product's current name,
     price and availability, not those of the moment it was added.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED for a missing, invalid or revoked
-    access token, PERMISSION_DENIED for a caller who is not a customer, RESOURCE_EXHAUSTED when the
-    server is at its concurrency limit, UNAVAILABLE when the database is unreachable, and INTERNAL
-    for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED
+    for a missing, invalid or revoked access token, PERMISSION_DENIED for a caller who is not a
+    customer, RESOURCE_EXHAUSTED when the server is at its concurrency limit, UNAVAILABLE when the
+    database is unreachable, and INTERNAL for a bug (with a request id, nothing more).
     """
 
     def GetCart(self, request, context):
@@ -179,11 +179,11 @@ class CartService:
     and server restarts. Every response shows the cart as it is now: each product's current name,
     price and availability, not those of the moment it was added.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED for a missing, invalid or revoked
-    access token, PERMISSION_DENIED for a caller who is not a customer, RESOURCE_EXHAUSTED when the
-    server is at its concurrency limit, UNAVAILABLE when the database is unreachable, and INTERNAL
-    for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED
+    for a missing, invalid or revoked access token, PERMISSION_DENIED for a caller who is not a
+    customer, RESOURCE_EXHAUSTED when the server is at its concurrency limit, UNAVAILABLE when the
+    database is unreachable, and INTERNAL for a bug (with a request id, nothing more).
     """
 
     @staticmethod

@@ -28,11 +28,12 @@ if _version_not_supported:
 class CatalogServiceStub:
     """CatalogService manages the products the shop sells and lets anyone browse and search them.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED for a missing, invalid or revoked
-    access token on a non-public RPC (or any invalid token sent), PERMISSION_DENIED for a role the
-    RPC does not allow, RESOURCE_EXHAUSTED when the server is at its concurrency limit, UNAVAILABLE
-    when the database is unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED
+    for a missing, invalid or revoked access token on a non-public RPC (or any invalid token sent),
+    PERMISSION_DENIED for a role the RPC does not allow, RESOURCE_EXHAUSTED when the server is at its
+    concurrency limit, UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a
+    request id, nothing more).
     """
 
     def __init__(self, channel):
@@ -96,11 +97,12 @@ class CatalogServiceStub:
 class CatalogServiceServicer:
     """CatalogService manages the products the shop sells and lets anyone browse and search them.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED for a missing, invalid or revoked
-    access token on a non-public RPC (or any invalid token sent), PERMISSION_DENIED for a role the
-    RPC does not allow, RESOURCE_EXHAUSTED when the server is at its concurrency limit, UNAVAILABLE
-    when the database is unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED
+    for a missing, invalid or revoked access token on a non-public RPC (or any invalid token sent),
+    PERMISSION_DENIED for a role the RPC does not allow, RESOURCE_EXHAUSTED when the server is at its
+    concurrency limit, UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a
+    request id, nothing more).
     """
 
     def CreateProduct(self, request, context):
@@ -253,11 +255,12 @@ def add_CatalogServiceServicer_to_server(servicer, server):
 class CatalogService:
     """CatalogService manages the products the shop sells and lets anyone browse and search them.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED for a missing, invalid or revoked
-    access token on a non-public RPC (or any invalid token sent), PERMISSION_DENIED for a role the
-    RPC does not allow, RESOURCE_EXHAUSTED when the server is at its concurrency limit, UNAVAILABLE
-    when the database is unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED
+    for a missing, invalid or revoked access token on a non-public RPC (or any invalid token sent),
+    PERMISSION_DENIED for a role the RPC does not allow, RESOURCE_EXHAUSTED when the server is at its
+    concurrency limit, UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a
+    request id, nothing more).
     """
 
     @staticmethod

@@ -29,11 +29,12 @@ GRPC_VERSION: str
 class CatalogServiceStub:
     """CatalogService manages the products the shop sells and lets anyone browse and search them.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED for a missing, invalid or revoked
-    access token on a non-public RPC (or any invalid token sent), PERMISSION_DENIED for a role the
-    RPC does not allow, RESOURCE_EXHAUSTED when the server is at its concurrency limit, UNAVAILABLE
-    when the database is unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED
+    for a missing, invalid or revoked access token on a non-public RPC (or any invalid token sent),
+    PERMISSION_DENIED for a role the RPC does not allow, RESOURCE_EXHAUSTED when the server is at its
+    concurrency limit, UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a
+    request id, nothing more).
     """
 
     @_typing.overload
@@ -89,11 +90,12 @@ class CatalogServiceStub:
 class CatalogServiceAsyncStub(CatalogServiceStub):
     """CatalogService manages the products the shop sells and lets anyone browse and search them.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED for a missing, invalid or revoked
-    access token on a non-public RPC (or any invalid token sent), PERMISSION_DENIED for a role the
-    RPC does not allow, RESOURCE_EXHAUSTED when the server is at its concurrency limit, UNAVAILABLE
-    when the database is unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED
+    for a missing, invalid or revoked access token on a non-public RPC (or any invalid token sent),
+    PERMISSION_DENIED for a role the RPC does not allow, RESOURCE_EXHAUSTED when the server is at its
+    concurrency limit, UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a
+    request id, nothing more).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -145,11 +147,12 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
 class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
     """CatalogService manages the products the shop sells and lets anyone browse and search them.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED for a missing, invalid or revoked
-    access token on a non-public RPC (or any invalid token sent), PERMISSION_DENIED for a role the
-    RPC does not allow, RESOURCE_EXHAUSTED when the server is at its concurrency limit, UNAVAILABLE
-    when the database is unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED
+    for a missing, invalid or revoked access token on a non-public RPC (or any invalid token sent),
+    PERMISSION_DENIED for a role the RPC does not allow, RESOURCE_EXHAUSTED when the server is at its
+    concurrency limit, UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a
+    request id, nothing more).
     """
 
     @_abc_1.abstractmethod

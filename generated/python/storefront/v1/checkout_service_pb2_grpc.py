@@ -28,10 +28,11 @@ if _version_not_supported:
 class CheckoutServiceStub:
     """CheckoutService turns the caller's cart into an order.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED, PERMISSION_DENIED for a caller who is
-    not a customer, RESOURCE_EXHAUSTED at the concurrency limit, UNAVAILABLE when the database is
-    unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED,
+    PERMISSION_DENIED for a caller who is not a customer, RESOURCE_EXHAUSTED at the concurrency
+    limit, UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a request id,
+    nothing more).
     """
 
     def __init__(self, channel):
@@ -50,10 +51,11 @@ class CheckoutServiceStub:
 class CheckoutServiceServicer:
     """CheckoutService turns the caller's cart into an order.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED, PERMISSION_DENIED for a caller who is
-    not a customer, RESOURCE_EXHAUSTED at the concurrency limit, UNAVAILABLE when the database is
-    unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED,
+    PERMISSION_DENIED for a caller who is not a customer, RESOURCE_EXHAUSTED at the concurrency
+    limit, UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a request id,
+    nothing more).
     """
 
     def PlaceOrder(self, request, context):
@@ -119,10 +121,11 @@ def add_CheckoutServiceServicer_to_server(servicer, server):
 class CheckoutService:
     """CheckoutService turns the caller's cart into an order.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED, PERMISSION_DENIED for a caller who is
-    not a customer, RESOURCE_EXHAUSTED at the concurrency limit, UNAVAILABLE when the database is
-    unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED,
+    PERMISSION_DENIED for a caller who is not a customer, RESOURCE_EXHAUSTED at the concurrency
+    limit, UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a request id,
+    nothing more).
     """
 
     @staticmethod

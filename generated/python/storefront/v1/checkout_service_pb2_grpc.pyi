@@ -29,10 +29,11 @@ GRPC_VERSION: str
 class CheckoutServiceStub:
     """CheckoutService turns the caller's cart into an order.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED, PERMISSION_DENIED for a caller who is
-    not a customer, RESOURCE_EXHAUSTED at the concurrency limit, UNAVAILABLE when the database is
-    unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED,
+    PERMISSION_DENIED for a caller who is not a customer, RESOURCE_EXHAUSTED at the concurrency
+    limit, UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a request id,
+    nothing more).
     """
 
     @_typing.overload
@@ -84,10 +85,11 @@ class CheckoutServiceStub:
 class CheckoutServiceAsyncStub(CheckoutServiceStub):
     """CheckoutService turns the caller's cart into an order.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED, PERMISSION_DENIED for a caller who is
-    not a customer, RESOURCE_EXHAUSTED at the concurrency limit, UNAVAILABLE when the database is
-    unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED,
+    PERMISSION_DENIED for a caller who is not a customer, RESOURCE_EXHAUSTED at the concurrency
+    limit, UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a request id,
+    nothing more).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -135,10 +137,11 @@ class CheckoutServiceAsyncStub(CheckoutServiceStub):
 class CheckoutServiceServicer(metaclass=_abc_1.ABCMeta):
     """CheckoutService turns the caller's cart into an order.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED, PERMISSION_DENIED for a caller who is
-    not a customer, RESOURCE_EXHAUSTED at the concurrency limit, UNAVAILABLE when the database is
-    unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED,
+    PERMISSION_DENIED for a caller who is not a customer, RESOURCE_EXHAUSTED at the concurrency
+    limit, UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a request id,
+    nothing more).
     """
 
     @_abc_1.abstractmethod

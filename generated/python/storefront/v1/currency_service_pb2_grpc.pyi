@@ -41,11 +41,12 @@ class CurrencyServiceStub:
     (JPY 0, USD 2, KWD 3). Converting a currency to itself, the base currency included, is exact and
     returns the amount unchanged.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED for a missing, invalid or revoked
-    access token on a non-public RPC (or any invalid token sent), PERMISSION_DENIED for a role the
-    RPC does not allow, RESOURCE_EXHAUSTED when the server is at its concurrency limit, UNAVAILABLE
-    when the database is unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED
+    for a missing, invalid or revoked access token on a non-public RPC (or any invalid token sent),
+    PERMISSION_DENIED for a role the RPC does not allow, RESOURCE_EXHAUSTED when the server is at its
+    concurrency limit, UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a
+    request id, nothing more).
     """
 
     @_typing.overload
@@ -86,11 +87,12 @@ class CurrencyServiceAsyncStub(CurrencyServiceStub):
     (JPY 0, USD 2, KWD 3). Converting a currency to itself, the base currency included, is exact and
     returns the amount unchanged.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED for a missing, invalid or revoked
-    access token on a non-public RPC (or any invalid token sent), PERMISSION_DENIED for a role the
-    RPC does not allow, RESOURCE_EXHAUSTED when the server is at its concurrency limit, UNAVAILABLE
-    when the database is unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED
+    for a missing, invalid or revoked access token on a non-public RPC (or any invalid token sent),
+    PERMISSION_DENIED for a role the RPC does not allow, RESOURCE_EXHAUSTED when the server is at its
+    concurrency limit, UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a
+    request id, nothing more).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -127,11 +129,12 @@ class CurrencyServiceServicer(metaclass=_abc_1.ABCMeta):
     (JPY 0, USD 2, KWD 3). Converting a currency to itself, the base currency included, is exact and
     returns the amount unchanged.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED for a missing, invalid or revoked
-    access token on a non-public RPC (or any invalid token sent), PERMISSION_DENIED for a role the
-    RPC does not allow, RESOURCE_EXHAUSTED when the server is at its concurrency limit, UNAVAILABLE
-    when the database is unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED
+    for a missing, invalid or revoked access token on a non-public RPC (or any invalid token sent),
+    PERMISSION_DENIED for a role the RPC does not allow, RESOURCE_EXHAUSTED when the server is at its
+    concurrency limit, UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a
+    request id, nothing more).
     """
 
     @_abc_1.abstractmethod

@@ -30,11 +30,12 @@ class IdentityServiceStub:
     """IdentityService registers users, signs them in and out, manages roles and service accounts, and
     publishes the public keys that verify storefront access tokens.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED for a missing, invalid, expired or
-    revoked access token on a non-public RPC, PERMISSION_DENIED for a role the RPC does not allow,
-    RESOURCE_EXHAUSTED when the server is at its concurrency limit, UNAVAILABLE when the database is
-    unreachable or the server is draining, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED
+    for a missing, invalid, expired or revoked access token on a non-public RPC, PERMISSION_DENIED
+    for a role the RPC does not allow, RESOURCE_EXHAUSTED when the server is at its concurrency
+    limit, UNAVAILABLE when the database is unreachable or the server is draining, and INTERNAL for a
+    bug (with a request id, nothing more).
     """
 
     @_typing.overload
@@ -124,11 +125,12 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     """IdentityService registers users, signs them in and out, manages roles and service accounts, and
     publishes the public keys that verify storefront access tokens.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED for a missing, invalid, expired or
-    revoked access token on a non-public RPC, PERMISSION_DENIED for a role the RPC does not allow,
-    RESOURCE_EXHAUSTED when the server is at its concurrency limit, UNAVAILABLE when the database is
-    unreachable or the server is draining, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED
+    for a missing, invalid, expired or revoked access token on a non-public RPC, PERMISSION_DENIED
+    for a role the RPC does not allow, RESOURCE_EXHAUSTED when the server is at its concurrency
+    limit, UNAVAILABLE when the database is unreachable or the server is draining, and INTERNAL for a
+    bug (with a request id, nothing more).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -214,11 +216,12 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
     """IdentityService registers users, signs them in and out, manages roles and service accounts, and
     publishes the public keys that verify storefront access tokens.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED for a missing, invalid, expired or
-    revoked access token on a non-public RPC, PERMISSION_DENIED for a role the RPC does not allow,
-    RESOURCE_EXHAUSTED when the server is at its concurrency limit, UNAVAILABLE when the database is
-    unreachable or the server is draining, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED
+    for a missing, invalid, expired or revoked access token on a non-public RPC, PERMISSION_DENIED
+    for a role the RPC does not allow, RESOURCE_EXHAUSTED when the server is at its concurrency
+    limit, UNAVAILABLE when the database is unreachable or the server is draining, and INTERNAL for a
+    bug (with a request id, nothing more).
     """
 
     @_abc_1.abstractmethod

@@ -29,11 +29,12 @@ class InventoryServiceStub:
     """InventoryService tracks how many units of each product are on hand and reserved, with a ledger
     of every change.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED for a missing, invalid or revoked
-    access token on a non-public RPC (or any invalid token sent), PERMISSION_DENIED for a role the
-    RPC does not allow, RESOURCE_EXHAUSTED when the server is at its concurrency limit, UNAVAILABLE
-    when the database is unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED
+    for a missing, invalid or revoked access token on a non-public RPC (or any invalid token sent),
+    PERMISSION_DENIED for a role the RPC does not allow, RESOURCE_EXHAUSTED when the server is at its
+    concurrency limit, UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a
+    request id, nothing more).
     """
 
     def __init__(self, channel):
@@ -68,11 +69,12 @@ class InventoryServiceServicer:
     """InventoryService tracks how many units of each product are on hand and reserved, with a ledger
     of every change.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED for a missing, invalid or revoked
-    access token on a non-public RPC (or any invalid token sent), PERMISSION_DENIED for a role the
-    RPC does not allow, RESOURCE_EXHAUSTED when the server is at its concurrency limit, UNAVAILABLE
-    when the database is unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED
+    for a missing, invalid or revoked access token on a non-public RPC (or any invalid token sent),
+    PERMISSION_DENIED for a role the RPC does not allow, RESOURCE_EXHAUSTED when the server is at its
+    concurrency limit, UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a
+    request id, nothing more).
     """
 
     def GetStockLevel(self, request, context):
@@ -148,11 +150,12 @@ class InventoryService:
     """InventoryService tracks how many units of each product are on hand and reserved, with a ledger
     of every change.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED for a missing, invalid or revoked
-    access token on a non-public RPC (or any invalid token sent), PERMISSION_DENIED for a role the
-    RPC does not allow, RESOURCE_EXHAUSTED when the server is at its concurrency limit, UNAVAILABLE
-    when the database is unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED
+    for a missing, invalid or revoked access token on a non-public RPC (or any invalid token sent),
+    PERMISSION_DENIED for a role the RPC does not allow, RESOURCE_EXHAUSTED when the server is at its
+    concurrency limit, UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a
+    request id, nothing more).
     """
 
     @staticmethod

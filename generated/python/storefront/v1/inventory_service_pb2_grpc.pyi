@@ -30,11 +30,12 @@ class InventoryServiceStub:
     """InventoryService tracks how many units of each product are on hand and reserved, with a ledger
     of every change.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED for a missing, invalid or revoked
-    access token on a non-public RPC (or any invalid token sent), PERMISSION_DENIED for a role the
-    RPC does not allow, RESOURCE_EXHAUSTED when the server is at its concurrency limit, UNAVAILABLE
-    when the database is unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED
+    for a missing, invalid or revoked access token on a non-public RPC (or any invalid token sent),
+    PERMISSION_DENIED for a role the RPC does not allow, RESOURCE_EXHAUSTED when the server is at its
+    concurrency limit, UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a
+    request id, nothing more).
     """
 
     @_typing.overload
@@ -69,11 +70,12 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     """InventoryService tracks how many units of each product are on hand and reserved, with a ledger
     of every change.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED for a missing, invalid or revoked
-    access token on a non-public RPC (or any invalid token sent), PERMISSION_DENIED for a role the
-    RPC does not allow, RESOURCE_EXHAUSTED when the server is at its concurrency limit, UNAVAILABLE
-    when the database is unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED
+    for a missing, invalid or revoked access token on a non-public RPC (or any invalid token sent),
+    PERMISSION_DENIED for a role the RPC does not allow, RESOURCE_EXHAUSTED when the server is at its
+    concurrency limit, UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a
+    request id, nothing more).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -104,11 +106,12 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
     """InventoryService tracks how many units of each product are on hand and reserved, with a ledger
     of every change.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED for a missing, invalid or revoked
-    access token on a non-public RPC (or any invalid token sent), PERMISSION_DENIED for a role the
-    RPC does not allow, RESOURCE_EXHAUSTED when the server is at its concurrency limit, UNAVAILABLE
-    when the database is unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED
+    for a missing, invalid or revoked access token on a non-public RPC (or any invalid token sent),
+    PERMISSION_DENIED for a role the RPC does not allow, RESOURCE_EXHAUSTED when the server is at its
+    concurrency limit, UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a
+    request id, nothing more).
     """
 
     @_abc_1.abstractmethod

@@ -50,10 +50,11 @@ class OrderServiceStub:
     is FAILED_PRECONDITION (IDEMPOTENCY_KEY_REUSED); while the first call is still running, ABORTED
     (REQUEST_IN_FLIGHT).
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED, PERMISSION_DENIED for a caller whose
-    role may not call it, RESOURCE_EXHAUSTED at the concurrency limit, UNAVAILABLE when the
-    database is unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED,
+    PERMISSION_DENIED for a caller whose role may not call it, RESOURCE_EXHAUSTED at the concurrency
+    limit, UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a request id,
+    nothing more).
     """
 
     def __init__(self, channel):
@@ -124,10 +125,11 @@ class OrderServiceServicer:
     is FAILED_PRECONDITION (IDEMPOTENCY_KEY_REUSED); while the first call is still running, ABORTED
     (REQUEST_IN_FLIGHT).
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED, PERMISSION_DENIED for a caller whose
-    role may not call it, RESOURCE_EXHAUSTED at the concurrency limit, UNAVAILABLE when the
-    database is unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED,
+    PERMISSION_DENIED for a caller whose role may not call it, RESOURCE_EXHAUSTED at the concurrency
+    limit, UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a request id,
+    nothing more).
     """
 
     def GetOrder(self, request, context):
@@ -275,10 +277,11 @@ class OrderService:
     is FAILED_PRECONDITION (IDEMPOTENCY_KEY_REUSED); while the first call is still running, ABORTED
     (REQUEST_IN_FLIGHT).
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED, PERMISSION_DENIED for a caller whose
-    role may not call it, RESOURCE_EXHAUSTED at the concurrency limit, UNAVAILABLE when the
-    database is unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED,
+    PERMISSION_DENIED for a caller whose role may not call it, RESOURCE_EXHAUSTED at the concurrency
+    limit, UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a request id,
+    nothing more).
     """
 
     @staticmethod

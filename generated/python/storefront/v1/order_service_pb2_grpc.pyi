@@ -51,10 +51,11 @@ class OrderServiceStub:
     is FAILED_PRECONDITION (IDEMPOTENCY_KEY_REUSED); while the first call is still running, ABORTED
     (REQUEST_IN_FLIGHT).
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED, PERMISSION_DENIED for a caller whose
-    role may not call it, RESOURCE_EXHAUSTED at the concurrency limit, UNAVAILABLE when the
-    database is unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED,
+    PERMISSION_DENIED for a caller whose role may not call it, RESOURCE_EXHAUSTED at the concurrency
+    limit, UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a request id,
+    nothing more).
     """
 
     @_typing.overload
@@ -134,10 +135,11 @@ class OrderServiceAsyncStub(OrderServiceStub):
     is FAILED_PRECONDITION (IDEMPOTENCY_KEY_REUSED); while the first call is still running, ABORTED
     (REQUEST_IN_FLIGHT).
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED, PERMISSION_DENIED for a caller whose
-    role may not call it, RESOURCE_EXHAUSTED at the concurrency limit, UNAVAILABLE when the
-    database is unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED,
+    PERMISSION_DENIED for a caller whose role may not call it, RESOURCE_EXHAUSTED at the concurrency
+    limit, UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a request id,
+    nothing more).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -213,10 +215,11 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
     is FAILED_PRECONDITION (IDEMPOTENCY_KEY_REUSED); while the first call is still running, ABORTED
     (REQUEST_IN_FLIGHT).
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED, PERMISSION_DENIED for a caller whose
-    role may not call it, RESOURCE_EXHAUSTED at the concurrency limit, UNAVAILABLE when the
-    database is unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED,
+    PERMISSION_DENIED for a caller whose role may not call it, RESOURCE_EXHAUSTED at the concurrency
+    limit, UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a request id,
+    nothing more).
     """
 
     @_abc_1.abstractmethod

@@ -40,10 +40,11 @@ class ShippingServiceStub:
     least the converted threshold. The same request, rules and exchange rates always give the same
     quote.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED for any invalid token sent,
-    RESOURCE_EXHAUSTED when the server is at its concurrency limit, UNAVAILABLE when the database is
-    unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED
+    for any invalid token sent, RESOURCE_EXHAUSTED when the server is at its concurrency limit,
+    UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a request id, nothing
+    more).
     """
 
     def __init__(self, channel):
@@ -74,10 +75,11 @@ class ShippingServiceServicer:
     least the converted threshold. The same request, rules and exchange rates always give the same
     quote.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED for any invalid token sent,
-    RESOURCE_EXHAUSTED when the server is at its concurrency limit, UNAVAILABLE when the database is
-    unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED
+    for any invalid token sent, RESOURCE_EXHAUSTED when the server is at its concurrency limit,
+    UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a request id, nothing
+    more).
     """
 
     def GetShippingQuote(self, request, context):
@@ -121,10 +123,11 @@ class ShippingService:
     least the converted threshold. The same request, rules and exchange rates always give the same
     quote.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED for any invalid token sent,
-    RESOURCE_EXHAUSTED when the server is at its concurrency limit, UNAVAILABLE when the database is
-    unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED
+    for any invalid token sent, RESOURCE_EXHAUSTED when the server is at its concurrency limit,
+    UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a request id, nothing
+    more).
     """
 
     @staticmethod

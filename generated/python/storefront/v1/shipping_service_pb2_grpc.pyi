@@ -41,10 +41,11 @@ class ShippingServiceStub:
     least the converted threshold. The same request, rules and exchange rates always give the same
     quote.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED for any invalid token sent,
-    RESOURCE_EXHAUSTED when the server is at its concurrency limit, UNAVAILABLE when the database is
-    unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED
+    for any invalid token sent, RESOURCE_EXHAUSTED when the server is at its concurrency limit,
+    UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a request id, nothing
+    more).
     """
 
     @_typing.overload
@@ -74,10 +75,11 @@ class ShippingServiceAsyncStub(ShippingServiceStub):
     least the converted threshold. The same request, rules and exchange rates always give the same
     quote.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED for any invalid token sent,
-    RESOURCE_EXHAUSTED when the server is at its concurrency limit, UNAVAILABLE when the database is
-    unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED
+    for any invalid token sent, RESOURCE_EXHAUSTED when the server is at its concurrency limit,
+    UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a request id, nothing
+    more).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -103,10 +105,11 @@ class ShippingServiceServicer(metaclass=_abc_1.ABCMeta):
     least the converted threshold. The same request, rules and exchange rates always give the same
     quote.
 
-    Every RPC may also return INVALID_ARGUMENT for a malformed request (with
-    google.rpc.BadRequest field violations), UNAUTHENTICATED for any invalid token sent,
-    RESOURCE_EXHAUSTED when the server is at its concurrency limit, UNAVAILABLE when the database is
-    unreachable, and INTERNAL for a bug (with a request id, nothing more).
+    Every RPC may also return INVALID_ARGUMENT for a malformed request (reason FIELD_INVALID,
+    google.rpc.BadRequest field violations, and a status message naming the fields), UNAUTHENTICATED
+    for any invalid token sent, RESOURCE_EXHAUSTED when the server is at its concurrency limit,
+    UNAVAILABLE when the database is unreachable, and INTERNAL for a bug (with a request id, nothing
+    more).
     """
 
     @_abc_1.abstractmethod
