@@ -5,10 +5,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUNTIME_STAMP := $(VENV)/.runtime-installed
 PROTO_FILES := $(shell find protos/storefront -name '*.proto' | sort)
 GEN_PY := generated/python
+GEN_TS := generated/typescript
+TS_CLIENT := clients/typescript
+NODE_STAMP := $(TS_CLIENT)/node_modules/.installed
 
-.PHONY: help venv generate check-generated lint format typecheck test test-fast fuzz run migrate bench profile cluster clean
+.PHONY: help venv generate check-generated lint format typecheck test test-python test-typescript test-readme test-fast fuzz run migrate bench profile cluster clean
 
 help:
 	@echo "make run     - serve gRPC on 127.0.0.1:50051 (SQLite in ./var), metrics on :9464"
@@ -16,16 +20,29 @@ help:
 	@echo "make fuzz    - nightly-size fuzz of every RPC (FUZZ_EXAMPLES per RPC, default 3000)"
 	@echo "make generate, make lint, make typecheck, make migrate, make bench"
 
-$(STAMP): pyproject.toml requirements/runtime.lock requirements/dev.lock
+# Two sets, one environment: make run (and migrate, cluster) installs the runtime set only; make test,
+# generate, bench and the other development targets add the development set (requirements/dev.lock).
+$(RUNTIME_STAMP): pyproject.toml requirements/runtime.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements/runtime.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+$(STAMP): $(RUNTIME_STAMP) requirements/dev.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements/dev.lock
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
 venv: $(STAMP)
 
-# Regenerates the Python stubs (messages, grpc, .pyi) from protos/. Never edit generated/ by hand.
-generate: $(STAMP)
+# The TypeScript client's exact packages (package-lock.json), protoc-gen-es among them.
+$(NODE_STAMP): $(TS_CLIENT)/package.json $(TS_CLIENT)/package-lock.json
+	cd $(TS_CLIENT) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# Regenerates the Python stubs (messages, grpc, .pyi) and the TypeScript code (buf.gen.yaml) from
+# protos/. Never edit generated/ by hand.
+generate: $(STAMP) $(NODE_STAMP)
+	$(BIN)/buf generate
 	@rm -rf $(GEN_PY)/storefront
 	@mkdir -p $(GEN_PY)
 	$(BIN)/python -m grpc_tools.protoc -Iprotos \
@@ -36,7 +53,12 @@ generate: $(STAMP)
 	@touch $(GEN_PY)/storefront/__init__.py $(GEN_PY)/storefront/v1/__init__.py $(GEN_PY)/storefront/py.typed
 
 # Fails when generated/ differs from what the protos generate now.
-check-generated: $(STAMP)
+check-generated: $(STAMP) $(NODE_STAMP)
+	@tmp=$$(mktemp -d) && \
+	$(BIN)/buf generate --output $$tmp && \
+	diff -r $$tmp/$(GEN_TS) $(GEN_TS) \
+		|| { echo "generated/ is stale: run 'make generate' and commit"; rm -rf $$tmp; exit 1; }; \
+	rm -rf $$tmp
 	@tmp=$$(mktemp -d) && \
 	$(BIN)/python -m grpc_tools.protoc -Iprotos \
 		--python_out=$$tmp --grpc_python_out=$$tmp \
@@ -77,8 +99,14 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/buf format -w
 
-test: lint typecheck check-generated
+test: lint typecheck check-generated test-python test-typescript
+
+test-python: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The TypeScript client type-checked and run against a real server (clients/typescript/test).
+test-typescript: $(STAMP) $(NODE_STAMP)
+	cd $(TS_CLIENT) && npm test --silent
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -x
@@ -89,10 +117,10 @@ FUZZ_EXAMPLES ?= 3000
 fuzz: $(STAMP)
 	STOREFRONT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q --timeout=0 tests/e2e/test_fuzz.py
 
-migrate: $(STAMP)
+migrate: $(RUNTIME_STAMP)
 	$(BIN)/storefront migrate
 
-run: $(STAMP)
+run: $(RUNTIME_STAMP)
 	$(BIN)/storefront migrate
 	$(BIN)/storefront seed
 	$(BIN)/storefront serve
