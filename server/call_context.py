@@ -18,6 +18,8 @@ class CallContext:
     principal: Principal | None = None
     # The caller's IP address (x-forwarded-for only from a trusted proxy); "" when unknown.
     client_address: str = ""
+    # The ErrorInfo reason of the error the call ended with, for the access log; "" when none.
+    error_reason: str = ""
 
 
 _current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(

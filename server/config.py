@@ -8,7 +8,7 @@ configuration table (tests/unit/test_config.py keeps it equal) are rendered from
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -658,11 +658,14 @@ def _check_files_exist(settings: Settings, given: set[str]) -> None:
 # --- the table, rendered -----------------------------------------------------------------------
 
 
-def variables_help() -> str:
-    """Returns the variables as `storefront serve --help` lists them."""
-    width = max(len(v.name) for v in VARIABLES)
+def variables_help(names: Sequence[str] | None = None) -> str:
+    """Returns the variables (all, or those named) as a command's --help lists them."""
+    shown = [v for v in VARIABLES if names is None or v.name in names]
+    if names is not None and len(shown) != len(names):
+        raise ValueError(f"unknown variables: {set(names) - {v.name for v in shown}}")
+    width = max(len(v.name) for v in shown)
     lines = ["environment variables (allowed values in parentheses, default in brackets):"]
-    for v in VARIABLES:
+    for v in shown:
         allowed = f" ({v.kind.allowed})" if v.kind.allowed else ""
         default = f" [{v.default}]" if v.default else ""
         lines.append(f"  {v.name:<{width}}  {v.description}{allowed}{default}")

@@ -207,7 +207,14 @@ def connect_url(url: str, *, pool_size: int = 20, **connect_params: object) -> p
     if scheme == "sqlite":
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            directory = Path(path).parent
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OSError(
+                    f"database unreachable: cannot create the directory {directory} of the "
+                    f"SQLite file: {exc.strerror}"
+                ) from None
         # IMMEDIATE: every explicit transaction takes the write lock at BEGIN, so a read-then-write
         # transaction never fails with "database is locked" when it upgrades to a write.
         # Pooled: opening a connection and applying the pragmas costs ~0.9 ms, more than a typical

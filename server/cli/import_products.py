@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 import grpc
 from google.protobuf.json_format import ParseDict, ParseError
@@ -26,6 +26,7 @@ IMPORT_EMAIL_VARIABLE = "SF_IMPORT_EMAIL"
 IMPORT_PASSWORD_VARIABLE = "SF_IMPORT_PASSWORD"  # noqa: S105 (a variable's name)
 IMPORT_TIMEOUT_SECONDS = 600.0
 ERRORS_SHOWN = 10
+STOCK_BATCH = 100  # BatchAdjustStock's limit
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,8 +35,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "import-products",
         help="create or update products from a JSONL or CSV file through a running server",
         description="Streams the file's rows to CatalogService.ImportProducts, then sets the "
-        "on-hand stock of rows that give one with InventoryService.AdjustStock. Exits 1 if any "
-        "row failed.",
+        "on-hand stock of rows that give one with InventoryService.BatchAdjustStock, 100 "
+        "products a call. Exits 1 if any row failed.",
         epilog=f"CSV columns: {','.join(catalog_files.CSV_COLUMNS)} (categories and image_urls "
         f"separated by '{catalog_files.CSV_LIST_SEPARATOR}', attributes a JSON object).\n"
         f"Credentials may come from {IMPORT_EMAIL_VARIABLE} and {IMPORT_PASSWORD_VARIABLE}; "
@@ -58,33 +59,35 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 class _Progress:
-    """Rows sent out of the total, on stderr: a bar redrawn in place on a terminal, else lines."""
+    """One phase's progress on stderr: a bar redrawn in place on a terminal, else a line per 10%."""
 
     BAR_WIDTH = 30
     REDRAW_SECONDS = 0.1
 
-    def __init__(self, total: int, stream: TextIO) -> None:
+    def __init__(self, label: str, unit: str, total: int, stream: TextIO) -> None:
+        self.label = label
+        self.unit = unit
         self.total = total
-        self.sent = 0
+        self.done = 0
         self._stream = stream
         self._tty = stream.isatty()
         self._drawn_at = 0.0
         self._next_line_percent = 10
 
-    def advance(self) -> None:
-        """Counts one more row sent."""
-        self.sent += 1
+    def advance(self, count: int = 1) -> None:
+        """Counts `count` more units done."""
+        self.done += count
         if self._tty:
             now = time.monotonic()
-            if now - self._drawn_at >= self.REDRAW_SECONDS or self.sent == self.total:
+            if now - self._drawn_at >= self.REDRAW_SECONDS or self.done == self.total:
                 self._drawn_at = now
                 self._stream.write("\r" + self._bar())
                 self._stream.flush()
-        elif self.sent * 100 >= self._next_line_percent * self.total:
+        elif self.done * 100 >= self._next_line_percent * self.total:
             # A line per 10% at most, so the logs of big imports stay short.
-            while self._next_line_percent * self.total <= self.sent * 100:
+            while self._next_line_percent * self.total <= self.done * 100:
                 self._next_line_percent += 10
-            print(f"storefront: sent {self.sent}/{self.total} rows", file=self._stream, flush=True)
+            print(f"storefront: {self._count()}", file=self._stream, flush=True)
 
     def finish(self) -> None:
         """Ends the bar's line on a terminal."""
@@ -92,9 +95,17 @@ class _Progress:
             self._stream.write("\r" + self._bar() + "\n")
             self._stream.flush()
 
+    def _count(self) -> str:
+        return f"{self.label} {self.done}/{self.total} {self.unit}"
+
     def _bar(self) -> str:
-        done = self.BAR_WIDTH * self.sent // self.total if self.total else self.BAR_WIDTH
-        return f"importing [{'#' * done}{'.' * (self.BAR_WIDTH - done)}] {self.sent}/{self.total}"
+        filled = self.BAR_WIDTH * self.done // self.total if self.total else self.BAR_WIDTH
+        return f"[{'#' * filled}{'.' * (self.BAR_WIDTH - filled)}] {self._count()}"
+
+
+def _say(text: str) -> None:
+    """Reports the start of a phase without a count, on stderr with the progress."""
+    print(f"storefront: {text}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -157,10 +168,12 @@ def _product_ids_by_sku(client: StorefrontClient) -> dict[str, str]:
 def _set_stock(
     client: StorefrontClient, wanted: dict[str, tuple[int, int]], reason: str
 ) -> tuple[int, int, list[_Failure]]:
-    """Adjusts on-hand stock to `wanted` (upper-case sku -> (line, stock)).
+    """Adjusts on-hand stock to `wanted` (upper-case sku -> (line, stock)), a BatchAdjustStock
+    call per STOCK_BATCH products.
 
     Returns how many products were adjusted, how many already had that stock, and the failures.
     """
+    _say(f"looking up the stock of {len(wanted)} products")
     ids = _product_ids_by_sku(client)
     failed: list[_Failure] = []
     targets: list[tuple[str, int, str, int]] = []  # (product id, line, sku, stock)
@@ -170,34 +183,73 @@ def _set_stock(
         else:
             failed.append(_Failure(line, sku, "stock: no product has this sku after the import"))
     on_hand: dict[str, int] = {}
-    for start in range(0, len(targets), 100):
+    for batch in _batches(targets):
         levels = client.inventory.BatchGetStockLevels(
             inventory_service_pb2.BatchGetStockLevelsRequest(
-                product_ids=[product_id for product_id, *_ in targets[start : start + 100]]
+                product_ids=[product_id for product_id, *_ in batch]
             )
         )
         on_hand.update((level.product_id, level.on_hand) for level in levels.stock_levels)
-    adjusted = unchanged = 0
-    for product_id, line, sku, stock in targets:
-        delta = stock - on_hand.get(product_id, 0)
-        if delta == 0:
-            unchanged += 1
-            continue
+    changes = [
+        (product_id, line, sku, stock - on_hand.get(product_id, 0))
+        for product_id, line, sku, stock in targets
+        if stock != on_hand.get(product_id, 0)
+    ]
+    progress = _Progress("set the stock of", "products", len(changes), sys.stderr)
+    adjusted = 0
+    for batch in _batches(changes):
+        batch_failures = _adjust_batch(client, batch, reason)
+        failed += batch_failures
+        adjusted += len(batch) - len(batch_failures)
+        progress.advance(len(batch))
+    progress.finish()
+    return adjusted, len(targets) - len(changes), failed
+
+
+_T = TypeVar("_T")
+
+
+def _batches(items: list[_T]) -> Iterator[list[_T]]:
+    for start in range(0, len(items), STOCK_BATCH):
+        yield items[start : start + STOCK_BATCH]
+
+
+def _adjust_batch(
+    client: StorefrontClient, batch: list[tuple[str, int, str, int]], reason: str
+) -> list[_Failure]:
+    """Applies (product id, line, sku, delta) changes in one call; returns the failures.
+
+    A batch is all or nothing: when the server refuses it for one product (stock reserved by
+    orders meanwhile, a product just deleted), each change is retried alone, so the others land
+    and the failure names its row.
+    """
+    try:
+        client.inventory.BatchAdjustStock(
+            inventory_service_pb2.BatchAdjustStockRequest(
+                adjustments=[
+                    inventory_service_pb2.StockAdjustment(product_id=product_id, delta=delta)
+                    for product_id, _, _, delta in batch
+                ],
+                reason=reason,
+                # A fresh key per batch; the SDK's retries of this call reuse it.
+                request_id=str(uuid.uuid4()),
+            )
+        )
+        return []
+    except grpc.RpcError as exc:
+        if exc.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
+            return [_Failure(line, sku, f"stock: {_rpc_failure(exc)}") for _, line, sku, _ in batch]
+    failed: list[_Failure] = []
+    for product_id, line, sku, delta in batch:
         try:
             client.inventory.AdjustStock(
                 inventory_service_pb2.AdjustStockRequest(
-                    product_id=product_id,
-                    delta=delta,
-                    reason=reason,
-                    # A fresh key per adjustment; the SDK's retries of this call reuse it.
-                    request_id=str(uuid.uuid4()),
+                    product_id=product_id, delta=delta, reason=reason, request_id=str(uuid.uuid4())
                 )
             )
         except grpc.RpcError as exc:
             failed.append(_Failure(line, sku, f"stock: {_rpc_failure(exc)}"))
-            continue
-        adjusted += 1
-    return adjusted, unchanged, failed
+    return failed
 
 
 def _import_credentials(email: str | None, password: str | None) -> tuple[str, str]:
@@ -222,7 +274,8 @@ def import_products(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:  # CatalogFileError is a ValueError
         print(f"storefront: {exc}", file=sys.stderr)
         return 2
-    progress = _Progress(len(outgoing), sys.stderr)
+    _say(f"read {len(outgoing) + len(failed)} rows from {path}, {len(failed)} unusable")
+    progress = _Progress("sent", "rows", len(outgoing), sys.stderr)
 
     def requests() -> Iterator[catalog_service_pb2.ImportProductsRequest]:
         for item in outgoing:

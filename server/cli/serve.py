@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 
 from server import supervisor
 from server.app import create_app
@@ -64,26 +63,28 @@ def _announce(settings: Settings, port: int, metrics_port: int | None) -> None:
     host = settings.grpc_address.rpartition(":")[0]
     target = f"{host}:{port}"
     scheme = "https" if settings.tls_enabled else "http"
+    metrics = (
+        f"http://{settings.metrics_address.rpartition(':')[0]}:{metrics_port}/metrics"
+        if metrics_port
+        else None
+    )
     log.info(
-        "serving",
+        "storefront is serving gRPC on %s",
+        target,
         extra={
             "grpc.address": target,
-            "metrics.port": metrics_port,
+            "metrics.url": metrics,
             "database": settings.database_url.split("@")[-1],
         },
     )
+    # For the person at the terminal: stdout, so stderr stays a JSON log stream.
     print(
         f"\nstorefront is serving gRPC on {target}"
-        + (
-            f", metrics on http://{settings.metrics_address.rpartition(':')[0]}:"
-            f"{metrics_port}/metrics"
-            if metrics_port
-            else ""
-        )
-        + f"\n\nTry it:\n  .venv/bin/buf curl --protocol grpc --http2-prior-knowledge "
+        + (f", metrics on {metrics}" if metrics else "")
+        + "\n\nTry it (buf comes with the development tools: make venv):\n"
+        f"  .venv/bin/buf curl --protocol grpc --http2-prior-knowledge "
         f"{scheme}://{target}/storefront.v1.IdentityService/ListSigningKeys\n"
         f"  .venv/bin/buf curl --protocol grpc --http2-prior-knowledge --list-methods "
         f"{scheme}://{target}\n",
-        file=sys.stderr,
         flush=True,
     )

@@ -25,6 +25,8 @@ MAX_BATCH_IDS = 100
 MAX_LINES = 100
 SYSTEM_ACTOR = "system"
 ADJUST_STOCK_OPERATION = "/storefront.v1.InventoryService/AdjustStock"
+BATCH_ADJUST_STOCK_OPERATION = "/storefront.v1.InventoryService/BatchAdjustStock"
+MAX_BATCH_ADJUSTMENTS = 100
 # Who sees on_hand and reserved; everyone else (customers, anonymous callers) sees only what can
 # be bought.
 SEES_ALL_TERMS = frozenset({Role.STAFF, Role.ADMIN, Role.SERVICE})
@@ -75,8 +77,9 @@ def view(level: StockLevel, *, all_terms: bool) -> StockView:
     )
 
 
-def _product_not_found() -> NotFound:
-    return NotFound("The product does not exist.", reason="PRODUCT_NOT_FOUND")
+def _product_not_found(product_id: str = "") -> NotFound:
+    metadata = {"product_id": product_id} if product_id else {}
+    return NotFound("The product does not exist.", reason="PRODUCT_NOT_FOUND", metadata=metadata)
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -155,12 +158,16 @@ def list_movements(page: listing.PageRequest, *, product_id: str) -> listing.Pag
 
 def check_adjustment(v: Validator, *, product_id: str, delta: int, reason: str) -> str:
     """Records the violations of an adjustment's fields in `v`; returns the trimmed reason."""
-    v.check_id("product_id", product_id, "product")
-    if delta == 0:
-        v.add("delta", "must not be zero")
-    elif abs(delta) > MAX_DELTA:
-        v.add("delta", f"must be between -{MAX_DELTA:,} and {MAX_DELTA:,}")
+    _check_change(v, "", product_id, delta)
     return v.text("reason", reason, REASON_MAX_LENGTH)
+
+
+def _check_change(v: Validator, prefix: str, product_id: str, delta: int) -> None:
+    v.check_id(f"{prefix}product_id", product_id, "product")
+    if delta == 0:
+        v.add(f"{prefix}delta", "must not be zero")
+    elif abs(delta) > MAX_DELTA:
+        v.add(f"{prefix}delta", f"must be between -{MAX_DELTA:,} and {MAX_DELTA:,}")
 
 
 def adjust(
@@ -186,7 +193,7 @@ def adjust(
         if changed != 1:
             level = StockLevel.get_or_none(StockLevel.product == product_id)
             if level is None:
-                raise _product_not_found()
+                raise _product_not_found(product_id)
             raise FailedPrecondition(
                 f"Only {available(level)} units are available; cannot remove {-delta}.",
                 reason="INSUFFICIENT_STOCK",
@@ -250,6 +257,65 @@ def adjust_stock(actor: Principal, command: AdjustStock) -> Adjustment:
     )
     movement = StockMovement.get_by_id(int(movement_id))
     return Adjustment(level=level_after(movement), movement=movement)
+
+
+@dataclass(frozen=True)
+class BatchAdjustStock:
+    """A BatchAdjustStock request: (product id, delta) pairs in the caller's order."""
+
+    request: RequestKey
+    changes: tuple[tuple[str, int], ...]
+    reason: str
+
+
+def check_batch(v: Validator, command: BatchAdjustStock) -> str:
+    """Records the violations of a batch's fields in `v`; returns the trimmed reason."""
+    if not command.changes:
+        v.add("adjustments", "must list at least one adjustment")
+    elif len(command.changes) > MAX_BATCH_ADJUSTMENTS:
+        v.add("adjustments", f"must list at most {MAX_BATCH_ADJUSTMENTS} adjustments")
+    else:
+        seen: set[str] = set()
+        for index, (product_id, delta) in enumerate(command.changes):
+            _check_change(v, f"adjustments[{index}].", product_id, delta)
+            if product_id in seen:
+                v.add(f"adjustments[{index}].product_id", "lists a product already in the batch")
+            seen.add(product_id)
+    return v.text("reason", command.reason, REASON_MAX_LENGTH)
+
+
+def batch_adjust_stock(actor: Principal, command: BatchAdjustStock) -> list[Adjustment]:
+    """Applies every adjustment or none, once per request_id (see BatchAdjustStock).
+
+    What is stored under the request_id is the ledger entries' ids, in the caller's order; a
+    retry is answered from those entries, as for AdjustStock.
+    """
+
+    def execute() -> str:
+        movement_ids: dict[str, int] = {}
+        with database.atomic():
+            # In product-id order, as reservations are made: two batches over the same products
+            # lock their rows in the same order, so they cannot deadlock.
+            for product_id, delta in sorted(command.changes):
+                _, movement = adjust(
+                    product_id=product_id, delta=delta, reason=command.reason, actor=actor.subject
+                )
+                movement_ids[product_id] = int(movement.id)
+        return ",".join(str(movement_ids[product_id]) for product_id, _ in command.changes)
+
+    def validate(v: Validator) -> None:
+        check_batch(v, command)
+
+    stored = idempotency.run_once_for_id(
+        principal=actor.subject,
+        operation=BATCH_ADJUST_STOCK_OPERATION,
+        request=command.request,
+        validate=validate,
+        execute=execute,
+    )
+    ids = [int(movement_id) for movement_id in stored.split(",")]
+    movements = {m.id: m for m in StockMovement.select().where(StockMovement.id.in_(ids))}
+    return [Adjustment(level=level_after(movements[i]), movement=movements[i]) for i in ids]
 
 
 def level_after(movement: StockMovement) -> StockView:

@@ -237,7 +237,10 @@ class ErrorInterceptor(ScopeInterceptor):
     def _abort(
         context: grpc.ServicerContext, code: grpc.StatusCode, error: errors.DomainError
     ) -> None:
-        context.abort_with_status(build_status(code, error, _request_id()))
+        call = call_context.current()
+        if call is not None:
+            call.error_reason = error.reason  # the access log line names it
+        context.abort_with_status(build_status(code, error, call.request_id if call else "-"))
 
 
 def _request_id() -> str:

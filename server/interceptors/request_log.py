@@ -66,7 +66,9 @@ class RequestLogInterceptor(ScopeInterceptor):
                 "principal": principal.subject if principal else None,
                 "principal.role": principal.role.value if principal else None,
             }
-            level = logging.ERROR if outcome.code in _SERVER_FAULTS else logging.INFO
+            if outcome.code is not grpc.StatusCode.OK and call.error_reason:
+                fields["error.reason"] = call.error_reason
+            level = _LEVELS.get(outcome.code, logging.WARNING)
             if access_log.isEnabledFor(level):
                 # The record made directly: Logger.log would also look up the caller's file and
                 # line on the stack, which the JSON line does not show, on every call.
@@ -78,6 +80,11 @@ class RequestLogInterceptor(ScopeInterceptor):
             call_context.reset(token)
 
 
-_SERVER_FAULTS = frozenset(
-    {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS}
-)
+# Server faults are errors; every other failure is a WARNING, except a call its client cancelled.
+_LEVELS = {
+    grpc.StatusCode.OK: logging.INFO,
+    grpc.StatusCode.CANCELLED: logging.INFO,
+    grpc.StatusCode.INTERNAL: logging.ERROR,
+    grpc.StatusCode.UNKNOWN: logging.ERROR,
+    grpc.StatusCode.DATA_LOSS: logging.ERROR,
+}

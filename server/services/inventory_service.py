@@ -88,6 +88,22 @@ class InventoryServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
             movement=movement_to_proto(adjusted.movement),
         )
 
+    def BatchAdjustStock(
+        self, request: pb.BatchAdjustStockRequest, context: grpc.ServicerContext
+    ) -> pb.BatchAdjustStockResponse:
+        adjusted = inventory.batch_adjust_stock(
+            call_context.principal(),
+            inventory.BatchAdjustStock(
+                request_key(request),
+                tuple((change.product_id, change.delta) for change in request.adjustments),
+                request.reason,
+            ),
+        )
+        return pb.BatchAdjustStockResponse(
+            stock_levels=[stock_level_to_proto(a.level) for a in adjusted],
+            movements=[movement_to_proto(a.movement) for a in adjusted],
+        )
+
     def ListStockMovements(
         self, request: pb.ListStockMovementsRequest, context: grpc.ServicerContext
     ) -> pb.ListStockMovementsResponse:

@@ -50,6 +50,7 @@ EXPECTED: dict[str, str | frozenset[Role]] = {
     "/storefront.v1.InventoryService/GetStockLevel": PUBLIC,
     "/storefront.v1.InventoryService/BatchGetStockLevels": PUBLIC,
     "/storefront.v1.InventoryService/AdjustStock": STAFF,
+    "/storefront.v1.InventoryService/BatchAdjustStock": STAFF,
     "/storefront.v1.InventoryService/ListStockMovements": STAFF,
     "/storefront.v1.CurrencyService/ListCurrencies": PUBLIC,
     "/storefront.v1.CurrencyService/ConvertMoney": PUBLIC,

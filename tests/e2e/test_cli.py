@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -21,6 +22,7 @@ from storefront.v1 import identity_service_pb2 as pb
 from storefront_client import StorefrontClient
 
 from server import db as dbmod
+from server.cli.admin import DATABASE_VARIABLES, RECONCILE_VARIABLES
 from server.config import VARIABLES
 from server.domain.passwords import PasswordHasher
 from server.models.user import User
@@ -49,6 +51,26 @@ def cli_env(data_dir: Path, **variables: str) -> dict[str, str]:
     )
     env.update(variables)
     return env
+
+
+def log_records(stderr: str) -> list[dict[str, object]]:
+    """Parses a command's stderr, which must be JSON log lines and nothing else."""
+    records = []
+    for line in stderr.splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            pytest.fail(f"a plain-text line on the JSON log stream: {line!r}\n{stderr}")
+    return records
+
+
+def failure(result: subprocess.CompletedProcess[str]) -> str:
+    """Returns the message of the one JSON line a command that could not run wrote."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    (record,) = log_records(result.stderr)
+    assert record["level"] == "error" and record["exit_status"] == 2
+    return str(record["msg"])
 
 
 def storefront(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -138,10 +160,9 @@ def test_migrate_seed_serve_call_scrape_and_sigterm(tmp_path: Path, serving: lis
 
     server = Serving(env)
     serving.append(server)
-    line = server.wait_for(SERVING, START_SECONDS)
-    match = re.search(r"serving gRPC on (\S+?), metrics on (http://\S+/metrics)", line)
-    assert match, line
-    target, metrics_url = match.groups()
+    (serving_record,) = log_records(server.wait_for(SERVING, START_SECONDS))
+    target, metrics_url = serving_record["grpc.address"], serving_record["metrics.url"]
+    assert isinstance(target, str)
     assert target == env["STOREFRONT_GRPC_ADDRESS"]
     assert metrics_url == f"http://{env['STOREFRONT_METRICS_ADDRESS']}/metrics"
 
@@ -169,13 +190,49 @@ def test_migrate_seed_serve_call_scrape_and_sigterm(tmp_path: Path, serving: lis
     log = "".join(server.stderr)
     assert "SIGTERM: draining" in log
     assert credentials["password"] not in log
+    records = log_records(log)  # JSON only, from the first line to the last
+    assert any(r.get("grpc.method") == "Login" for r in records)
+    for result in (migrated, again, seeded, reseeded):
+        log_records(result.stderr)
 
 
 def test_serve_on_an_unmigrated_database_says_to_migrate(tmp_path: Path) -> None:
     result = storefront("serve", env=cli_env(tmp_path))
-    assert result.returncode == 1
-    assert "storefront migrate" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "storefront migrate" in failure(result)
+
+
+@pytest.mark.parametrize("command", ["serve", "migrate", "seed"])
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        (
+            "postgresql://postgres:secret@127.0.0.1:1/storefront",
+            'database unreachable: connection failed: connection to server at "127.0.0.1", port 1',
+        ),
+        # The database file's directory cannot be created: a file is in the way.
+        (
+            "sqlite:///{tmp}/not-a-directory/db/storefront.db",
+            "database unreachable: cannot create the directory",
+        ),
+    ],
+    ids=["postgresql-refused", "sqlite-blocked"],
+)
+def test_an_unreachable_database_stops_a_command_with_one_line(
+    tmp_path: Path, command: str, url: str, problem: str
+) -> None:
+    (tmp_path / "not-a-directory").write_text("")
+    url = url.format(tmp=tmp_path)
+    message = failure(storefront(command, env=cli_env(tmp_path, STOREFRONT_DATABASE_URL=url)))
+    assert problem in message
+    assert "secret" not in message
+
+
+def test_version_names_the_package_and_its_schema(tmp_path: Path) -> None:
+    result = storefront("--version", env=cli_env(tmp_path))
+    assert result.returncode == 0
+    assert re.fullmatch(
+        r"storefront \d+\.\d+\.\d+ \(schema m\d{4}_\w+, grpcio \S+, Python \S+\)\n", result.stdout
+    ), result.stdout
 
 
 @pytest.mark.parametrize(
@@ -190,10 +247,8 @@ def test_a_bad_setting_exits_2_with_one_line_naming_it(
     tmp_path: Path, variable: str, value: str
 ) -> None:
     result = storefront("serve", env=cli_env(tmp_path, **{variable: value}))
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert variable in lines[0] and value in lines[0]
+    message = failure(result)
+    assert message.startswith(f"configuration error: {variable}: ") and value in message
 
 
 @pytest.mark.parametrize(
@@ -209,11 +264,9 @@ def test_bad_shipping_rules_stop_serve_with_one_line_naming_the_variable(
         rules.write_text(content)
     assert storefront("migrate", env=cli_env(tmp_path)).returncode == 0
     result = storefront("serve", env=cli_env(tmp_path, STOREFRONT_SHIPPING_RULES_FILE=str(rules)))
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("storefront: configuration error: STOREFRONT_SHIPPING_RULES_FILE: ")
-    assert problem in lines[0]
+    message = failure(result)
+    assert message.startswith("configuration error: STOREFRONT_SHIPPING_RULES_FILE: ")
+    assert problem in message
 
 
 @pytest.mark.parametrize("variable", ["STOREFRONT_GRPC_ADDRESS", "STOREFRONT_METRICS_ADDRESS"])
@@ -226,25 +279,33 @@ def test_a_port_in_use_stops_serve_with_a_line_naming_the_variable(
         taken.listen()
         address = f"127.0.0.1:{taken.getsockname()[1]}"
         result = storefront("serve", env=cli_env(tmp_path, **{variable: address}))
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    # grpc's C core may log its own line about the failed bind before ours.
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"storefront: configuration error: {variable}: cannot listen on")
-    assert address in last
+    message = failure(result)
+    assert message.startswith(f"configuration error: {variable}: cannot listen on")
+    assert address in message
 
 
 def test_an_unknown_setting_is_refused(tmp_path: Path) -> None:
     result = storefront("serve", env=cli_env(tmp_path, STOREFRONT_GRPC_ADRESS="127.0.0.1:1"))
-    assert result.returncode == 2
-    assert "STOREFRONT_GRPC_ADRESS" in result.stderr
+    assert "STOREFRONT_GRPC_ADRESS" in failure(result)
 
 
-def test_serve_help_lists_every_variable(tmp_path: Path) -> None:
-    result = storefront("serve", "--help", env=cli_env(tmp_path))
+@pytest.mark.parametrize(
+    ("command", "listed"),
+    [
+        ("serve", tuple(v.name for v in VARIABLES)),
+        ("migrate", DATABASE_VARIABLES),
+        ("seed", DATABASE_VARIABLES),
+        ("create-admin", DATABASE_VARIABLES),
+        ("reconcile", RECONCILE_VARIABLES),
+    ],
+)
+def test_each_command_help_lists_the_variables_it_reads(
+    tmp_path: Path, command: str, listed: tuple[str, ...]
+) -> None:
+    result = storefront(command, "--help", env=cli_env(tmp_path))
     assert result.returncode == 0, result.stderr
-    for variable in VARIABLES:
-        assert variable.name in result.stdout
+    shown = set(re.findall(r"^  (STOREFRONT_[A-Z0-9_]+)  ", result.stdout, re.MULTILINE))
+    assert shown == set(listed)
 
 
 def test_create_admin_prints_the_password_once_and_refuses_a_duplicate(tmp_path: Path) -> None:
@@ -266,8 +327,8 @@ def test_create_admin_prints_the_password_once_and_refuses_a_duplicate(tmp_path:
 
     duplicate = storefront("create-admin", "--email", "X@example.com", env=env)
     assert duplicate.returncode == 1
-    assert "already exists" in duplicate.stderr
-    assert "Traceback" not in duplicate.stderr
+    (record,) = log_records(duplicate.stderr)
+    assert "already exists" in str(record["msg"])
 
 
 def test_create_admin_names_the_invalid_field(tmp_path: Path) -> None:
@@ -276,7 +337,8 @@ def test_create_admin_names_the_invalid_field(tmp_path: Path) -> None:
     refused = storefront("create-admin", "--email", "notanemail", env=env)
     assert refused.returncode == 1
     # The field and what is wrong with it, not a generic "invalid fields".
-    assert re.fullmatch(r"storefront: email: \S.*\n", refused.stderr), refused.stderr
+    (record,) = log_records(refused.stderr)
+    assert re.fullmatch(r"email: \S.*", str(record["msg"])), refused.stderr
 
 
 # --- reconcile ------------------------------------------------------------------------------------
@@ -285,16 +347,13 @@ def test_create_admin_names_the_invalid_field(tmp_path: Path) -> None:
 def test_reconcile_refuses_the_sandbox_whose_charges_live_in_the_server(tmp_path: Path) -> None:
     assert storefront("migrate", env=cli_env(tmp_path)).returncode == 0
     result = storefront("reconcile", env=cli_env(tmp_path))
-    assert result.returncode == 2
-    assert "sandbox" in result.stderr and "Traceback" not in result.stderr
+    assert "sandbox" in failure(result)
 
 
 def test_reconcile_without_a_provider_url_names_the_variable(tmp_path: Path) -> None:
     result = storefront("reconcile", env=cli_env(tmp_path, STOREFRONT_PAYMENT_GATEWAY="http"))
-    assert result.returncode == 2
-    assert result.stderr.strip() == (
-        "storefront: configuration error: STOREFRONT_PAYMENT_BASE_URL: required when the "
-        "gateway is http"
+    assert failure(result) == (
+        "configuration error: STOREFRONT_PAYMENT_BASE_URL: required when the gateway is http"
     )
 
 

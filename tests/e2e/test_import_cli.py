@@ -154,7 +154,11 @@ def test_import_products_streams_a_csv_reports_bad_rows_and_sets_stock(
     assert "2 created, 1 updated, 1 failed" in result.stdout
     assert "stock: 2 adjusted, 0 unchanged, 0 failed" in result.stdout
     assert "line 3 (BAD-CURRENCY-1): " in result.stdout  # line 1 is the header
-    assert "sent 4/4 rows" in result.stderr  # plain progress lines: stderr is not a terminal
+    # Every phase reports, in plain lines (stderr is not a terminal).
+    assert "read 4 rows from" in result.stderr
+    assert "sent 4/4 rows" in result.stderr
+    assert "looking up the stock of 2 products" in result.stderr
+    assert "set the stock of 2/2 products" in result.stderr
     assert "Traceback" not in result.stderr
 
     with StorefrontClient(target) as client:
@@ -223,3 +227,60 @@ def test_import_products_refuses_missing_credentials_and_unknown_formats(tmp_pat
     assert unknown.returncode == 2
     assert "--format" in unknown.stderr
     assert "Traceback" not in no_password.stderr + unknown.stderr
+
+
+def test_stock_is_set_in_batches_and_a_refused_product_fails_alone(
+    tmp_path: Path, serving: list[Serving]
+) -> None:
+    env = seeded(tmp_path)
+    server = Serving(env)
+    serving.append(server)
+    server.wait_for(SERVING, START_SECONDS)
+    target = env["STOREFRONT_GRPC_ADDRESS"]
+    admin = read_credentials(tmp_path / "demo-admin-credentials.txt")
+    import_env = {**env, "SF_IMPORT_EMAIL": admin["email"], "SF_IMPORT_PASSWORD": admin["password"]}
+    catalog = [row.product for row in read_rows(DEMO_CATALOG)]
+    held_sku = catalog[1]["sku"]
+    # Orders hold 40 units of one product: its stock cannot go below that.
+    db = dbmod.connect_url(f"sqlite:///{tmp_path / 'storefront.db'}")
+    with db.bind_ctx([Product, StockLevel]), db.connection_context():
+        held = Product.get(Product.sku == held_sku)
+        StockLevel.update(on_hand=50, reserved=40).where(StockLevel.product == held.id).execute()
+    # 150 products: two BatchAdjustStock calls, the first refused for the held product.
+    rows = [
+        {
+            "sku": f"BATCH-{n:03d}",
+            "name": f"Batch product {n}",
+            "price_currency": "USD",
+            "price_minor": "100",
+            "stock": str(n + 1),
+        }
+        for n in range(148)
+    ]
+    for product, stock in ((catalog[0], "777"), (catalog[1], "5")):
+        rows.insert(
+            0,
+            {
+                "sku": product["sku"],
+                "name": product["name"],
+                "price_currency": product["price"]["currencyCode"],
+                "price_minor": str(product["price"]["amountMinor"]),
+                "stock": stock,
+            },
+        )
+    path = tmp_path / "batch.csv"
+    path.write_text(csv_text(rows))
+
+    result = storefront("import-products", str(path), "--target", target, env=import_env)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "stock: 149 adjusted, 0 unchanged, 1 failed" in result.stdout
+    assert f"line 2 ({held_sku}): stock: FAILED_PRECONDITION" in result.stdout
+    assert "set the stock of 150/150 products" in result.stderr
+    with StorefrontClient(target) as client:
+        client.login(admin["email"], admin["password"])
+        ids = product_ids(client)
+        assert on_hand(client, ids[held_sku]) == 50
+        assert on_hand(client, ids[catalog[0]["sku"]]) == 777
+        assert on_hand(client, ids["BATCH-000"]) == 1
+        assert on_hand(client, ids["BATCH-147"]) == 148

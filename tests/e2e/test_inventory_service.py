@@ -286,6 +286,155 @@ def test_only_staff_and_admins_adjust_stock_or_list_movements(
     assert rpc_error(lambda: stub.ListStockMovements(listing)).code() == code
 
 
+# --- BatchAdjustStock --------------------------------------------------------------------------
+
+
+def batch_request(*changes: tuple[str, int], **fields: object) -> pb.BatchAdjustStockRequest:
+    values: dict[str, object] = {"reason": "stocktake", "request_id": str(uuid.uuid4())}
+    values.update(fields)
+    return pb.BatchAdjustStockRequest(
+        adjustments=[pb.StockAdjustment(product_id=p, delta=d) for p, d in changes],
+        **values,  # type: ignore[arg-type]
+    )
+
+
+def on_hand(staff: StorefrontClient, *product_ids: str) -> list[int]:
+    levels = staff.inventory.BatchGetStockLevels(
+        pb.BatchGetStockLevelsRequest(product_ids=list(product_ids))
+    ).stock_levels
+    return [level.on_hand for level in levels]
+
+
+def test_a_batch_applies_every_adjustment_in_the_order_asked(running: Running) -> None:
+    first, second, third = (insert_product(on_hand=n) for n in (5, 0, 9))
+    staff = running.login(Role.STAFF)
+    request = batch_request((third, -4), (first, 10), (second, 3), reason="stocktake 12")
+
+    response = staff.inventory.BatchAdjustStock(request)
+
+    assert [level.product_id for level in response.stock_levels] == [third, first, second]
+    assert [level.on_hand for level in response.stock_levels] == [5, 15, 3]
+    assert [m.product_id for m in response.movements] == [third, first, second]
+    assert [m.on_hand_delta for m in response.movements] == [-4, 10, 3]
+    assert {m.reason for m in response.movements} == {"stocktake 12"}
+    assert on_hand(staff, first, second, third) == [15, 3, 5]
+    # A retry answers the same and changes nothing again.
+    assert staff.inventory.BatchAdjustStock(request) == response
+    assert on_hand(staff, first, second, third) == [15, 3, 5]
+
+
+@pytest.mark.parametrize("failing", ["insufficient", "unknown"])
+def test_a_batch_with_one_failing_adjustment_changes_nothing(
+    running: Running, failing: str
+) -> None:
+    first, last = insert_product(on_hand=5), insert_product(on_hand=5, reserved=4)
+    staff = running.login(Role.STAFF)
+    bad = (last, -2) if failing == "insufficient" else (str(uuid.uuid4()), 1)
+    request = batch_request((first, 7), bad)
+
+    err = rpc_error(lambda: staff.inventory.BatchAdjustStock(request))
+
+    if failing == "insufficient":
+        assert err.code() == StatusCode.FAILED_PRECONDITION
+        assert error_info(err) == ("INSUFFICIENT_STOCK", {"product_id": last, "available": "1"})
+    else:
+        assert err.code() == StatusCode.NOT_FOUND
+        assert error_info(err) == ("PRODUCT_NOT_FOUND", {"product_id": bad[0]})
+    assert on_hand(staff, first, last) == [5, 5]
+    movements = staff.inventory.ListStockMovements(pb.ListStockMovementsRequest(product_id=first))
+    assert not movements.movements
+    # Nothing stored under the key: fixed, the same request_id goes through.
+    fixed = batch_request((first, 7), request_id=request.request_id)
+    assert staff.inventory.BatchAdjustStock(fixed).stock_levels[0].on_hand == 12
+
+
+def test_a_batch_request_id_reused_for_another_batch_is_a_failed_precondition(
+    running: Running,
+) -> None:
+    product_id = insert_product()
+    staff = running.login(Role.STAFF)
+    request = batch_request((product_id, 1))
+    staff.inventory.BatchAdjustStock(request)
+    changed = batch_request((product_id, 2), request_id=request.request_id)
+    err = rpc_error(lambda: staff.inventory.BatchAdjustStock(changed))
+    assert err.code() == StatusCode.FAILED_PRECONDITION
+    assert error_info(err)[0] == "IDEMPOTENCY_KEY_REUSED"
+
+
+def test_a_batch_duplicate_in_flight_is_aborted(running: Running) -> None:
+    product_id = insert_product()
+    staff = running.login(Role.STAFF)
+    me = staff.identity.GetCurrentUser(identity_service_pb2.GetCurrentUserRequest()).user
+    request = batch_request((product_id, 1))
+    fields = pb.BatchAdjustStockRequest()
+    fields.CopyFrom(request)
+    fields.ClearField("request_id")
+    now = utcnow()
+    with running.db.connection_context():
+        IdempotencyKey.create(
+            principal=me.id,
+            key=request.request_id,
+            operation=inventory.BATCH_ADJUST_STOCK_OPERATION,
+            request_hash=idempotency.request_hash(
+                inventory.BATCH_ADJUST_STOCK_OPERATION,
+                fields.SerializeToString(deterministic=True),
+            ),
+            state=idempotency.IN_FLIGHT,
+            create_time=now,
+            expire_time=now + idempotency.KEY_TTL,
+        )
+    err = rpc_error(lambda: staff.inventory.BatchAdjustStock(request))
+    assert err.code() == StatusCode.ABORTED
+    assert error_info(err)[0] == "REQUEST_IN_FLIGHT"
+    assert on_hand(staff, product_id) == [0]
+
+
+@pytest.mark.parametrize(
+    ("changes", "fields", "violations"),
+    [
+        ((), {}, {"adjustments"}),
+        ((("P", 1),) * 101, {}, {"adjustments"}),
+        ((("P", 1), ("P", 2)), {}, {"adjustments[1].product_id"}),
+        (
+            (("P", 0), ("nope", 1_000_001)),
+            {},
+            {"adjustments[0].delta", "adjustments[1].product_id", "adjustments[1].delta"},
+        ),
+        ((("P", 1),), {"reason": ""}, {"reason"}),
+        ((("P", 1),), {"request_id": "not-a-uuid"}, {"request_id"}),
+    ],
+    ids=["none", "101", "duplicate", "bad-items", "no-reason", "bad-request-id"],
+)
+def test_a_batch_with_invalid_fields_is_invalid_and_stores_nothing(
+    running: Running,
+    changes: tuple[tuple[str, int], ...],
+    fields: dict[str, object],
+    violations: set[str],
+) -> None:
+    product_id = insert_product(on_hand=3)
+    staff = running.login(Role.STAFF)
+    request = batch_request(*((product_id if p == "P" else p, d) for p, d in changes), **fields)
+    err = rpc_error(lambda: staff.inventory.BatchAdjustStock(request))
+    assert err.code() == StatusCode.INVALID_ARGUMENT
+    assert violated_fields(err) == violations
+    assert on_hand(staff, product_id) == [3]
+    with running.db.connection_context():
+        assert IdempotencyKey.select().count() == 0
+
+
+@pytest.mark.parametrize(
+    ("caller", "code"),
+    [(ANONYMOUS, StatusCode.UNAUTHENTICATED), (Role.CUSTOMER, StatusCode.PERMISSION_DENIED)],
+    ids=str,
+)
+def test_only_staff_and_admins_adjust_stock_in_batches(
+    running: Running, caller: str | Role, code: grpc.StatusCode
+) -> None:
+    request = batch_request((insert_product(), 1))
+    stub = client_for(running, caller).inventory
+    assert rpc_error(lambda: stub.BatchAdjustStock(request)).code() == code
+
+
 # --- ListStockMovements -------------------------------------------------------------------------
 
 

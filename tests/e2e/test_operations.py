@@ -224,6 +224,10 @@ def test_access_log_has_one_json_record_per_rpc_without_secrets(
     assert entries[2]["request_id"] == generated_id
     assert entries[1]["principal"] == login.user.id
     assert len({e["request_id"] for e in entries}) == 3
+    # A failed call is a WARNING naming its ErrorInfo reason; successful calls are INFO.
+    assert [r.levelname for r in records] == ["INFO", "INFO", "WARNING"]
+    assert entries[2]["error.reason"] == "FIELD_INVALID"
+    assert "error.reason" not in entries[0]
 
     everything = "\n".join(JsonFormatter().format(r) for r in caplog.records)
     for secret in (PASSWORD, token, refresh):

@@ -25,7 +25,7 @@ from storefront.v1 import catalog_service_pb2 as catalog_pb
 from storefront_client import StorefrontClient
 
 from tests.e2e.test_catalog_service import product
-from tests.e2e.test_cli import Serving, cli_env, storefront
+from tests.e2e.test_cli import Serving, cli_env, log_records, storefront
 
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux /proc")
 
@@ -245,10 +245,11 @@ def test_a_worker_that_cannot_boot_stops_the_supervisor_with_its_line(
         result = storefront("serve", "--workers", "2", env=cli_env(tmp_path, **{variable: address}))
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"storefront: configuration error: {variable}: cannot listen on")
-    assert address in last
-    assert result.stderr.count("storefront: configuration error:") == 1
+    records = log_records(result.stderr)
+    message = str(records[-1]["msg"])
+    assert message.startswith(f"configuration error: {variable}: cannot listen on")
+    assert address in message
+    assert sum("configuration error:" in str(r["msg"]) for r in records) == 1
 
 
 @pytest.mark.parametrize(

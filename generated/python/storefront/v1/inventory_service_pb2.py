@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from storefront.v1 import access_pb2 as storefront_dot_v1_dot_access__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%storefront/v1/inventory_service.proto\x12\rstorefront.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1astorefront/v1/access.proto\"\xaa\x01\n\nStockLevel\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x03\x12\x14\n\x07on_hand\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x15\n\x08reserved\x18\x04 \x01(\x03H\x01\x88\x01\x01\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\n\n\x08_on_handB\x0b\n\t_reserved\"\x8d\x02\n\rStockMovement\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12.\n\x04kind\x18\x03 \x01(\x0e\x32 .storefront.v1.StockMovementKind\x12\x15\n\ron_hand_delta\x18\x04 \x01(\x03\x12\x16\n\x0ereserved_delta\x18\x05 \x01(\x03\x12\x15\n\ron_hand_after\x18\x06 \x01(\x03\x12\x16\n\x0ereserved_after\x18\x07 \x01(\x03\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\r\n\x05\x61\x63tor\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"0\n\x14GetStockLevelRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"G\n\x15GetStockLevelResponse\x12.\n\x0bstock_level\x18\x01 \x01(\x0b\x32\x19.storefront.v1.StockLevel\"7\n\x1a\x42\x61tchGetStockLevelsRequest\x12\x19\n\x0bproduct_ids\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\"k\n\x1b\x42\x61tchGetStockLevelsResponse\x12/\n\x0cstock_levels\x18\x01 \x03(\x0b\x32\x19.storefront.v1.StockLevel\x12\x1b\n\x13missing_product_ids\x18\x02 \x03(\t\"s\n\x12\x41\x64justStockRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05\x64\x65lta\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\"u\n\x13\x41\x64justStockResponse\x12.\n\x0bstock_level\x18\x01 \x01(\x0b\x32\x19.storefront.v1.StockLevel\x12.\n\x08movement\x18\x02 \x01(\x0b\x32\x1c.storefront.v1.StockMovement\"\\\n\x19ListStockMovementsRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"f\n\x1aListStockMovementsResponse\x12/\n\tmovements\x18\x01 \x03(\x0b\x32\x1c.storefront.v1.StockMovement\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xe1\x01\n\x11StockMovementKind\x12#\n\x1fSTOCK_MOVEMENT_KIND_UNSPECIFIED\x10\x00\x12\"\n\x1eSTOCK_MOVEMENT_KIND_ADJUSTMENT\x10\x01\x12#\n\x1fSTOCK_MOVEMENT_KIND_RESERVATION\x10\x02\x12\x1f\n\x1bSTOCK_MOVEMENT_KIND_RELEASE\x10\x03\x12\x1c\n\x18STOCK_MOVEMENT_KIND_SALE\x10\x04\x12\x1f\n\x1bSTOCK_MOVEMENT_KIND_RESTOCK\x10\x05\x32\xc1\x03\n\x10InventoryService\x12\x62\n\rGetStockLevel\x12#.storefront.v1.GetStockLevelRequest\x1a$.storefront.v1.GetStockLevelResponse\"\x06\xa2\xbb\x18\x02\x08\x01\x12t\n\x13\x42\x61tchGetStockLevels\x12).storefront.v1.BatchGetStockLevelsRequest\x1a*.storefront.v1.BatchGetStockLevelsResponse\"\x06\xa2\xbb\x18\x02\x08\x01\x12^\n\x0b\x41\x64justStock\x12!.storefront.v1.AdjustStockRequest\x1a\".storefront.v1.AdjustStockResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12s\n\x12ListStockMovements\x12(.storefront.v1.ListStockMovementsRequest\x1a).storefront.v1.ListStockMovementsResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%storefront/v1/inventory_service.proto\x12\rstorefront.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1astorefront/v1/access.proto\"\xaa\x01\n\nStockLevel\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x03\x12\x14\n\x07on_hand\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x15\n\x08reserved\x18\x04 \x01(\x03H\x01\x88\x01\x01\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\n\n\x08_on_handB\x0b\n\t_reserved\"\x8d\x02\n\rStockMovement\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12.\n\x04kind\x18\x03 \x01(\x0e\x32 .storefront.v1.StockMovementKind\x12\x15\n\ron_hand_delta\x18\x04 \x01(\x03\x12\x16\n\x0ereserved_delta\x18\x05 \x01(\x03\x12\x15\n\ron_hand_after\x18\x06 \x01(\x03\x12\x16\n\x0ereserved_after\x18\x07 \x01(\x03\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\r\n\x05\x61\x63tor\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"0\n\x14GetStockLevelRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"G\n\x15GetStockLevelResponse\x12.\n\x0bstock_level\x18\x01 \x01(\x0b\x32\x19.storefront.v1.StockLevel\"7\n\x1a\x42\x61tchGetStockLevelsRequest\x12\x19\n\x0bproduct_ids\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\"k\n\x1b\x42\x61tchGetStockLevelsResponse\x12/\n\x0cstock_levels\x18\x01 \x03(\x0b\x32\x19.storefront.v1.StockLevel\x12\x1b\n\x13missing_product_ids\x18\x02 \x03(\t\"s\n\x12\x41\x64justStockRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05\x64\x65lta\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\"u\n\x13\x41\x64justStockResponse\x12.\n\x0bstock_level\x18\x01 \x01(\x0b\x32\x19.storefront.v1.StockLevel\x12.\n\x08movement\x18\x02 \x01(\x0b\x32\x1c.storefront.v1.StockMovement\"@\n\x0fStockAdjustment\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05\x64\x65lta\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02\"\x84\x01\n\x17\x42\x61tchAdjustStockRequest\x12\x39\n\x0b\x61\x64justments\x18\x01 \x03(\x0b\x32\x1e.storefront.v1.StockAdjustmentB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\"|\n\x18\x42\x61tchAdjustStockResponse\x12/\n\x0cstock_levels\x18\x01 \x03(\x0b\x32\x19.storefront.v1.StockLevel\x12/\n\tmovements\x18\x02 \x03(\x0b\x32\x1c.storefront.v1.StockMovement\"\\\n\x19ListStockMovementsRequest\x12\x18\n\nproduct_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"f\n\x1aListStockMovementsResponse\x12/\n\tmovements\x18\x01 \x03(\x0b\x32\x1c.storefront.v1.StockMovement\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xe1\x01\n\x11StockMovementKind\x12#\n\x1fSTOCK_MOVEMENT_KIND_UNSPECIFIED\x10\x00\x12\"\n\x1eSTOCK_MOVEMENT_KIND_ADJUSTMENT\x10\x01\x12#\n\x1fSTOCK_MOVEMENT_KIND_RESERVATION\x10\x02\x12\x1f\n\x1bSTOCK_MOVEMENT_KIND_RELEASE\x10\x03\x12\x1c\n\x18STOCK_MOVEMENT_KIND_SALE\x10\x04\x12\x1f\n\x1bSTOCK_MOVEMENT_KIND_RESTOCK\x10\x05\x32\xb0\x04\n\x10InventoryService\x12\x62\n\rGetStockLevel\x12#.storefront.v1.GetStockLevelRequest\x1a$.storefront.v1.GetStockLevelResponse\"\x06\xa2\xbb\x18\x02\x08\x01\x12t\n\x13\x42\x61tchGetStockLevels\x12).storefront.v1.BatchGetStockLevelsRequest\x1a*.storefront.v1.BatchGetStockLevelsResponse\"\x06\xa2\xbb\x18\x02\x08\x01\x12^\n\x0b\x41\x64justStock\x12!.storefront.v1.AdjustStockRequest\x1a\".storefront.v1.AdjustStockResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12m\n\x10\x42\x61tchAdjustStock\x12&.storefront.v1.BatchAdjustStockRequest\x1a\'.storefront.v1.BatchAdjustStockResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12s\n\x12ListStockMovements\x12(.storefront.v1.ListStockMovementsRequest\x1a).storefront.v1.ListStockMovementsResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,6 +46,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADJUSTSTOCKREQUEST'].fields_by_name['reason']._serialized_options = b'\342A\001\002'
   _globals['_ADJUSTSTOCKREQUEST'].fields_by_name['request_id']._loaded_options = None
   _globals['_ADJUSTSTOCKREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\002'
+  _globals['_STOCKADJUSTMENT'].fields_by_name['product_id']._loaded_options = None
+  _globals['_STOCKADJUSTMENT'].fields_by_name['product_id']._serialized_options = b'\342A\001\002'
+  _globals['_STOCKADJUSTMENT'].fields_by_name['delta']._loaded_options = None
+  _globals['_STOCKADJUSTMENT'].fields_by_name['delta']._serialized_options = b'\342A\001\002'
+  _globals['_BATCHADJUSTSTOCKREQUEST'].fields_by_name['adjustments']._loaded_options = None
+  _globals['_BATCHADJUSTSTOCKREQUEST'].fields_by_name['adjustments']._serialized_options = b'\342A\001\002'
+  _globals['_BATCHADJUSTSTOCKREQUEST'].fields_by_name['reason']._loaded_options = None
+  _globals['_BATCHADJUSTSTOCKREQUEST'].fields_by_name['reason']._serialized_options = b'\342A\001\002'
+  _globals['_BATCHADJUSTSTOCKREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_BATCHADJUSTSTOCKREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\002'
   _globals['_LISTSTOCKMOVEMENTSREQUEST'].fields_by_name['product_id']._loaded_options = None
   _globals['_LISTSTOCKMOVEMENTSREQUEST'].fields_by_name['product_id']._serialized_options = b'\342A\001\002'
   _globals['_INVENTORYSERVICE'].methods_by_name['GetStockLevel']._loaded_options = None
@@ -54,10 +64,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INVENTORYSERVICE'].methods_by_name['BatchGetStockLevels']._serialized_options = b'\242\273\030\002\010\001'
   _globals['_INVENTORYSERVICE'].methods_by_name['AdjustStock']._loaded_options = None
   _globals['_INVENTORYSERVICE'].methods_by_name['AdjustStock']._serialized_options = b'\242\273\030\004\022\002\002\003'
+  _globals['_INVENTORYSERVICE'].methods_by_name['BatchAdjustStock']._loaded_options = None
+  _globals['_INVENTORYSERVICE'].methods_by_name['BatchAdjustStock']._serialized_options = b'\242\273\030\004\022\002\002\003'
   _globals['_INVENTORYSERVICE'].methods_by_name['ListStockMovements']._loaded_options = None
   _globals['_INVENTORYSERVICE'].methods_by_name['ListStockMovements']._serialized_options = b'\242\273\030\004\022\002\002\003'
-  _globals['_STOCKMOVEMENTKIND']._serialized_start=1319
-  _globals['_STOCKMOVEMENTKIND']._serialized_end=1544
+  _globals['_STOCKMOVEMENTKIND']._serialized_start=1646
+  _globals['_STOCKMOVEMENTKIND']._serialized_end=1871
   _globals['_STOCKLEVEL']._serialized_start=151
   _globals['_STOCKLEVEL']._serialized_end=321
   _globals['_STOCKMOVEMENT']._serialized_start=324
@@ -74,10 +86,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADJUSTSTOCKREQUEST']._serialized_end=999
   _globals['_ADJUSTSTOCKRESPONSE']._serialized_start=1001
   _globals['_ADJUSTSTOCKRESPONSE']._serialized_end=1118
-  _globals['_LISTSTOCKMOVEMENTSREQUEST']._serialized_start=1120
-  _globals['_LISTSTOCKMOVEMENTSREQUEST']._serialized_end=1212
-  _globals['_LISTSTOCKMOVEMENTSRESPONSE']._serialized_start=1214
-  _globals['_LISTSTOCKMOVEMENTSRESPONSE']._serialized_end=1316
-  _globals['_INVENTORYSERVICE']._serialized_start=1547
-  _globals['_INVENTORYSERVICE']._serialized_end=1996
+  _globals['_STOCKADJUSTMENT']._serialized_start=1120
+  _globals['_STOCKADJUSTMENT']._serialized_end=1184
+  _globals['_BATCHADJUSTSTOCKREQUEST']._serialized_start=1187
+  _globals['_BATCHADJUSTSTOCKREQUEST']._serialized_end=1319
+  _globals['_BATCHADJUSTSTOCKRESPONSE']._serialized_start=1321
+  _globals['_BATCHADJUSTSTOCKRESPONSE']._serialized_end=1445
+  _globals['_LISTSTOCKMOVEMENTSREQUEST']._serialized_start=1447
+  _globals['_LISTSTOCKMOVEMENTSREQUEST']._serialized_end=1539
+  _globals['_LISTSTOCKMOVEMENTSRESPONSE']._serialized_start=1541
+  _globals['_LISTSTOCKMOVEMENTSRESPONSE']._serialized_end=1643
+  _globals['_INVENTORYSERVICE']._serialized_start=1874
+  _globals['_INVENTORYSERVICE']._serialized_end=2434
 # @@protoc_insertion_point(module_scope)

@@ -328,6 +328,94 @@ class AdjustStockResponse(_message.Message):
 Global___AdjustStockResponse: _TypeAlias = AdjustStockResponse  # noqa: Y015
 
 @_typing.final
+class StockAdjustment(_message.Message):
+    """StockAdjustment is one product's change in a BatchAdjustStock."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRODUCT_ID_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    product_id: _builtins.str
+    """The product's id."""
+    delta: _builtins.int
+    """Units to add (positive) or remove (negative); non-zero, at most 1,000,000 either way."""
+    def __init__(
+        self,
+        *,
+        product_id: _builtins.str = ...,
+        delta: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "product_id", b"product_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StockAdjustment: _TypeAlias = StockAdjustment  # noqa: Y015
+
+@_typing.final
+class BatchAdjustStockRequest(_message.Message):
+    """BatchAdjustStockRequest is the input of BatchAdjustStock."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADJUSTMENTS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Why, 1 to 200 characters; recorded on every ledger entry of the batch."""
+    request_id: _builtins.str
+    """Idempotency key for the whole batch, a UUID chosen by the caller; retries send the same one."""
+    @_builtins.property
+    def adjustments(self) -> _containers.RepeatedCompositeFieldContainer[Global___StockAdjustment]:
+        """1 to 100 adjustments, each product at most once."""
+
+    def __init__(
+        self,
+        *,
+        adjustments: _abc.Iterable[Global___StockAdjustment] | None = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjustments", b"adjustments", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchAdjustStockRequest: _TypeAlias = BatchAdjustStockRequest  # noqa: Y015
+
+@_typing.final
+class BatchAdjustStockResponse(_message.Message):
+    """BatchAdjustStockResponse is the output of BatchAdjustStock."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STOCK_LEVELS_FIELD_NUMBER: _builtins.int
+    MOVEMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def stock_levels(self) -> _containers.RepeatedCompositeFieldContainer[Global___StockLevel]:
+        """The stock of each product right after its change, in the order of the request."""
+
+    @_builtins.property
+    def movements(self) -> _containers.RepeatedCompositeFieldContainer[Global___StockMovement]:
+        """The ledger entry of each change, in the order of the request."""
+
+    def __init__(
+        self,
+        *,
+        stock_levels: _abc.Iterable[Global___StockLevel] | None = ...,
+        movements: _abc.Iterable[Global___StockMovement] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["movements", b"movements", "stock_levels", b"stock_levels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchAdjustStockResponse: _TypeAlias = BatchAdjustStockResponse  # noqa: Y015
+
+@_typing.final
 class ListStockMovementsRequest(_message.Message):
     """ListStockMovementsRequest is the input of ListStockMovements."""
 

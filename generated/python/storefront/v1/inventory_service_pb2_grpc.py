@@ -58,6 +58,11 @@ class InventoryServiceStub:
                 request_serializer=storefront_dot_v1_dot_inventory__service__pb2.AdjustStockRequest.SerializeToString,
                 response_deserializer=storefront_dot_v1_dot_inventory__service__pb2.AdjustStockResponse.FromString,
                 _registered_method=True)
+        self.BatchAdjustStock = channel.unary_unary(
+                '/storefront.v1.InventoryService/BatchAdjustStock',
+                request_serializer=storefront_dot_v1_dot_inventory__service__pb2.BatchAdjustStockRequest.SerializeToString,
+                response_deserializer=storefront_dot_v1_dot_inventory__service__pb2.BatchAdjustStockResponse.FromString,
+                _registered_method=True)
         self.ListStockMovements = channel.unary_unary(
                 '/storefront.v1.InventoryService/ListStockMovements',
                 request_serializer=storefront_dot_v1_dot_inventory__service__pb2.ListStockMovementsRequest.SerializeToString,
@@ -107,6 +112,22 @@ class InventoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchAdjustStock(self, request, context):
+        """Applies up to 100 adjustments, each as AdjustStock would, with one reason, in one transaction:
+        all of them or none. Idempotent per request_id (for the whole batch): a retry with the same id
+        and request returns the first response. Returns NOT_FOUND (reason PRODUCT_NOT_FOUND, metadata
+        product_id) if a product does not exist; FAILED_PRECONDITION with reason INSUFFICIENT_STOCK
+        (metadata product_id, available) if a decrease exceeds what is available, with reason
+        IDEMPOTENCY_KEY_REUSED if request_id was used for a different request; ABORTED (reason
+        REQUEST_IN_FLIGHT) while the first call with the same request_id is still running;
+        INVALID_ARGUMENT for no adjustments or more than 100, a product listed twice, a zero or
+        out-of-range delta (fields named like `adjustments[3].delta`), an empty or over-long reason or
+        a malformed request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListStockMovements(self, request, context):
         """Lists a product's stock movements, newest first. Returns NOT_FOUND if the product does not
         exist and INVALID_ARGUMENT for a negative page size or a bad page token.
@@ -132,6 +153,11 @@ def add_InventoryServiceServicer_to_server(servicer, server):
                     servicer.AdjustStock,
                     request_deserializer=storefront_dot_v1_dot_inventory__service__pb2.AdjustStockRequest.FromString,
                     response_serializer=storefront_dot_v1_dot_inventory__service__pb2.AdjustStockResponse.SerializeToString,
+            ),
+            'BatchAdjustStock': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchAdjustStock,
+                    request_deserializer=storefront_dot_v1_dot_inventory__service__pb2.BatchAdjustStockRequest.FromString,
+                    response_serializer=storefront_dot_v1_dot_inventory__service__pb2.BatchAdjustStockResponse.SerializeToString,
             ),
             'ListStockMovements': grpc.unary_unary_rpc_method_handler(
                     servicer.ListStockMovements,
@@ -229,6 +255,33 @@ class InventoryService:
             '/storefront.v1.InventoryService/AdjustStock',
             storefront_dot_v1_dot_inventory__service__pb2.AdjustStockRequest.SerializeToString,
             storefront_dot_v1_dot_inventory__service__pb2.AdjustStockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchAdjustStock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/storefront.v1.InventoryService/BatchAdjustStock',
+            storefront_dot_v1_dot_inventory__service__pb2.BatchAdjustStockRequest.SerializeToString,
+            storefront_dot_v1_dot_inventory__service__pb2.BatchAdjustStockResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,18 @@ class InventoryServiceStub:
     request_id is still running; INVALID_ARGUMENT for a zero or out-of-range delta, an empty or
     over-long reason or a malformed request_id.
     """
+    BatchAdjustStock: _grpc.UnaryUnaryMultiCallable[_inventory_service_pb2.BatchAdjustStockRequest, _inventory_service_pb2.BatchAdjustStockResponse]
+    """Applies up to 100 adjustments, each as AdjustStock would, with one reason, in one transaction:
+    all of them or none. Idempotent per request_id (for the whole batch): a retry with the same id
+    and request returns the first response. Returns NOT_FOUND (reason PRODUCT_NOT_FOUND, metadata
+    product_id) if a product does not exist; FAILED_PRECONDITION with reason INSUFFICIENT_STOCK
+    (metadata product_id, available) if a decrease exceeds what is available, with reason
+    IDEMPOTENCY_KEY_REUSED if request_id was used for a different request; ABORTED (reason
+    REQUEST_IN_FLIGHT) while the first call with the same request_id is still running;
+    INVALID_ARGUMENT for no adjustments or more than 100, a product listed twice, a zero or
+    out-of-range delta (fields named like `adjustments[3].delta`), an empty or over-long reason or
+    a malformed request_id.
+    """
     ListStockMovements: _grpc.UnaryUnaryMultiCallable[_inventory_service_pb2.ListStockMovementsRequest, _inventory_service_pb2.ListStockMovementsResponse]
     """Lists a product's stock movements, newest first. Returns NOT_FOUND if the product does not
     exist and INVALID_ARGUMENT for a negative page size or a bad page token.
@@ -96,6 +108,18 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     different request; ABORTED (reason REQUEST_IN_FLIGHT) while the first call with the same
     request_id is still running; INVALID_ARGUMENT for a zero or out-of-range delta, an empty or
     over-long reason or a malformed request_id.
+    """
+    BatchAdjustStock: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.BatchAdjustStockRequest, _inventory_service_pb2.BatchAdjustStockResponse]  # type: ignore[assignment]
+    """Applies up to 100 adjustments, each as AdjustStock would, with one reason, in one transaction:
+    all of them or none. Idempotent per request_id (for the whole batch): a retry with the same id
+    and request returns the first response. Returns NOT_FOUND (reason PRODUCT_NOT_FOUND, metadata
+    product_id) if a product does not exist; FAILED_PRECONDITION with reason INSUFFICIENT_STOCK
+    (metadata product_id, available) if a decrease exceeds what is available, with reason
+    IDEMPOTENCY_KEY_REUSED if request_id was used for a different request; ABORTED (reason
+    REQUEST_IN_FLIGHT) while the first call with the same request_id is still running;
+    INVALID_ARGUMENT for no adjustments or more than 100, a product listed twice, a zero or
+    out-of-range delta (fields named like `adjustments[3].delta`), an empty or over-long reason or
+    a malformed request_id.
     """
     ListStockMovements: _aio.UnaryUnaryMultiCallable[_inventory_service_pb2.ListStockMovementsRequest, _inventory_service_pb2.ListStockMovementsResponse]  # type: ignore[assignment]
     """Lists a product's stock movements, newest first. Returns NOT_FOUND if the product does not
@@ -148,6 +172,24 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         different request; ABORTED (reason REQUEST_IN_FLIGHT) while the first call with the same
         request_id is still running; INVALID_ARGUMENT for a zero or out-of-range delta, an empty or
         over-long reason or a malformed request_id.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchAdjustStock(
+        self,
+        request: _inventory_service_pb2.BatchAdjustStockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inventory_service_pb2.BatchAdjustStockResponse, _abc.Awaitable[_inventory_service_pb2.BatchAdjustStockResponse]]:
+        """Applies up to 100 adjustments, each as AdjustStock would, with one reason, in one transaction:
+        all of them or none. Idempotent per request_id (for the whole batch): a retry with the same id
+        and request returns the first response. Returns NOT_FOUND (reason PRODUCT_NOT_FOUND, metadata
+        product_id) if a product does not exist; FAILED_PRECONDITION with reason INSUFFICIENT_STOCK
+        (metadata product_id, available) if a decrease exceeds what is available, with reason
+        IDEMPOTENCY_KEY_REUSED if request_id was used for a different request; ABORTED (reason
+        REQUEST_IN_FLIGHT) while the first call with the same request_id is still running;
+        INVALID_ARGUMENT for no adjustments or more than 100, a product listed twice, a zero or
+        out-of-range delta (fields named like `adjustments[3].delta`), an empty or over-long reason or
+        a malformed request_id.
         """
 
     @_abc_1.abstractmethod

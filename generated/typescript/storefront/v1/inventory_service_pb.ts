@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file storefront/v1/inventory_service.proto.
  */
 export const file_storefront_v1_inventory_service: GenFile = /*@__PURE__*/
-  fileDesc("CiVzdG9yZWZyb250L3YxL2ludmVudG9yeV9zZXJ2aWNlLnByb3RvEg1zdG9yZWZyb250LnYxIqoBCgpTdG9ja0xldmVsEhIKCnByb2R1Y3RfaWQYASABKAkSEQoJYXZhaWxhYmxlGAIgASgDEhQKB29uX2hhbmQYAyABKANIAIgBARIVCghyZXNlcnZlZBgEIAEoA0gBiAEBEi8KC3VwZGF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIKCghfb25faGFuZEILCglfcmVzZXJ2ZWQijQIKDVN0b2NrTW92ZW1lbnQSCgoCaWQYASABKAkSEgoKcHJvZHVjdF9pZBgCIAEoCRIuCgRraW5kGAMgASgOMiAuc3RvcmVmcm9udC52MS5TdG9ja01vdmVtZW50S2luZBIVCg1vbl9oYW5kX2RlbHRhGAQgASgDEhYKDnJlc2VydmVkX2RlbHRhGAUgASgDEhUKDW9uX2hhbmRfYWZ0ZXIYBiABKAMSFgoOcmVzZXJ2ZWRfYWZ0ZXIYByABKAMSDgoGcmVhc29uGAggASgJEg0KBWFjdG9yGAkgASgJEi8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIwChRHZXRTdG9ja0xldmVsUmVxdWVzdBIYCgpwcm9kdWN0X2lkGAEgASgJQgTiQQECIkcKFUdldFN0b2NrTGV2ZWxSZXNwb25zZRIuCgtzdG9ja19sZXZlbBgBIAEoCzIZLnN0b3JlZnJvbnQudjEuU3RvY2tMZXZlbCI3ChpCYXRjaEdldFN0b2NrTGV2ZWxzUmVxdWVzdBIZCgtwcm9kdWN0X2lkcxgBIAMoCUIE4kEBAiJrChtCYXRjaEdldFN0b2NrTGV2ZWxzUmVzcG9uc2USLwoMc3RvY2tfbGV2ZWxzGAEgAygLMhkuc3RvcmVmcm9udC52MS5TdG9ja0xldmVsEhsKE21pc3NpbmdfcHJvZHVjdF9pZHMYAiADKAkicwoSQWRqdXN0U3RvY2tSZXF1ZXN0EhgKCnByb2R1Y3RfaWQYASABKAlCBOJBAQISEwoFZGVsdGEYAiABKANCBOJBAQISFAoGcmVhc29uGAMgASgJQgTiQQECEhgKCnJlcXVlc3RfaWQYBCABKAlCBOJBAQIidQoTQWRqdXN0U3RvY2tSZXNwb25zZRIuCgtzdG9ja19sZXZlbBgBIAEoCzIZLnN0b3JlZnJvbnQudjEuU3RvY2tMZXZlbBIuCghtb3ZlbWVudBgCIAEoCzIcLnN0b3JlZnJvbnQudjEuU3RvY2tNb3ZlbWVudCJcChlMaXN0U3RvY2tNb3ZlbWVudHNSZXF1ZXN0EhgKCnByb2R1Y3RfaWQYASABKAlCBOJBAQISEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiZgoaTGlzdFN0b2NrTW92ZW1lbnRzUmVzcG9uc2USLwoJbW92ZW1lbnRzGAEgAygLMhwuc3RvcmVmcm9udC52MS5TdG9ja01vdmVtZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSrhAQoRU3RvY2tNb3ZlbWVudEtpbmQSIwofU1RPQ0tfTU9WRU1FTlRfS0lORF9VTlNQRUNJRklFRBAAEiIKHlNUT0NLX01PVkVNRU5UX0tJTkRfQURKVVNUTUVOVBABEiMKH1NUT0NLX01PVkVNRU5UX0tJTkRfUkVTRVJWQVRJT04QAhIfChtTVE9DS19NT1ZFTUVOVF9LSU5EX1JFTEVBU0UQAxIcChhTVE9DS19NT1ZFTUVOVF9LSU5EX1NBTEUQBBIfChtTVE9DS19NT1ZFTUVOVF9LSU5EX1JFU1RPQ0sQBTLBAwoQSW52ZW50b3J5U2VydmljZRJiCg1HZXRTdG9ja0xldmVsEiMuc3RvcmVmcm9udC52MS5HZXRTdG9ja0xldmVsUmVxdWVzdBokLnN0b3JlZnJvbnQudjEuR2V0U3RvY2tMZXZlbFJlc3BvbnNlIgaiuxgCCAESdAoTQmF0Y2hHZXRTdG9ja0xldmVscxIpLnN0b3JlZnJvbnQudjEuQmF0Y2hHZXRTdG9ja0xldmVsc1JlcXVlc3QaKi5zdG9yZWZyb250LnYxLkJhdGNoR2V0U3RvY2tMZXZlbHNSZXNwb25zZSIGorsYAggBEl4KC0FkanVzdFN0b2NrEiEuc3RvcmVmcm9udC52MS5BZGp1c3RTdG9ja1JlcXVlc3QaIi5zdG9yZWZyb250LnYxLkFkanVzdFN0b2NrUmVzcG9uc2UiCKK7GAQSAgIDEnMKEkxpc3RTdG9ja01vdmVtZW50cxIoLnN0b3JlZnJvbnQudjEuTGlzdFN0b2NrTW92ZW1lbnRzUmVxdWVzdBopLnN0b3JlZnJvbnQudjEuTGlzdFN0b2NrTW92ZW1lbnRzUmVzcG9uc2UiCKK7GAQSAgIDYgZwcm90bzM", [file_google_api_field_behavior, file_google_protobuf_timestamp, file_storefront_v1_access]);
+  fileDesc("CiVzdG9yZWZyb250L3YxL2ludmVudG9yeV9zZXJ2aWNlLnByb3RvEg1zdG9yZWZyb250LnYxIqoBCgpTdG9ja0xldmVsEhIKCnByb2R1Y3RfaWQYASABKAkSEQoJYXZhaWxhYmxlGAIgASgDEhQKB29uX2hhbmQYAyABKANIAIgBARIVCghyZXNlcnZlZBgEIAEoA0gBiAEBEi8KC3VwZGF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIKCghfb25faGFuZEILCglfcmVzZXJ2ZWQijQIKDVN0b2NrTW92ZW1lbnQSCgoCaWQYASABKAkSEgoKcHJvZHVjdF9pZBgCIAEoCRIuCgRraW5kGAMgASgOMiAuc3RvcmVmcm9udC52MS5TdG9ja01vdmVtZW50S2luZBIVCg1vbl9oYW5kX2RlbHRhGAQgASgDEhYKDnJlc2VydmVkX2RlbHRhGAUgASgDEhUKDW9uX2hhbmRfYWZ0ZXIYBiABKAMSFgoOcmVzZXJ2ZWRfYWZ0ZXIYByABKAMSDgoGcmVhc29uGAggASgJEg0KBWFjdG9yGAkgASgJEi8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIwChRHZXRTdG9ja0xldmVsUmVxdWVzdBIYCgpwcm9kdWN0X2lkGAEgASgJQgTiQQECIkcKFUdldFN0b2NrTGV2ZWxSZXNwb25zZRIuCgtzdG9ja19sZXZlbBgBIAEoCzIZLnN0b3JlZnJvbnQudjEuU3RvY2tMZXZlbCI3ChpCYXRjaEdldFN0b2NrTGV2ZWxzUmVxdWVzdBIZCgtwcm9kdWN0X2lkcxgBIAMoCUIE4kEBAiJrChtCYXRjaEdldFN0b2NrTGV2ZWxzUmVzcG9uc2USLwoMc3RvY2tfbGV2ZWxzGAEgAygLMhkuc3RvcmVmcm9udC52MS5TdG9ja0xldmVsEhsKE21pc3NpbmdfcHJvZHVjdF9pZHMYAiADKAkicwoSQWRqdXN0U3RvY2tSZXF1ZXN0EhgKCnByb2R1Y3RfaWQYASABKAlCBOJBAQISEwoFZGVsdGEYAiABKANCBOJBAQISFAoGcmVhc29uGAMgASgJQgTiQQECEhgKCnJlcXVlc3RfaWQYBCABKAlCBOJBAQIidQoTQWRqdXN0U3RvY2tSZXNwb25zZRIuCgtzdG9ja19sZXZlbBgBIAEoCzIZLnN0b3JlZnJvbnQudjEuU3RvY2tMZXZlbBIuCghtb3ZlbWVudBgCIAEoCzIcLnN0b3JlZnJvbnQudjEuU3RvY2tNb3ZlbWVudCJACg9TdG9ja0FkanVzdG1lbnQSGAoKcHJvZHVjdF9pZBgBIAEoCUIE4kEBAhITCgVkZWx0YRgCIAEoA0IE4kEBAiKEAQoXQmF0Y2hBZGp1c3RTdG9ja1JlcXVlc3QSOQoLYWRqdXN0bWVudHMYASADKAsyHi5zdG9yZWZyb250LnYxLlN0b2NrQWRqdXN0bWVudEIE4kEBAhIUCgZyZWFzb24YAiABKAlCBOJBAQISGAoKcmVxdWVzdF9pZBgDIAEoCUIE4kEBAiJ8ChhCYXRjaEFkanVzdFN0b2NrUmVzcG9uc2USLwoMc3RvY2tfbGV2ZWxzGAEgAygLMhkuc3RvcmVmcm9udC52MS5TdG9ja0xldmVsEi8KCW1vdmVtZW50cxgCIAMoCzIcLnN0b3JlZnJvbnQudjEuU3RvY2tNb3ZlbWVudCJcChlMaXN0U3RvY2tNb3ZlbWVudHNSZXF1ZXN0EhgKCnByb2R1Y3RfaWQYASABKAlCBOJBAQISEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiZgoaTGlzdFN0b2NrTW92ZW1lbnRzUmVzcG9uc2USLwoJbW92ZW1lbnRzGAEgAygLMhwuc3RvcmVmcm9udC52MS5TdG9ja01vdmVtZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSrhAQoRU3RvY2tNb3ZlbWVudEtpbmQSIwofU1RPQ0tfTU9WRU1FTlRfS0lORF9VTlNQRUNJRklFRBAAEiIKHlNUT0NLX01PVkVNRU5UX0tJTkRfQURKVVNUTUVOVBABEiMKH1NUT0NLX01PVkVNRU5UX0tJTkRfUkVTRVJWQVRJT04QAhIfChtTVE9DS19NT1ZFTUVOVF9LSU5EX1JFTEVBU0UQAxIcChhTVE9DS19NT1ZFTUVOVF9LSU5EX1NBTEUQBBIfChtTVE9DS19NT1ZFTUVOVF9LSU5EX1JFU1RPQ0sQBTKwBAoQSW52ZW50b3J5U2VydmljZRJiCg1HZXRTdG9ja0xldmVsEiMuc3RvcmVmcm9udC52MS5HZXRTdG9ja0xldmVsUmVxdWVzdBokLnN0b3JlZnJvbnQudjEuR2V0U3RvY2tMZXZlbFJlc3BvbnNlIgaiuxgCCAESdAoTQmF0Y2hHZXRTdG9ja0xldmVscxIpLnN0b3JlZnJvbnQudjEuQmF0Y2hHZXRTdG9ja0xldmVsc1JlcXVlc3QaKi5zdG9yZWZyb250LnYxLkJhdGNoR2V0U3RvY2tMZXZlbHNSZXNwb25zZSIGorsYAggBEl4KC0FkanVzdFN0b2NrEiEuc3RvcmVmcm9udC52MS5BZGp1c3RTdG9ja1JlcXVlc3QaIi5zdG9yZWZyb250LnYxLkFkanVzdFN0b2NrUmVzcG9uc2UiCKK7GAQSAgIDEm0KEEJhdGNoQWRqdXN0U3RvY2sSJi5zdG9yZWZyb250LnYxLkJhdGNoQWRqdXN0U3RvY2tSZXF1ZXN0Gicuc3RvcmVmcm9udC52MS5CYXRjaEFkanVzdFN0b2NrUmVzcG9uc2UiCKK7GAQSAgIDEnMKEkxpc3RTdG9ja01vdmVtZW50cxIoLnN0b3JlZnJvbnQudjEuTGlzdFN0b2NrTW92ZW1lbnRzUmVxdWVzdBopLnN0b3JlZnJvbnQudjEuTGlzdFN0b2NrTW92ZW1lbnRzUmVzcG9uc2UiCKK7GAQSAgIDYgZwcm90bzM", [file_google_api_field_behavior, file_google_protobuf_timestamp, file_storefront_v1_access]);
 
 /**
  * StockLevel is a product's stock at one moment. available = on_hand - reserved.
@@ -311,6 +311,97 @@ export const AdjustStockResponseSchema: GenMessage<AdjustStockResponse> = /*@__P
   messageDesc(file_storefront_v1_inventory_service, 7);
 
 /**
+ * StockAdjustment is one product's change in a BatchAdjustStock.
+ *
+ * @generated from message storefront.v1.StockAdjustment
+ */
+export type StockAdjustment = Message<"storefront.v1.StockAdjustment"> & {
+  /**
+   * The product's id.
+   *
+   * @generated from field: string product_id = 1;
+   */
+  productId: string;
+
+  /**
+   * Units to add (positive) or remove (negative); non-zero, at most 1,000,000 either way.
+   *
+   * @generated from field: int64 delta = 2;
+   */
+  delta: bigint;
+};
+
+/**
+ * Describes the message storefront.v1.StockAdjustment.
+ * Use `create(StockAdjustmentSchema)` to create a new message.
+ */
+export const StockAdjustmentSchema: GenMessage<StockAdjustment> = /*@__PURE__*/
+  messageDesc(file_storefront_v1_inventory_service, 8);
+
+/**
+ * BatchAdjustStockRequest is the input of BatchAdjustStock.
+ *
+ * @generated from message storefront.v1.BatchAdjustStockRequest
+ */
+export type BatchAdjustStockRequest = Message<"storefront.v1.BatchAdjustStockRequest"> & {
+  /**
+   * 1 to 100 adjustments, each product at most once.
+   *
+   * @generated from field: repeated storefront.v1.StockAdjustment adjustments = 1;
+   */
+  adjustments: StockAdjustment[];
+
+  /**
+   * Why, 1 to 200 characters; recorded on every ledger entry of the batch.
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+
+  /**
+   * Idempotency key for the whole batch, a UUID chosen by the caller; retries send the same one.
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message storefront.v1.BatchAdjustStockRequest.
+ * Use `create(BatchAdjustStockRequestSchema)` to create a new message.
+ */
+export const BatchAdjustStockRequestSchema: GenMessage<BatchAdjustStockRequest> = /*@__PURE__*/
+  messageDesc(file_storefront_v1_inventory_service, 9);
+
+/**
+ * BatchAdjustStockResponse is the output of BatchAdjustStock.
+ *
+ * @generated from message storefront.v1.BatchAdjustStockResponse
+ */
+export type BatchAdjustStockResponse = Message<"storefront.v1.BatchAdjustStockResponse"> & {
+  /**
+   * The stock of each product right after its change, in the order of the request.
+   *
+   * @generated from field: repeated storefront.v1.StockLevel stock_levels = 1;
+   */
+  stockLevels: StockLevel[];
+
+  /**
+   * The ledger entry of each change, in the order of the request.
+   *
+   * @generated from field: repeated storefront.v1.StockMovement movements = 2;
+   */
+  movements: StockMovement[];
+};
+
+/**
+ * Describes the message storefront.v1.BatchAdjustStockResponse.
+ * Use `create(BatchAdjustStockResponseSchema)` to create a new message.
+ */
+export const BatchAdjustStockResponseSchema: GenMessage<BatchAdjustStockResponse> = /*@__PURE__*/
+  messageDesc(file_storefront_v1_inventory_service, 10);
+
+/**
  * ListStockMovementsRequest is the input of ListStockMovements.
  *
  * @generated from message storefront.v1.ListStockMovementsRequest
@@ -343,7 +434,7 @@ export type ListStockMovementsRequest = Message<"storefront.v1.ListStockMovement
  * Use `create(ListStockMovementsRequestSchema)` to create a new message.
  */
 export const ListStockMovementsRequestSchema: GenMessage<ListStockMovementsRequest> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_inventory_service, 8);
+  messageDesc(file_storefront_v1_inventory_service, 11);
 
 /**
  * ListStockMovementsResponse is the output of ListStockMovements.
@@ -371,7 +462,7 @@ export type ListStockMovementsResponse = Message<"storefront.v1.ListStockMovemen
  * Use `create(ListStockMovementsResponseSchema)` to create a new message.
  */
 export const ListStockMovementsResponseSchema: GenMessage<ListStockMovementsResponse> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_inventory_service, 9);
+  messageDesc(file_storefront_v1_inventory_service, 12);
 
 /**
  * StockMovementKind says what changed the stock.
@@ -480,6 +571,25 @@ export const InventoryService: GenService<{
     methodKind: "unary";
     input: typeof AdjustStockRequestSchema;
     output: typeof AdjustStockResponseSchema;
+  },
+  /**
+   * Applies up to 100 adjustments, each as AdjustStock would, with one reason, in one transaction:
+   * all of them or none. Idempotent per request_id (for the whole batch): a retry with the same id
+   * and request returns the first response. Returns NOT_FOUND (reason PRODUCT_NOT_FOUND, metadata
+   * product_id) if a product does not exist; FAILED_PRECONDITION with reason INSUFFICIENT_STOCK
+   * (metadata product_id, available) if a decrease exceeds what is available, with reason
+   * IDEMPOTENCY_KEY_REUSED if request_id was used for a different request; ABORTED (reason
+   * REQUEST_IN_FLIGHT) while the first call with the same request_id is still running;
+   * INVALID_ARGUMENT for no adjustments or more than 100, a product listed twice, a zero or
+   * out-of-range delta (fields named like `adjustments[3].delta`), an empty or over-long reason or
+   * a malformed request_id.
+   *
+   * @generated from rpc storefront.v1.InventoryService.BatchAdjustStock
+   */
+  batchAdjustStock: {
+    methodKind: "unary";
+    input: typeof BatchAdjustStockRequestSchema;
+    output: typeof BatchAdjustStockResponseSchema;
   },
   /**
    * Lists a product's stock movements, newest first. Returns NOT_FOUND if the product does not
