@@ -337,12 +337,24 @@ def test_dev_set_includes_the_runtime_set_and_adds_only_tools() -> None:
         "kubernetes-validate",
     ):
         assert tool_name in dev and tool_name not in runtime, tool_name
-    stamp = next(
-        line
-        for line in (ROOT / "Makefile").read_text().splitlines()
-        if line.startswith("$(STAMP):")
-    )
-    assert "requirements/runtime.lock" in stamp and "requirements/dev.lock" in stamp
+
+
+@pytest.mark.parametrize(
+    ("target", "dev"), [("run", False), ("migrate", False), ("venv", True), ("lint", True)]
+)
+def test_make_run_installs_the_runtime_set_and_make_test_both(
+    tmp_path: Path, target: str, dev: bool
+) -> None:
+    """What `make` would install into a fresh checkout's missing .venv (a dry run)."""
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "requirements", tmp_path / "requirements")
+    (tmp_path / "protos" / "storefront").mkdir(parents=True)
+    planned = subprocess.run(
+        ["make", "-n", target], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout
+    assert "-r requirements/runtime.lock" in planned
+    assert ("-r requirements/dev.lock" in planned) is dev
 
 
 @pytest.mark.parametrize("lock", [RUNTIME_LOCK, DEV_LOCK], ids=["runtime", "dev"])
