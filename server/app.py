@@ -37,6 +37,7 @@ from server.domain import (
     shipping,
     taxes,
     tokens,
+    webhooks,
     work_leases,
 )
 from server.domain.page_tokens import PageTokenSigner
@@ -65,6 +66,8 @@ from server.runtime import Runtime
 from server.services import registry
 from server.services.health_service import HealthServicer
 from server.services.registry import Dependencies
+from server.webhooks.metrics import WebhookMetrics
+from server.webhooks.sender import AddressPolicy, Sender
 
 log = logging.getLogger("storefront")
 
@@ -253,6 +256,23 @@ def payment_reconciler(
     return Job("payment-reconciler", settings.reconcile_interval_seconds, run_once)
 
 
+def webhook_dispatcher(
+    settings: Settings, policy: AddressPolicy, metrics: WebhookMetrics
+) -> Job[int]:
+    """The job that delivers outbox events to webhook endpoints, in every worker."""
+    timeout = settings.webhook_timeout_seconds
+    dispatcher = webhooks.Dispatcher(
+        Sender(policy, connect_timeout=timeout, read_timeout=timeout),
+        metrics,
+        retry_schedule=settings.webhook_retry_schedule,
+        # Longer than a request can take (connect + read), so a live sender keeps its delivery.
+        lease=dt.timedelta(seconds=3 * timeout),
+    )
+    return Job(
+        "webhook-dispatcher", settings.webhook_dispatch_interval_seconds, dispatcher.run_once
+    )
+
+
 def reconcile_lease(settings: Settings) -> dt.timedelta:
     """How long one process holds an order or a refund it reconciles: one pass interval."""
     seconds = settings.reconcile_interval_seconds or RECONCILE_COMMAND_LEASE_SECONDS
@@ -434,6 +454,10 @@ def create_app(settings: Settings) -> App:
         on_failure=lambda reason: commerce_metrics.checkout_failures.labels(reason).inc(),
     )
 
+    webhook_policy = AddressPolicy(
+        allow_http=settings.webhook_allow_http,
+        allow_private_addresses=settings.webhook_allow_private_addresses,
+    )
     reconciler = payment_reconciler(settings, db, gateway)
     consumers: dict[str, outbox.Consumer] = {
         "product-cache": product_cache.on_committed,
@@ -454,11 +478,16 @@ def create_app(settings: Settings) -> App:
             product_cache=ProductCache(metrics.registry),
             shipping_rules=shipping_rules,
             checkout=checkout_config,
+            webhook_registration=webhooks.Registration(webhook_policy),
         ),
         access_rules=access_rules(registry.DESCRIPTORS),
         token_service=token_service,
         rate_limit_metrics=RateLimitMetrics(metrics.registry),
         reconciler=reconciler,
-        jobs=(reconciler, expired_rows_purge(db)),
+        jobs=(
+            reconciler,
+            expired_rows_purge(db),
+            webhook_dispatcher(settings, webhook_policy, WebhookMetrics(metrics.registry)),
+        ),
         consumers=consumers,
     )

@@ -25,6 +25,7 @@ from server.config_kinds import (
     Kind,
     Networks,
     Number,
+    Pauses,
     Processes,
     RateLimit,
     RateLimitStorage,
@@ -486,6 +487,49 @@ class Settings:
             "Age at which an order still PENDING_PAYMENT releases its stock (PAYMENT_FAILED).",
         ),
     )
+    webhook_dispatch_interval_seconds: float = field(
+        default=1.0,
+        metadata=variable(
+            "STOREFRONT_WEBHOOK_DISPATCH_INTERVAL_SECONDS",
+            Number(0.0, 3600.0),
+            "How often outbox events are handed to webhook endpoints when nothing is due sooner; "
+            "0 turns webhook delivery off in this process.",
+        ),
+    )
+    webhook_retry_schedule: tuple[float, ...] = field(
+        default=(5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0),
+        metadata=variable(
+            "STOREFRONT_WEBHOOK_RETRY_SCHEDULE",
+            Pauses(0.01, 86400.0, 20),
+            "Pauses after each failed webhook attempt; after the last the delivery is parked.",
+            shown="5,300,1800,7200,18000,36000,36000",
+        ),
+    )
+    webhook_timeout_seconds: float = field(
+        default=10.0,
+        metadata=variable(
+            "STOREFRONT_WEBHOOK_TIMEOUT_SECONDS",
+            Number(0.1, 60.0),
+            "Connect and read timeout of each webhook request.",
+        ),
+    )
+    webhook_allow_http: bool = field(
+        default=False,
+        metadata=variable(
+            "STOREFRONT_WEBHOOK_ALLOW_HTTP",
+            Boolean(),
+            "Development only: allow plain http:// webhook URLs (refused in production).",
+        ),
+    )
+    webhook_allow_private_addresses: bool = field(
+        default=False,
+        metadata=variable(
+            "STOREFRONT_WEBHOOK_ALLOW_PRIVATE_ADDRESSES",
+            Boolean(),
+            "Tests and development only: allow webhooks to private, loopback and link-local "
+            "addresses (refused in production).",
+        ),
+    )
     tls_cert_file: Path | None = field(
         default=None,
         metadata=variable(
@@ -608,6 +652,16 @@ def _check_together(settings: Settings, given: set[str]) -> None:
             "STOREFRONT_TLS_CLIENT_CA_FILE: mutual TLS needs "
             "STOREFRONT_TLS_CERT_FILE and STOREFRONT_TLS_KEY_FILE"
         )
+    if settings.is_production:
+        for name, value in (
+            ("STOREFRONT_WEBHOOK_ALLOW_HTTP", settings.webhook_allow_http),
+            (
+                "STOREFRONT_WEBHOOK_ALLOW_PRIVATE_ADDRESSES",
+                settings.webhook_allow_private_addresses,
+            ),
+        ):
+            if value:
+                raise ConfigError(f"{name}: development only; refused in production")
     http = settings.payment_gateway == "http"
     if not http and settings.is_production:
         raise ConfigError(

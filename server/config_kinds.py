@@ -152,6 +152,26 @@ class Number(Kind):
 
 
 @dataclass(frozen=True)
+class Pauses(Kind):
+    """Comma-separated seconds, each from `low` to `high`, at least one and at most `most`."""
+
+    low: float
+    high: float
+    most: int
+
+    @property
+    def allowed(self) -> str:
+        return f"1..{self.most} comma-separated seconds, each {self.low:g}..{self.high:g}"
+
+    def parse(self, text: str) -> tuple[float, ...]:
+        parts = [part.strip() for part in text.split(",")]
+        if not 1 <= len(parts) <= self.most:
+            raise ValueError(f"expected 1 to {self.most} values, got {len(parts)}")
+        number = Number(self.low, self.high)
+        return tuple(number.parse(part) for part in parts)
+
+
+@dataclass(frozen=True)
 class Boolean(Kind):
     """true/false (also 1/0, yes/no, on/off)."""
 

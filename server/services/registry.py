@@ -28,9 +28,11 @@ from storefront.v1 import (
     order_service_pb2_grpc,
     shipping_service_pb2,
     shipping_service_pb2_grpc,
+    webhook_service_pb2,
+    webhook_service_pb2_grpc,
 )
 
-from server.domain import checkout, shipping
+from server.domain import checkout, shipping, webhooks
 from server.domain.page_tokens import PageTokenSigner
 from server.domain.product_cache import ProductCache
 from server.domain.sessions import SessionPolicy
@@ -42,6 +44,7 @@ from server.services.identity_service import IdentityServicer
 from server.services.inventory_service import InventoryServicer
 from server.services.order_service import OrderServicer
 from server.services.shipping_service import ShippingServicer
+from server.services.webhook_service import WebhookServicer
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class Dependencies:
     product_cache: ProductCache
     shipping_rules: shipping.Rules
     checkout: checkout.Checkout
+    webhook_registration: webhooks.Registration
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,12 @@ SERVICES: tuple[Service, ...] = (
         _described(order_service_pb2, "OrderService"),
         lambda server, deps: order_service_pb2_grpc.add_OrderServiceServicer_to_server(
             OrderServicer(deps.pages), server
+        ),
+    ),
+    Service(
+        _described(webhook_service_pb2, "WebhookService"),
+        lambda server, deps: webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server(
+            WebhookServicer(deps.pages, deps.webhook_registration), server
         ),
     ),
 )

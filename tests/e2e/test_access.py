@@ -19,6 +19,7 @@ CALLERS = [ANONYMOUS, Role.CUSTOMER, Role.STAFF, Role.ADMIN, Role.SERVICE]
 USERS = frozenset({Role.CUSTOMER, Role.STAFF, Role.ADMIN})
 STAFF = frozenset({Role.STAFF, Role.ADMIN})
 CUSTOMERS = frozenset({Role.CUSTOMER})
+ADMIN = frozenset({Role.ADMIN})
 PUBLIC = "public"
 
 # Who may call each RPC. A new RPC without a row here fails test_every_rpc_has_a_row.
@@ -50,6 +51,15 @@ EXPECTED: dict[str, str | frozenset[Role]] = {
     "/storefront.v1.InventoryService/GetStockLevel": PUBLIC,
     "/storefront.v1.InventoryService/BatchGetStockLevels": PUBLIC,
     "/storefront.v1.InventoryService/AdjustStock": STAFF,
+    "/storefront.v1.WebhookService/CreateWebhookEndpoint": ADMIN,
+    "/storefront.v1.WebhookService/GetWebhookEndpoint": ADMIN,
+    "/storefront.v1.WebhookService/ListWebhookEndpoints": ADMIN,
+    "/storefront.v1.WebhookService/UpdateWebhookEndpoint": ADMIN,
+    "/storefront.v1.WebhookService/DeleteWebhookEndpoint": ADMIN,
+    "/storefront.v1.WebhookService/RotateWebhookSecret": ADMIN,
+    "/storefront.v1.WebhookService/ListWebhookDeliveries": ADMIN,
+    "/storefront.v1.WebhookService/RedeliverWebhookEvent": ADMIN,
+    "/storefront.v1.WebhookService/SendTestWebhookEvent": ADMIN,
     "/storefront.v1.InventoryService/BatchAdjustStock": STAFF,
     "/storefront.v1.InventoryService/ListStockMovements": STAFF,
     "/storefront.v1.CurrencyService/ListCurrencies": PUBLIC,

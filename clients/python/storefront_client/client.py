@@ -18,6 +18,7 @@ from storefront.v1 import (
     inventory_service_pb2_grpc,
     order_service_pb2_grpc,
     shipping_service_pb2_grpc,
+    webhook_service_pb2_grpc,
 )
 
 from storefront_client.auth import (
@@ -74,6 +75,7 @@ class StorefrontClient:
     cart = ServiceStub(cart_service_pb2_grpc.CartServiceStub)
     checkout = ServiceStub(checkout_service_pb2_grpc.CheckoutServiceStub)
     orders = ServiceStub(order_service_pb2_grpc.OrderServiceStub)
+    webhooks = ServiceStub(webhook_service_pb2_grpc.WebhookServiceStub)
 
     def __init__(
         self,

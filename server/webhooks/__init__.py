@@ -1,0 +1,1 @@
+"""Webhook requests leaving the process: the SSRF-guarded HTTP client."""
