@@ -403,11 +403,9 @@ def test_a_redirect_is_not_followed(hooks: Running, receiver: WebhookReceiver) -
 
 def test_only_admins_manage_webhooks(running: Running) -> None:
     for role in (Role.CUSTOMER, Role.STAFF):
-        client = running.login(role)
+        stub = running.login(role).webhooks
         err = rpc_error(
-            lambda client=client: client.webhooks.ListWebhookEndpoints(  # type: ignore[misc]
-                pb.ListWebhookEndpointsRequest()
-            )
+            lambda stub=stub: stub.ListWebhookEndpoints(pb.ListWebhookEndpointsRequest())
         )
         assert err.code() == StatusCode.PERMISSION_DENIED
 
