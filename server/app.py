@@ -26,6 +26,8 @@ from server.config import ConfigError, Settings, payment_worst_case_seconds
 from server.db import init_database, utcnow
 from server.domain import (
     checkout,
+    dispatch,
+    emails,
     exchange_rates,
     idempotency,
     key_files,
@@ -60,6 +62,7 @@ from server.interceptors.rate_limit import (
 from server.interceptors.request_decoding import RequestDecodingInterceptor
 from server.interceptors.request_log import RequestLogInterceptor
 from server.jobs import Job
+from server.mail.transport import FileMailer, Mailer, SmtpMailer
 from server.payments import CircuitBreaker, HttpPaymentGateway, PaymentGateway, SandboxGateway
 from server.payments.metrics import CommerceMetrics, MeasuredGateway
 from server.runtime import Runtime
@@ -256,20 +259,47 @@ def payment_reconciler(
     return Job("payment-reconciler", settings.reconcile_interval_seconds, run_once)
 
 
-def webhook_dispatcher(
+def outbox_dispatcher(
     settings: Settings, policy: AddressPolicy, metrics: WebhookMetrics
 ) -> Job[int]:
-    """The job that delivers outbox events to webhook endpoints, in every worker."""
+    """The job that hands outbox events on to webhook endpoints and e-mail, in every worker."""
     timeout = settings.webhook_timeout_seconds
-    dispatcher = webhooks.Dispatcher(
+    # Longer than a request can take (connect + read), so a live sender keeps what it sends.
+    lease = dt.timedelta(seconds=3 * timeout)
+    sender = webhooks.WebhookSender(
         Sender(policy, connect_timeout=timeout, read_timeout=timeout),
         metrics,
-        retry_schedule=settings.webhook_retry_schedule,
-        # Longer than a request can take (connect + read), so a live sender keeps its delivery.
-        lease=dt.timedelta(seconds=3 * timeout),
+        retry_schedule=settings.delivery_retry_schedule,
+        lease=lease,
     )
-    return Job(
-        "webhook-dispatcher", settings.webhook_dispatch_interval_seconds, dispatcher.run_once
+    mailer = build_mailer(settings)
+    mail = (
+        None
+        if mailer is None
+        else emails.EmailSender(
+            mailer, settings.email_from, settings.delivery_retry_schedule, lease=lease
+        )
+    )
+    dispatcher = dispatch.Dispatcher(sender, mail)
+    return Job("outbox-dispatcher", settings.dispatch_interval_seconds, dispatcher.run_once)
+
+
+def build_mailer(settings: Settings) -> Mailer | None:
+    """The configured e-mail transport, or None when e-mail is off."""
+    if settings.email_transport == "off":
+        return None
+    if settings.email_transport == "file":
+        return FileMailer(settings.data_dir / "mail")
+    password = ""
+    if settings.smtp_password_file is not None:
+        password = settings.smtp_password_file.read_text().strip()
+    return SmtpMailer(
+        settings.smtp_host,
+        settings.smtp_port,
+        security=settings.smtp_security,
+        user=settings.smtp_user,
+        password=password,
+        timeout=settings.webhook_timeout_seconds,
     )
 
 
@@ -487,7 +517,7 @@ def create_app(settings: Settings) -> App:
         jobs=(
             reconciler,
             expired_rows_purge(db),
-            webhook_dispatcher(settings, webhook_policy, WebhookMetrics(metrics.registry)),
+            outbox_dispatcher(settings, webhook_policy, WebhookMetrics(metrics.registry)),
         ),
         consumers=consumers,
     )

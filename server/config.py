@@ -487,22 +487,67 @@ class Settings:
             "Age at which an order still PENDING_PAYMENT releases its stock (PAYMENT_FAILED).",
         ),
     )
-    webhook_dispatch_interval_seconds: float = field(
+    dispatch_interval_seconds: float = field(
         default=1.0,
         metadata=variable(
-            "STOREFRONT_WEBHOOK_DISPATCH_INTERVAL_SECONDS",
+            "STOREFRONT_DISPATCH_INTERVAL_SECONDS",
             Number(0.0, 3600.0),
-            "How often outbox events are handed to webhook endpoints when nothing is due sooner; "
-            "0 turns webhook delivery off in this process.",
+            "How often outbox events are handed on (webhooks, e-mails) when nothing is due "
+            "sooner; 0 turns the dispatcher off in this process.",
         ),
     )
-    webhook_retry_schedule: tuple[float, ...] = field(
+    delivery_retry_schedule: tuple[float, ...] = field(
         default=(5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0),
         metadata=variable(
-            "STOREFRONT_WEBHOOK_RETRY_SCHEDULE",
+            "STOREFRONT_DELIVERY_RETRY_SCHEDULE",
             Pauses(0.01, 86400.0, 20),
-            "Pauses after each failed webhook attempt; after the last the delivery is parked.",
+            "Pauses after each failed webhook or e-mail attempt. A webhook is parked after the "
+            "last; an e-mail keeps retrying at the last pause (an SMTP outage never loses one).",
             shown="5,300,1800,7200,18000,36000,36000",
+        ),
+    )
+    email_transport: str = field(
+        default="file",
+        metadata=variable(
+            "STOREFRONT_EMAIL_TRANSPORT",
+            Choice(("file", "smtp", "off")),
+            "Order e-mails to customers: file writes .eml files under <data dir>/mail "
+            "(development; refused in production), smtp sends them, off sends none.",
+        ),
+    )
+    email_from: str = field(
+        default="storefront <no-reply@storefront.local>",
+        metadata=variable(
+            "STOREFRONT_EMAIL_FROM", Text(required=True), "The From of order e-mails."
+        ),
+    )
+    smtp_host: str = field(
+        default="127.0.0.1",
+        metadata=variable("STOREFRONT_SMTP_HOST", Text(required=True), "SMTP server host."),
+    )
+    smtp_port: int = field(
+        default=587,
+        metadata=variable("STOREFRONT_SMTP_PORT", Integer(1, 65535), "SMTP server port."),
+    )
+    smtp_security: str = field(
+        default="starttls",
+        metadata=variable(
+            "STOREFRONT_SMTP_SECURITY",
+            Choice(("starttls", "tls", "none")),
+            "starttls (upgrade after connecting), tls (TLS from the start, port 465) or none "
+            "(loopback tests only).",
+        ),
+    )
+    smtp_user: str = field(
+        default="",
+        metadata=variable(
+            "STOREFRONT_SMTP_USER", Text(), "SMTP user name; empty sends without logging in."
+        ),
+    )
+    smtp_password_file: Path | None = field(
+        default=None,
+        metadata=variable(
+            "STOREFRONT_SMTP_PASSWORD_FILE", File(), "File holding the SMTP password."
         ),
     )
     webhook_timeout_seconds: float = field(
@@ -652,6 +697,12 @@ def _check_together(settings: Settings, given: set[str]) -> None:
             "STOREFRONT_TLS_CLIENT_CA_FILE: mutual TLS needs "
             "STOREFRONT_TLS_CERT_FILE and STOREFRONT_TLS_KEY_FILE"
         )
+    if settings.is_production and settings.email_transport == "file":
+        raise ConfigError(
+            "STOREFRONT_EMAIL_TRANSPORT: file is for development; production needs smtp or off"
+        )
+    if settings.smtp_user and settings.smtp_password_file is None:
+        raise ConfigError("STOREFRONT_SMTP_PASSWORD_FILE: required with STOREFRONT_SMTP_USER")
     if settings.is_production:
         for name, value in (
             ("STOREFRONT_WEBHOOK_ALLOW_HTTP", settings.webhook_allow_http),

@@ -2,12 +2,10 @@
 
 Delivery is at least once, in per-aggregate sequence order per endpoint, following the Standard
 Webhooks specification (`webhook-id` = the event id, `webhook-timestamp`, `webhook-signature`
-`v1,` HMAC-SHA256 over `id.timestamp.body`). A dispatcher pass, in any worker of any replica:
+`v1,` HMAC-SHA256 over `id.timestamp.body`). The dispatcher (domain/dispatch.py):
 
-1. fans out: in one transaction, takes undelivered outbox events (FOR UPDATE SKIP LOCKED on
-   PostgreSQL; SQLite writers take turns), writes a PENDING delivery per endpoint that wants the
-   event and existed when it happened (unique per endpoint and event), and marks the events
-   delivered to the dispatcher;
+1. fans events out with `add_deliveries`: a PENDING delivery per endpoint that wants the event
+   and existed when it happened (unique per endpoint and event), in the fan-out's transaction;
 2. claims due deliveries (work leases: one process sends each at a time) whose endpoint is
    enabled and that have no earlier PENDING delivery of the same aggregate to the same
    endpoint, so an order's events arrive in order;
@@ -33,7 +31,7 @@ from dataclasses import dataclass
 import peewee
 from standardwebhooks.webhooks import Webhook
 
-from server.db import database, is_sqlite, utcnow
+from server.db import database, utcnow
 from server.domain import list_filter, listing, outbox, work_leases
 from server.errors import FailedPrecondition, NotFound
 from server.models.outbox_event import OutboxEvent
@@ -80,7 +78,6 @@ DESCRIPTION_MAX_LENGTH = 200
 SECRET_OVERLAP = dt.timedelta(hours=24)
 # Pauses after each failed attempt, as Standard Webhooks suggests; after the last, PARKED.
 DEFAULT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
-FAN_OUT_BATCH = 500
 SEND_BATCH = 50
 LEASE_KIND = "webhook"
 ERROR_MAX_LENGTH = 500
@@ -318,29 +315,20 @@ def send_test_event(endpoint_id: str) -> outbox.Event:
 
 
 @dataclass
-class Dispatcher:
-    """Delivers outbox events to the endpoints (see the module docstring)."""
+class WebhookSender:
+    """Sends due deliveries to their endpoints and records each outcome."""
 
     sender: Sender
     metrics: WebhookMetrics
     retry_schedule: Sequence[float] = DEFAULT_RETRY_SCHEDULE
     lease: dt.timedelta = dt.timedelta(seconds=60)
 
-    def run_once(self, *, budget_seconds: float = 5.0) -> int:
-        """Fans out new events and sends what is due until nothing is or the budget is spent;
-        returns how many requests were sent."""
-        started = utcnow()
-        while fan_out(FAN_OUT_BATCH):
-            pass
-        sent = 0
-        while (utcnow() - started).total_seconds() < budget_seconds:
-            due = claim_due(SEND_BATCH, self.lease)
-            if not due:
-                break
-            for delivery in due:
-                self.send(delivery)
-                sent += 1
-        return sent
+    def send_due(self) -> int:
+        """Sends up to one batch of due deliveries; returns how many were tried."""
+        due = claim_due(SEND_BATCH, self.lease)
+        for delivery in due:
+            self.send(delivery)
+        return len(due)
 
     def send(self, delivery: WebhookDelivery) -> None:
         """Sends one delivery and records its outcome."""
@@ -444,36 +432,19 @@ def _record_attempt(
     return changes.get(WebhookDelivery.state) == PARKED
 
 
-def fan_out(limit: int) -> int:
-    """Writes the deliveries of up to `limit` undelivered events; returns how many events."""
-    now = utcnow()
-    if not WebhookEndpoint.select().exists():
-        return 0  # nobody to tell: no write at all (events before an endpoint are not for it)
-    with database.atomic():
-        query = (
-            OutboxEvent.select()
-            .where(OutboxEvent.delivered_time.is_null())
-            .order_by(OutboxEvent.create_time, OutboxEvent.id)
-            .limit(limit)
-        )
-        if not is_sqlite():
-            query = query.for_update(skip_locked=True)
-        events = list(query)
-        if not events:
-            return 0
-        # Disabled endpoints too: their deliveries wait, PENDING, until they are enabled again.
-        endpoints = list(WebhookEndpoint.select())
-        pairs = [
-            (endpoint.id, event)
-            for event in events
-            for endpoint in endpoints
-            if _wants(endpoint, event)
-        ]
-        _insert_deliveries(pairs, now)
-        OutboxEvent.update(delivered_time=now).where(
-            OutboxEvent.id.in_([event.id for event in events])
-        ).execute()
-    return len(events)
+def add_deliveries(events: Sequence[OutboxEvent], now: dt.datetime) -> int:
+    """Writes a PENDING delivery of each event to each endpoint that wants it (in the caller's
+    transaction); returns how many. Disabled endpoints too: their deliveries wait until they are
+    enabled again."""
+    endpoints = list(WebhookEndpoint.select())
+    pairs = [
+        (endpoint.id, event)
+        for event in events
+        for endpoint in endpoints
+        if _wants(endpoint, event)
+    ]
+    _insert_deliveries(pairs, now)
+    return len(pairs)
 
 
 def _wants(endpoint: WebhookEndpoint, event: OutboxEvent) -> bool:

@@ -138,9 +138,9 @@ def test_every_event_arrives_signed_through_failures_and_two_kills(
         STOREFRONT_DATABASE_URL=database_url,
         STOREFRONT_WEBHOOK_ALLOW_HTTP="true",
         STOREFRONT_WEBHOOK_ALLOW_PRIVATE_ADDRESSES="true",
-        STOREFRONT_WEBHOOK_DISPATCH_INTERVAL_SECONDS="0.05",
+        STOREFRONT_DISPATCH_INTERVAL_SECONDS="0.05",
         # 21 attempts: at a 30% failure rate an event parks with a chance of 0.3**21 (1e-11).
-        STOREFRONT_WEBHOOK_RETRY_SCHEDULE=",".join(["0.05"] * 20),
+        STOREFRONT_DELIVERY_RETRY_SCHEDULE=",".join(["0.05"] * 20),
         STOREFRONT_WEBHOOK_TIMEOUT_SECONDS="1",
         STOREFRONT_RATE_LIMIT_WRITE="100000/second",
         STOREFRONT_RATE_LIMIT_READ="100000/second",

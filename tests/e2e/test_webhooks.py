@@ -31,8 +31,8 @@ WAIT_SECONDS = 20.0
 WEBHOOK_SETTINGS = {
     "webhook_allow_http": True,
     "webhook_allow_private_addresses": True,
-    "webhook_dispatch_interval_seconds": 0.05,
-    "webhook_retry_schedule": (0.05, 0.05, 0.05),
+    "dispatch_interval_seconds": 0.05,
+    "delivery_retry_schedule": (0.05, 0.05, 0.05),
     "webhook_timeout_seconds": 2.0,
 }
 ADDRESS = order_pb2.Address(
@@ -162,7 +162,7 @@ def test_a_failing_endpoint_is_retried_then_parked_then_redelivered(
     assert wait_for(parked)
     (delivery,) = deliveries(admin, created.endpoint.id)
     # The first attempt and one per pause of the schedule.
-    assert delivery.attempts == 1 + len(WEBHOOK_SETTINGS["webhook_retry_schedule"])  # type: ignore[arg-type]
+    assert delivery.attempts == 1 + len(WEBHOOK_SETTINGS["delivery_retry_schedule"])  # type: ignore[arg-type]
     assert (delivery.last_response_code, delivery.last_error) == (503, "HTTP 503")
     assert len(receiver.received()) == delivery.attempts
     assert {r.headers["webhook-id"] for r in receiver.received()} == {event_id}

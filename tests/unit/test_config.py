@@ -82,6 +82,7 @@ def test_production_needs_existing_key_files(tmp_path: Path) -> None:
         "STOREFRONT_PAYMENT_GATEWAY": "http",
         "STOREFRONT_PAYMENT_BASE_URL": "https://payments.example.com",
         "STOREFRONT_PAYMENT_SECRET_KEY_FILE": str(payment_secret),
+        "STOREFRONT_EMAIL_TRANSPORT": "smtp",
     }
     with pytest.raises(ConfigError, match="STOREFRONT_JWT_SIGNING_KEY_FILE: file not found"):
         Settings.from_env(env)
@@ -334,10 +335,58 @@ def test_production_refuses_the_sandbox(tmp_path: Path) -> None:
         "STOREFRONT_ENVIRONMENT": "production",
         "STOREFRONT_JWT_SIGNING_KEY_FILE": str(key),
         "STOREFRONT_PAGE_TOKEN_SECRET_FILE": str(page),
+        "STOREFRONT_EMAIL_TRANSPORT": "off",
     }
     for gateway in ({}, {"STOREFRONT_PAYMENT_GATEWAY": "sandbox"}):
         assert config_error(production | gateway).startswith("STOREFRONT_PAYMENT_GATEWAY:")
     assert Settings.from_env(production | http_gateway_env(tmp_path)).payment_gateway == "http"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"STOREFRONT_EMAIL_TRANSPORT": "file"},
+            "STOREFRONT_EMAIL_TRANSPORT: file is for development",
+        ),
+        (
+            {"STOREFRONT_WEBHOOK_ALLOW_HTTP": "true"},
+            "STOREFRONT_WEBHOOK_ALLOW_HTTP: development only",
+        ),
+        (
+            {"STOREFRONT_WEBHOOK_ALLOW_PRIVATE_ADDRESSES": "true"},
+            "STOREFRONT_WEBHOOK_ALLOW_PRIVATE_ADDRESSES: development only",
+        ),
+    ],
+)
+def test_production_refuses_development_delivery_settings(
+    tmp_path: Path, changes: dict[str, str], message: str
+) -> None:
+    key, page = tmp_path / "jwt.pem", tmp_path / "page.key"
+    key.write_text("x")
+    page.write_text("y" * 40)
+    production = {
+        "STOREFRONT_ENVIRONMENT": "production",
+        "STOREFRONT_JWT_SIGNING_KEY_FILE": str(key),
+        "STOREFRONT_PAGE_TOKEN_SECRET_FILE": str(page),
+        "STOREFRONT_EMAIL_TRANSPORT": "smtp",
+    } | http_gateway_env(tmp_path)
+    assert Settings.from_env(production).email_transport == "smtp"
+    assert config_error(production | changes).startswith(message)
+
+
+def test_an_smtp_user_needs_a_password_file() -> None:
+    assert config_error({"STOREFRONT_SMTP_USER": "shop"}).startswith(
+        "STOREFRONT_SMTP_PASSWORD_FILE: required"
+    )
+
+
+def test_the_retry_schedule_is_a_list_of_pauses() -> None:
+    schedule = {"STOREFRONT_DELIVERY_RETRY_SCHEDULE": "0.5, 30,600"}
+    assert Settings.from_env(schedule).delivery_retry_schedule == (0.5, 30.0, 600.0)
+    for bad in ("1,x", "0", "1,,2", ",".join(["1"] * 21)):
+        message = config_error({"STOREFRONT_DELIVERY_RETRY_SCHEDULE": bad})
+        assert message.startswith("STOREFRONT_DELIVERY_RETRY_SCHEDULE:"), message
 
 
 @pytest.mark.parametrize(

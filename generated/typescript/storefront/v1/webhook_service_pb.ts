@@ -678,7 +678,7 @@ export const WebhookDeliveryStateSchema: GenEnum<WebhookDeliveryState> = /*@__PU
  * space-separated); a JSON body `{"type", "timestamp", "data"}` whose data holds the event's facts,
  * `event_id`, `aggregate_type`, `aggregate_id` and `sequence` (1, 2, 3... per order or product).
  * Delivery is at least once, in sequence order per aggregate and endpoint; a 2xx answer succeeds,
- * a 410 disables the endpoint, anything else is retried on STOREFRONT_WEBHOOK_RETRY_SCHEDULE and
+ * a 410 disables the endpoint, anything else is retried on STOREFRONT_DELIVERY_RETRY_SCHEDULE and
  * parked after the last attempt. Endpoints must be https URLs whose host resolves to public
  * addresses only, checked at registration and again at each delivery; redirects are not
  * followed.

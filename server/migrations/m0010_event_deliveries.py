@@ -1,4 +1,4 @@
-"""Webhook endpoints and the delivery of each outbox event to each endpoint."""
+"""Webhook endpoints, the delivery of each outbox event to each endpoint, and order e-mails."""
 
 from __future__ import annotations
 
@@ -56,10 +56,29 @@ class WebhookDelivery(_Frozen):
         )
 
 
-TABLES = [WebhookEndpoint, WebhookDelivery]
+class EmailMessage(_Frozen):
+    id = peewee.CharField(max_length=36, primary_key=True)
+    event_id = peewee.CharField(max_length=36, unique=True)
+    recipient = peewee.CharField(max_length=320)
+    subject = peewee.CharField(max_length=200)
+    text_body = peewee.TextField()
+    html_body = peewee.TextField()
+    state = peewee.CharField(max_length=16)
+    attempts = peewee.IntegerField()
+    next_attempt_time = peewee.DateTimeField()
+    last_error = peewee.CharField(max_length=500, null=True)
+    create_time = peewee.DateTimeField()
+    sent_time = peewee.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "email_messages"
+        indexes = ((("state", "next_attempt_time"), False),)
+
+
+TABLES = [WebhookEndpoint, WebhookDelivery, EmailMessage]
 
 
 def up(db: peewee.Database) -> None:
-    """Creates webhook_endpoints and webhook_deliveries."""
+    """Creates webhook_endpoints, webhook_deliveries and email_messages."""
     with db.bind_ctx(TABLES):
         db.create_tables(TABLES)
