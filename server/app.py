@@ -31,6 +31,7 @@ from server.domain import (
     exchange_rates,
     idempotency,
     key_files,
+    order_watch,
     outbox,
     passwords,
     payment_jobs,
@@ -49,6 +50,7 @@ from server.domain.sessions import SessionPolicy
 from server.interceptors.auth import AccessRule, AuthInterceptor, access_rules
 from server.interceptors.chain import InterceptorChain
 from server.interceptors.client_address import parse_networks
+from server.interceptors.concurrency import UnaryCapInterceptor
 from server.interceptors.db_scope import DatabaseScopeInterceptor
 from server.interceptors.errors import ErrorInterceptor
 from server.interceptors.metrics import MetricsInterceptor, ServerMetrics
@@ -155,18 +157,22 @@ class App:
             RequestLogInterceptor(parse_networks(settings.trusted_proxies)),
             MetricsInterceptor(metrics),
             ErrorInterceptor(),
+            UnaryCapInterceptor(settings.max_concurrent_rpcs),
             RequestDecodingInterceptor(),
             RateLimitInterceptor(limiter, method_classes(rules), token_service),
             DatabaseScopeInterceptor(db),
             AuthInterceptor(rules, token_service, sessions.authorize),
         ]
         server = grpc.server(
+            # A thread per stream slot on top of the unary workers: open streams (each holds
+            # its thread while it waits) never take the capacity unary calls need.
             futures.ThreadPoolExecutor(
-                max_workers=settings.worker_threads, thread_name_prefix="rpc"
+                max_workers=settings.worker_threads + settings.max_open_streams,
+                thread_name_prefix="rpc",
             ),
             # One interceptor: each method's handler is composed once (chain.py).
             interceptors=[InterceptorChain(interceptors)],
-            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs + settings.max_open_streams,
             options=[
                 # Off in one process: a second server on the same port must fail, not silently
                 # share it. Several workers (server/supervisor.py) share it on purpose.
@@ -489,7 +495,11 @@ def create_app(settings: Settings) -> App:
         allow_private_addresses=settings.webhook_allow_private_addresses,
     )
     reconciler = payment_reconciler(settings, db, gateway)
+    order_streams = order_watch.OrderStreams(
+        order_watch.StreamSlots(settings.max_open_streams), order_watch.Wakeups()
+    )
     consumers: dict[str, outbox.Consumer] = {
+        "order-watchers": order_streams.wakeups.on_committed,
         "product-cache": product_cache.on_committed,
         "refunds": payment_jobs.refund_sender(gateway, lease=reconcile_lease(settings)),
         "order-metrics": lambda event: commerce_metrics.observe_order_event(
@@ -509,6 +519,7 @@ def create_app(settings: Settings) -> App:
             shipping_rules=shipping_rules,
             checkout=checkout_config,
             webhook_registration=webhooks.Registration(webhook_policy),
+            order_streams=order_streams,
         ),
         access_rules=access_rules(registry.DESCRIPTORS),
         token_service=token_service,

@@ -212,7 +212,17 @@ class Settings:
         metadata=variable(
             "STOREFRONT_MAX_CONCURRENT_RPCS",
             Integer(1, 100_000),
-            "RPCs in progress per process before new ones get RESOURCE_EXHAUSTED.",
+            "Unary RPCs in progress per process before new ones get RESOURCE_EXHAUSTED (streams "
+            "have their own cap, STOREFRONT_MAX_OPEN_STREAMS).",
+        ),
+    )
+    max_open_streams: int = field(
+        default=100,
+        metadata=variable(
+            "STOREFRONT_MAX_OPEN_STREAMS",
+            Integer(0, 10_000),
+            "Server streams (WatchOrder) open at once per process, each with a worker thread of "
+            "its own beyond the unary ones; more get RESOURCE_EXHAUSTED. 0 refuses every stream.",
         ),
     )
     max_message_bytes: int = field(

@@ -143,8 +143,8 @@ def _publish(event: Event) -> None:
             )
 
 
-def events_of(aggregate_type: str, aggregate_id: str) -> list[Event]:
-    """Returns the aggregate's events in sequence order."""
+def events_of(aggregate_type: str, aggregate_id: str, *, after: int = 0) -> list[Event]:
+    """Returns the aggregate's events in sequence order (those numbered above `after`)."""
     return [
         Event(
             id=row.id,
@@ -159,6 +159,7 @@ def events_of(aggregate_type: str, aggregate_id: str) -> list[Event]:
         .where(
             (OutboxEvent.aggregate_type == aggregate_type)
             & (OutboxEvent.aggregate_id == aggregate_id)
+            & (OutboxEvent.sequence > after)
         )
         .order_by(OutboxEvent.sequence)
     ]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import grpc
 from storefront.v1 import common_pb2, order_pb2, order_service_pb2, order_service_pb2_grpc
 
 from server import call_context
-from server.domain import order_actions, orders
+from server.domain import order_actions, order_watch, orders
 from server.domain.money import Money
 from server.domain.orders import OrderDetails, RefundStatus, State
 from server.domain.page_tokens import PageTokenSigner
@@ -103,8 +105,28 @@ def event_to_proto(event: OrderEvent) -> order_pb2.OrderEvent:
 class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
     """Implements storefront.v1.OrderService."""
 
-    def __init__(self, pages: PageTokenSigner) -> None:
+    def __init__(self, pages: PageTokenSigner, streams: order_watch.OrderStreams) -> None:
         self.pages = pages
+        self.streams = streams
+
+    def WatchOrder(
+        self, request: pb.WatchOrderRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.WatchOrderResponse]:
+        for update in self.streams.watch(
+            call_context.principal(),
+            request.order_id,
+            request.after_sequence,
+            active=context.is_active,
+            on_end=context.add_callback,
+        ):
+            yield pb.WatchOrderResponse(
+                order_id=update.order_id,
+                sequence=update.sequence,
+                event_type=update.event_type,
+                state=STATE_TO_PROTO[State(update.state)],
+                event_time=timestamp(update.time),
+                order=order_to_proto(update.details) if update.details else None,
+            )
 
     def GetOrder(
         self, request: pb.GetOrderRequest, context: grpc.ServicerContext

@@ -32,7 +32,7 @@ from storefront.v1 import (
     webhook_service_pb2_grpc,
 )
 
-from server.domain import checkout, shipping, webhooks
+from server.domain import checkout, order_watch, shipping, webhooks
 from server.domain.page_tokens import PageTokenSigner
 from server.domain.product_cache import ProductCache
 from server.domain.sessions import SessionPolicy
@@ -57,6 +57,7 @@ class Dependencies:
     shipping_rules: shipping.Rules
     checkout: checkout.Checkout
     webhook_registration: webhooks.Registration
+    order_streams: order_watch.OrderStreams
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ SERVICES: tuple[Service, ...] = (
     Service(
         _described(order_service_pb2, "OrderService"),
         lambda server, deps: order_service_pb2_grpc.add_OrderServiceServicer_to_server(
-            OrderServicer(deps.pages), server
+            OrderServicer(deps.pages, deps.order_streams), server
         ),
     ),
     Service(

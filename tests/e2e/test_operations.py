@@ -90,6 +90,7 @@ def test_health_list_names_every_service_and_the_server(running: Running) -> Non
         "storefront.v1.CartService",
         "storefront.v1.CheckoutService",
         "storefront.v1.OrderService",
+        "storefront.v1.WebhookService",
     }
     assert {s.status for s in listed.statuses.values()} == {ServingStatus.SERVING}
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
@@ -16,6 +17,7 @@ from storefront.v1 import (
     identity_service_pb2,
     identity_service_pb2_grpc,
     inventory_service_pb2_grpc,
+    order_service_pb2,
     order_service_pb2_grpc,
     shipping_service_pb2_grpc,
     webhook_service_pb2_grpc,
@@ -32,6 +34,10 @@ from storefront_client.deadline import DEFAULT_TIMEOUT_SECONDS, DeadlineIntercep
 from storefront_client.retry import RetryInterceptor, RetryPolicy
 
 StubT = TypeVar("StubT")
+# How long one WatchOrder connection lasts before watch_order renews it.
+WATCH_STREAM_SECONDS = 300.0
+# Patient enough for a server restart: up to 10 tries, pauses growing to 5 s.
+WATCH_RETRY = RetryPolicy(max_attempts=10, initial_backoff=0.2, max_backoff=5.0)
 
 
 class ServiceStub(Generic[StubT]):
@@ -147,6 +153,49 @@ class StorefrontClient:
             return response.ended_session_count
         finally:
             self._sessions.clear()
+
+    def watch_order(
+        self,
+        order_id: str,
+        *,
+        after_sequence: int = 0,
+        retry: RetryPolicy | None = None,
+        stream_timeout: float = WATCH_STREAM_SECONDS,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> Generator[order_service_pb2.WatchOrderResponse, None, None]:
+        """Yields an order's updates for as long as the caller iterates: the order as it is
+        (unless resuming after `after_sequence`), then each event in sequence order.
+
+        A stream that ends (a server shutting down or restarting, a lost connection, the
+        `stream_timeout` that renews long connections) is reopened after the last sequence
+        seen, so nothing is missed or repeated; UNAVAILABLE and CANCELLED are retried with the
+        policy's backoff, any other error is raised.
+        """
+        policy = retry or WATCH_RETRY
+        last = after_sequence
+        failures = 0
+        while True:
+            call = self.orders.WatchOrder(
+                order_service_pb2.WatchOrderRequest(order_id=order_id, after_sequence=last),
+                timeout=stream_timeout,
+            )
+            try:
+                for update in call:
+                    failures = 0
+                    last = update.sequence
+                    yield update
+            except grpc.RpcError as err:
+                code = err.code()
+                if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+                    continue  # the connection's time is up: renew it at once
+                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                    raise
+                failures += 1
+                if failures >= policy.max_attempts:
+                    raise
+                sleep(policy.backoff(failures, random.random()))
+            finally:
+                call.cancel()
 
     def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""

@@ -23,18 +23,21 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from storefront.v1 import access_pb2 as storefront_dot_v1_dot_access__pb2
 from storefront.v1 import common_pb2 as storefront_dot_v1_dot_common__pb2
 from storefront.v1 import order_pb2 as storefront_dot_v1_dot_order__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!storefront/v1/order_service.proto\x12\rstorefront.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1astorefront/v1/access.proto\x1a\x1astorefront/v1/common.proto\x1a\x19storefront/v1/order.proto\")\n\x0fGetOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"7\n\x10GetOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\"\\\n\x11ListOrdersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\"S\n\x12ListOrdersResponse\x12$\n\x06orders\x18\x01 \x03(\x0b\x32\x14.storefront.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"V\n\x12\x43\x61ncelOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x03 \x01(\t\":\n\x13\x43\x61ncelOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\"z\n\x10ShipOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63\x61rrier\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1d\n\x0ftracking_number\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\"8\n\x11ShipOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\"M\n\x19MarkOrderDeliveredRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"A\n\x1aMarkOrderDeliveredResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\"|\n\x12RefundOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12$\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x14.storefront.v1.Money\x12\x0e\n\x06reason\x18\x04 \x01(\t\"M\n\x13RefundOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\x12\x11\n\trefund_id\x18\x02 \x01(\t\"W\n\x16ListOrderEventsRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x17ListOrderEventsResponse\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.storefront.v1.OrderEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xc9\x05\n\x0cOrderService\x12X\n\x08GetOrder\x12\x1e.storefront.v1.GetOrderRequest\x1a\x1f.storefront.v1.GetOrderResponse\"\x0b\xa2\xbb\x18\x07\x12\x03\x01\x02\x03\x18\x01\x12^\n\nListOrders\x12 .storefront.v1.ListOrdersRequest\x1a!.storefront.v1.ListOrdersResponse\"\x0b\xa2\xbb\x18\x07\x12\x03\x01\x02\x03\x18\x01\x12\x61\n\x0b\x43\x61ncelOrder\x12!.storefront.v1.CancelOrderRequest\x1a\".storefront.v1.CancelOrderResponse\"\x0b\xa2\xbb\x18\x07\x12\x03\x01\x02\x03\x18\x01\x12X\n\tShipOrder\x12\x1f.storefront.v1.ShipOrderRequest\x1a .storefront.v1.ShipOrderResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12s\n\x12MarkOrderDelivered\x12(.storefront.v1.MarkOrderDeliveredRequest\x1a).storefront.v1.MarkOrderDeliveredResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12^\n\x0bRefundOrder\x12!.storefront.v1.RefundOrderRequest\x1a\".storefront.v1.RefundOrderResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12m\n\x0fListOrderEvents\x12%.storefront.v1.ListOrderEventsRequest\x1a&.storefront.v1.ListOrderEventsResponse\"\x0b\xa2\xbb\x18\x07\x12\x03\x01\x02\x03\x18\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!storefront/v1/order_service.proto\x12\rstorefront.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1astorefront/v1/access.proto\x1a\x1astorefront/v1/common.proto\x1a\x19storefront/v1/order.proto\"C\n\x11WatchOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"\xcb\x01\n\x12WatchOrderResponse\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12(\n\x05state\x18\x04 \x01(\x0e\x32\x19.storefront.v1.OrderState\x12.\n\nevent_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x05order\x18\x06 \x01(\x0b\x32\x14.storefront.v1.Order\")\n\x0fGetOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"7\n\x10GetOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\"\\\n\x11ListOrdersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\"S\n\x12ListOrdersResponse\x12$\n\x06orders\x18\x01 \x03(\x0b\x32\x14.storefront.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"V\n\x12\x43\x61ncelOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x03 \x01(\t\":\n\x13\x43\x61ncelOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\"z\n\x10ShipOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63\x61rrier\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1d\n\x0ftracking_number\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\"8\n\x11ShipOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\"M\n\x19MarkOrderDeliveredRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"A\n\x1aMarkOrderDeliveredResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\"|\n\x12RefundOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12$\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x14.storefront.v1.Money\x12\x0e\n\x06reason\x18\x04 \x01(\t\"M\n\x13RefundOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\x12\x11\n\trefund_id\x18\x02 \x01(\t\"W\n\x16ListOrderEventsRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x17ListOrderEventsResponse\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.storefront.v1.OrderEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xab\x06\n\x0cOrderService\x12X\n\x08GetOrder\x12\x1e.storefront.v1.GetOrderRequest\x1a\x1f.storefront.v1.GetOrderResponse\"\x0b\xa2\xbb\x18\x07\x12\x03\x01\x02\x03\x18\x01\x12^\n\nListOrders\x12 .storefront.v1.ListOrdersRequest\x1a!.storefront.v1.ListOrdersResponse\"\x0b\xa2\xbb\x18\x07\x12\x03\x01\x02\x03\x18\x01\x12\x61\n\x0b\x43\x61ncelOrder\x12!.storefront.v1.CancelOrderRequest\x1a\".storefront.v1.CancelOrderResponse\"\x0b\xa2\xbb\x18\x07\x12\x03\x01\x02\x03\x18\x01\x12X\n\tShipOrder\x12\x1f.storefront.v1.ShipOrderRequest\x1a .storefront.v1.ShipOrderResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12s\n\x12MarkOrderDelivered\x12(.storefront.v1.MarkOrderDeliveredRequest\x1a).storefront.v1.MarkOrderDeliveredResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12^\n\x0bRefundOrder\x12!.storefront.v1.RefundOrderRequest\x1a\".storefront.v1.RefundOrderResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12m\n\x0fListOrderEvents\x12%.storefront.v1.ListOrderEventsRequest\x1a&.storefront.v1.ListOrderEventsResponse\"\x0b\xa2\xbb\x18\x07\x12\x03\x01\x02\x03\x18\x01\x12`\n\nWatchOrder\x12 .storefront.v1.WatchOrderRequest\x1a!.storefront.v1.WatchOrderResponse\"\x0b\xa2\xbb\x18\x07\x12\x03\x01\x02\x03\x18\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'storefront.v1.order_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_WATCHORDERREQUEST'].fields_by_name['order_id']._loaded_options = None
+  _globals['_WATCHORDERREQUEST'].fields_by_name['order_id']._serialized_options = b'\342A\001\002'
   _globals['_GETORDERREQUEST'].fields_by_name['order_id']._loaded_options = None
   _globals['_GETORDERREQUEST'].fields_by_name['order_id']._serialized_options = b'\342A\001\002'
   _globals['_CANCELORDERREQUEST'].fields_by_name['order_id']._loaded_options = None
@@ -73,34 +76,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDERSERVICE'].methods_by_name['RefundOrder']._serialized_options = b'\242\273\030\004\022\002\002\003'
   _globals['_ORDERSERVICE'].methods_by_name['ListOrderEvents']._loaded_options = None
   _globals['_ORDERSERVICE'].methods_by_name['ListOrderEvents']._serialized_options = b'\242\273\030\007\022\003\001\002\003\030\001'
-  _globals['_GETORDERREQUEST']._serialized_start=168
-  _globals['_GETORDERREQUEST']._serialized_end=209
-  _globals['_GETORDERRESPONSE']._serialized_start=211
-  _globals['_GETORDERRESPONSE']._serialized_end=266
-  _globals['_LISTORDERSREQUEST']._serialized_start=268
-  _globals['_LISTORDERSREQUEST']._serialized_end=360
-  _globals['_LISTORDERSRESPONSE']._serialized_start=362
-  _globals['_LISTORDERSRESPONSE']._serialized_end=445
-  _globals['_CANCELORDERREQUEST']._serialized_start=447
-  _globals['_CANCELORDERREQUEST']._serialized_end=533
-  _globals['_CANCELORDERRESPONSE']._serialized_start=535
-  _globals['_CANCELORDERRESPONSE']._serialized_end=593
-  _globals['_SHIPORDERREQUEST']._serialized_start=595
-  _globals['_SHIPORDERREQUEST']._serialized_end=717
-  _globals['_SHIPORDERRESPONSE']._serialized_start=719
-  _globals['_SHIPORDERRESPONSE']._serialized_end=775
-  _globals['_MARKORDERDELIVEREDREQUEST']._serialized_start=777
-  _globals['_MARKORDERDELIVEREDREQUEST']._serialized_end=854
-  _globals['_MARKORDERDELIVEREDRESPONSE']._serialized_start=856
-  _globals['_MARKORDERDELIVEREDRESPONSE']._serialized_end=921
-  _globals['_REFUNDORDERREQUEST']._serialized_start=923
-  _globals['_REFUNDORDERREQUEST']._serialized_end=1047
-  _globals['_REFUNDORDERRESPONSE']._serialized_start=1049
-  _globals['_REFUNDORDERRESPONSE']._serialized_end=1126
-  _globals['_LISTORDEREVENTSREQUEST']._serialized_start=1128
-  _globals['_LISTORDEREVENTSREQUEST']._serialized_end=1215
-  _globals['_LISTORDEREVENTSRESPONSE']._serialized_start=1217
-  _globals['_LISTORDEREVENTSRESPONSE']._serialized_end=1310
-  _globals['_ORDERSERVICE']._serialized_start=1313
-  _globals['_ORDERSERVICE']._serialized_end=2026
+  _globals['_ORDERSERVICE'].methods_by_name['WatchOrder']._loaded_options = None
+  _globals['_ORDERSERVICE'].methods_by_name['WatchOrder']._serialized_options = b'\242\273\030\007\022\003\001\002\003\030\001'
+  _globals['_WATCHORDERREQUEST']._serialized_start=201
+  _globals['_WATCHORDERREQUEST']._serialized_end=268
+  _globals['_WATCHORDERRESPONSE']._serialized_start=271
+  _globals['_WATCHORDERRESPONSE']._serialized_end=474
+  _globals['_GETORDERREQUEST']._serialized_start=476
+  _globals['_GETORDERREQUEST']._serialized_end=517
+  _globals['_GETORDERRESPONSE']._serialized_start=519
+  _globals['_GETORDERRESPONSE']._serialized_end=574
+  _globals['_LISTORDERSREQUEST']._serialized_start=576
+  _globals['_LISTORDERSREQUEST']._serialized_end=668
+  _globals['_LISTORDERSRESPONSE']._serialized_start=670
+  _globals['_LISTORDERSRESPONSE']._serialized_end=753
+  _globals['_CANCELORDERREQUEST']._serialized_start=755
+  _globals['_CANCELORDERREQUEST']._serialized_end=841
+  _globals['_CANCELORDERRESPONSE']._serialized_start=843
+  _globals['_CANCELORDERRESPONSE']._serialized_end=901
+  _globals['_SHIPORDERREQUEST']._serialized_start=903
+  _globals['_SHIPORDERREQUEST']._serialized_end=1025
+  _globals['_SHIPORDERRESPONSE']._serialized_start=1027
+  _globals['_SHIPORDERRESPONSE']._serialized_end=1083
+  _globals['_MARKORDERDELIVEREDREQUEST']._serialized_start=1085
+  _globals['_MARKORDERDELIVEREDREQUEST']._serialized_end=1162
+  _globals['_MARKORDERDELIVEREDRESPONSE']._serialized_start=1164
+  _globals['_MARKORDERDELIVEREDRESPONSE']._serialized_end=1229
+  _globals['_REFUNDORDERREQUEST']._serialized_start=1231
+  _globals['_REFUNDORDERREQUEST']._serialized_end=1355
+  _globals['_REFUNDORDERRESPONSE']._serialized_start=1357
+  _globals['_REFUNDORDERRESPONSE']._serialized_end=1434
+  _globals['_LISTORDEREVENTSREQUEST']._serialized_start=1436
+  _globals['_LISTORDEREVENTSREQUEST']._serialized_end=1523
+  _globals['_LISTORDEREVENTSRESPONSE']._serialized_start=1525
+  _globals['_LISTORDEREVENTSRESPONSE']._serialized_end=1618
+  _globals['_ORDERSERVICE']._serialized_start=1621
+  _globals['_ORDERSERVICE']._serialized_end=2432
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from storefront.v1 import common_pb2 as _common_pb2
 from storefront.v1 import order_pb2 as _order_pb2
@@ -19,6 +20,80 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class WatchOrderRequest(_message.Message):
+    """WatchOrderRequest is the input of WatchOrder."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    order_id: _builtins.str
+    """The order's id."""
+    after_sequence: _builtins.int
+    """The last sequence the client saw, to resume after; 0 starts with the order as it is."""
+    def __init__(
+        self,
+        *,
+        order_id: _builtins.str = ...,
+        after_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "order_id", b"order_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchOrderRequest: _TypeAlias = WatchOrderRequest  # noqa: Y015
+
+@_typing.final
+class WatchOrderResponse(_message.Message):
+    """WatchOrderResponse is one update of a watched order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    EVENT_TIME_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    order_id: _builtins.str
+    """The order's id."""
+    sequence: _builtins.int
+    """The order's event number this update brings the watcher to (resume after it)."""
+    event_type: _builtins.str
+    """What happened, e.g. "order.payment_captured" or "order.shipped"; empty in the first message,
+    which shows the order as it is.
+    """
+    state: _order_pb2.OrderState.ValueType
+    """The order's state after the update."""
+    @_builtins.property
+    def event_time(self) -> _timestamp_pb2.Timestamp:
+        """When it happened (the first message: when the order last changed)."""
+
+    @_builtins.property
+    def order(self) -> _order_pb2.Order:
+        """The whole order, in the first message only."""
+
+    def __init__(
+        self,
+        *,
+        order_id: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+        event_type: _builtins.str = ...,
+        state: _order_pb2.OrderState.ValueType = ...,
+        event_time: _timestamp_pb2.Timestamp | None = ...,
+        order: _order_pb2.Order | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "order", b"order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "event_type", b"event_type", "order", b"order", "order_id", b"order_id", "sequence", b"sequence", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchOrderResponse: _TypeAlias = WatchOrderResponse  # noqa: Y015
 
 @_typing.final
 class GetOrderRequest(_message.Message):

@@ -98,6 +98,11 @@ class OrderServiceStub:
                 request_serializer=storefront_dot_v1_dot_order__service__pb2.ListOrderEventsRequest.SerializeToString,
                 response_deserializer=storefront_dot_v1_dot_order__service__pb2.ListOrderEventsResponse.FromString,
                 _registered_method=True)
+        self.WatchOrder = channel.unary_stream(
+                '/storefront.v1.OrderService/WatchOrder',
+                request_serializer=storefront_dot_v1_dot_order__service__pb2.WatchOrderRequest.SerializeToString,
+                response_deserializer=storefront_dot_v1_dot_order__service__pb2.WatchOrderResponse.FromString,
+                _registered_method=True)
 
 
 class OrderServiceServicer:
@@ -206,6 +211,21 @@ class OrderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchOrder(self, request, context):
+        """Streams an order's updates, for its owner or staff. Without after_sequence the first message
+        is the order as it is now (with the sequence it has reached); then every later event, in
+        sequence order, whichever worker or replica made it. A client that reconnects with the last
+        sequence it saw as after_sequence gets the rest: no gap, no duplicate (and no snapshot). The
+        stream holds no database connection while it waits and none of the workers unary calls need;
+        it ends only when the client cancels it or the server shuts down (UNAVAILABLE: reconnect).
+        Returns NOT_FOUND (ORDER_NOT_FOUND) like GetOrder; RESOURCE_EXHAUSTED (reason STREAM_LIMIT)
+        when the process already has STOREFRONT_MAX_OPEN_STREAMS streams open; INVALID_ARGUMENT for a
+        malformed id or a negative after_sequence.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -243,6 +263,11 @@ def add_OrderServiceServicer_to_server(servicer, server):
                     servicer.ListOrderEvents,
                     request_deserializer=storefront_dot_v1_dot_order__service__pb2.ListOrderEventsRequest.FromString,
                     response_serializer=storefront_dot_v1_dot_order__service__pb2.ListOrderEventsResponse.SerializeToString,
+            ),
+            'WatchOrder': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchOrder,
+                    request_deserializer=storefront_dot_v1_dot_order__service__pb2.WatchOrderRequest.FromString,
+                    response_serializer=storefront_dot_v1_dot_order__service__pb2.WatchOrderResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -463,6 +488,33 @@ class OrderService:
             '/storefront.v1.OrderService/ListOrderEvents',
             storefront_dot_v1_dot_order__service__pb2.ListOrderEventsRequest.SerializeToString,
             storefront_dot_v1_dot_order__service__pb2.ListOrderEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/storefront.v1.OrderService/WatchOrder',
+            storefront_dot_v1_dot_order__service__pb2.WatchOrderRequest.SerializeToString,
+            storefront_dot_v1_dot_order__service__pb2.WatchOrderResponse.FromString,
             options,
             channel_credentials,
             insecure,

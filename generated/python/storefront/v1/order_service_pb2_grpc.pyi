@@ -108,6 +108,17 @@ class OrderServiceStub:
     it. Returns NOT_FOUND (ORDER_NOT_FOUND) like GetOrder and INVALID_ARGUMENT for a bad page
     size or token.
     """
+    WatchOrder: _grpc.UnaryStreamMultiCallable[_order_service_pb2.WatchOrderRequest, _order_service_pb2.WatchOrderResponse]
+    """Streams an order's updates, for its owner or staff. Without after_sequence the first message
+    is the order as it is now (with the sequence it has reached); then every later event, in
+    sequence order, whichever worker or replica made it. A client that reconnects with the last
+    sequence it saw as after_sequence gets the rest: no gap, no duplicate (and no snapshot). The
+    stream holds no database connection while it waits and none of the workers unary calls need;
+    it ends only when the client cancels it or the server shuts down (UNAVAILABLE: reconnect).
+    Returns NOT_FOUND (ORDER_NOT_FOUND) like GetOrder; RESOURCE_EXHAUSTED (reason STREAM_LIMIT)
+    when the process already has STOREFRONT_MAX_OPEN_STREAMS streams open; INVALID_ARGUMENT for a
+    malformed id or a negative after_sequence.
+    """
 
 @_typing.type_check_only
 class OrderServiceAsyncStub(OrderServiceStub):
@@ -188,6 +199,17 @@ class OrderServiceAsyncStub(OrderServiceStub):
     """Lists an order's history, oldest first: every state change and payment event with who made
     it. Returns NOT_FOUND (ORDER_NOT_FOUND) like GetOrder and INVALID_ARGUMENT for a bad page
     size or token.
+    """
+    WatchOrder: _aio.UnaryStreamMultiCallable[_order_service_pb2.WatchOrderRequest, _order_service_pb2.WatchOrderResponse]  # type: ignore[assignment]
+    """Streams an order's updates, for its owner or staff. Without after_sequence the first message
+    is the order as it is now (with the sequence it has reached); then every later event, in
+    sequence order, whichever worker or replica made it. A client that reconnects with the last
+    sequence it saw as after_sequence gets the rest: no gap, no duplicate (and no snapshot). The
+    stream holds no database connection while it waits and none of the workers unary calls need;
+    it ends only when the client cancels it or the server shuts down (UNAVAILABLE: reconnect).
+    Returns NOT_FOUND (ORDER_NOT_FOUND) like GetOrder; RESOURCE_EXHAUSTED (reason STREAM_LIMIT)
+    when the process already has STOREFRONT_MAX_OPEN_STREAMS streams open; INVALID_ARGUMENT for a
+    malformed id or a negative after_sequence.
     """
 
 class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -308,6 +330,23 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists an order's history, oldest first: every state change and payment event with who made
         it. Returns NOT_FOUND (ORDER_NOT_FOUND) like GetOrder and INVALID_ARGUMENT for a bad page
         size or token.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchOrder(
+        self,
+        request: _order_service_pb2.WatchOrderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_order_service_pb2.WatchOrderResponse], _abc.AsyncIterator[_order_service_pb2.WatchOrderResponse]]:
+        """Streams an order's updates, for its owner or staff. Without after_sequence the first message
+        is the order as it is now (with the sequence it has reached); then every later event, in
+        sequence order, whichever worker or replica made it. A client that reconnects with the last
+        sequence it saw as after_sequence gets the rest: no gap, no duplicate (and no snapshot). The
+        stream holds no database connection while it waits and none of the workers unary calls need;
+        it ends only when the client cancels it or the server shuts down (UNAVAILABLE: reconnect).
+        Returns NOT_FOUND (ORDER_NOT_FOUND) like GetOrder; RESOURCE_EXHAUSTED (reason STREAM_LIMIT)
+        when the process already has STOREFRONT_MAX_OPEN_STREAMS streams open; INVALID_ARGUMENT for a
+        malformed id or a negative after_sequence.
         """
 
 def add_OrderServiceServicer_to_server(servicer: OrderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -5,10 +5,12 @@
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import { file_google_api_field_behavior } from "../../google/api/field_behavior_pb.js";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import { file_storefront_v1_access } from "./access_pb.js";
 import type { Money } from "./common_pb.js";
 import { file_storefront_v1_common } from "./common_pb.js";
-import type { Order, OrderEvent } from "./order_pb.js";
+import type { Order, OrderEvent, OrderState } from "./order_pb.js";
 import { file_storefront_v1_order } from "./order_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -16,7 +18,92 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file storefront/v1/order_service.proto.
  */
 export const file_storefront_v1_order_service: GenFile = /*@__PURE__*/
-  fileDesc("CiFzdG9yZWZyb250L3YxL29yZGVyX3NlcnZpY2UucHJvdG8SDXN0b3JlZnJvbnQudjEiKQoPR2V0T3JkZXJSZXF1ZXN0EhYKCG9yZGVyX2lkGAEgASgJQgTiQQECIjcKEEdldE9yZGVyUmVzcG9uc2USIwoFb3JkZXIYASABKAsyFC5zdG9yZWZyb250LnYxLk9yZGVyIlwKEUxpc3RPcmRlcnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg4KBmZpbHRlchgDIAEoCRIQCghvcmRlcl9ieRgEIAEoCSJTChJMaXN0T3JkZXJzUmVzcG9uc2USJAoGb3JkZXJzGAEgAygLMhQuc3RvcmVmcm9udC52MS5PcmRlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiVgoSQ2FuY2VsT3JkZXJSZXF1ZXN0EhYKCG9yZGVyX2lkGAEgASgJQgTiQQECEhgKCnJlcXVlc3RfaWQYAiABKAlCBOJBAQISDgoGcmVhc29uGAMgASgJIjoKE0NhbmNlbE9yZGVyUmVzcG9uc2USIwoFb3JkZXIYASABKAsyFC5zdG9yZWZyb250LnYxLk9yZGVyInoKEFNoaXBPcmRlclJlcXVlc3QSFgoIb3JkZXJfaWQYASABKAlCBOJBAQISGAoKcmVxdWVzdF9pZBgCIAEoCUIE4kEBAhIVCgdjYXJyaWVyGAMgASgJQgTiQQECEh0KD3RyYWNraW5nX251bWJlchgEIAEoCUIE4kEBAiI4ChFTaGlwT3JkZXJSZXNwb25zZRIjCgVvcmRlchgBIAEoCzIULnN0b3JlZnJvbnQudjEuT3JkZXIiTQoZTWFya09yZGVyRGVsaXZlcmVkUmVxdWVzdBIWCghvcmRlcl9pZBgBIAEoCUIE4kEBAhIYCgpyZXF1ZXN0X2lkGAIgASgJQgTiQQECIkEKGk1hcmtPcmRlckRlbGl2ZXJlZFJlc3BvbnNlEiMKBW9yZGVyGAEgASgLMhQuc3RvcmVmcm9udC52MS5PcmRlciJ8ChJSZWZ1bmRPcmRlclJlcXVlc3QSFgoIb3JkZXJfaWQYASABKAlCBOJBAQISGAoKcmVxdWVzdF9pZBgCIAEoCUIE4kEBAhIkCgZhbW91bnQYAyABKAsyFC5zdG9yZWZyb250LnYxLk1vbmV5Eg4KBnJlYXNvbhgEIAEoCSJNChNSZWZ1bmRPcmRlclJlc3BvbnNlEiMKBW9yZGVyGAEgASgLMhQuc3RvcmVmcm9udC52MS5PcmRlchIRCglyZWZ1bmRfaWQYAiABKAkiVwoWTGlzdE9yZGVyRXZlbnRzUmVxdWVzdBIWCghvcmRlcl9pZBgBIAEoCUIE4kEBAhIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJdChdMaXN0T3JkZXJFdmVudHNSZXNwb25zZRIpCgZldmVudHMYASADKAsyGS5zdG9yZWZyb250LnYxLk9yZGVyRXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJMskFCgxPcmRlclNlcnZpY2USWAoIR2V0T3JkZXISHi5zdG9yZWZyb250LnYxLkdldE9yZGVyUmVxdWVzdBofLnN0b3JlZnJvbnQudjEuR2V0T3JkZXJSZXNwb25zZSILorsYBxIDAQIDGAESXgoKTGlzdE9yZGVycxIgLnN0b3JlZnJvbnQudjEuTGlzdE9yZGVyc1JlcXVlc3QaIS5zdG9yZWZyb250LnYxLkxpc3RPcmRlcnNSZXNwb25zZSILorsYBxIDAQIDGAESYQoLQ2FuY2VsT3JkZXISIS5zdG9yZWZyb250LnYxLkNhbmNlbE9yZGVyUmVxdWVzdBoiLnN0b3JlZnJvbnQudjEuQ2FuY2VsT3JkZXJSZXNwb25zZSILorsYBxIDAQIDGAESWAoJU2hpcE9yZGVyEh8uc3RvcmVmcm9udC52MS5TaGlwT3JkZXJSZXF1ZXN0GiAuc3RvcmVmcm9udC52MS5TaGlwT3JkZXJSZXNwb25zZSIIorsYBBICAgMScwoSTWFya09yZGVyRGVsaXZlcmVkEiguc3RvcmVmcm9udC52MS5NYXJrT3JkZXJEZWxpdmVyZWRSZXF1ZXN0Gikuc3RvcmVmcm9udC52MS5NYXJrT3JkZXJEZWxpdmVyZWRSZXNwb25zZSIIorsYBBICAgMSXgoLUmVmdW5kT3JkZXISIS5zdG9yZWZyb250LnYxLlJlZnVuZE9yZGVyUmVxdWVzdBoiLnN0b3JlZnJvbnQudjEuUmVmdW5kT3JkZXJSZXNwb25zZSIIorsYBBICAgMSbQoPTGlzdE9yZGVyRXZlbnRzEiUuc3RvcmVmcm9udC52MS5MaXN0T3JkZXJFdmVudHNSZXF1ZXN0GiYuc3RvcmVmcm9udC52MS5MaXN0T3JkZXJFdmVudHNSZXNwb25zZSILorsYBxIDAQIDGAFiBnByb3RvMw", [file_google_api_field_behavior, file_storefront_v1_access, file_storefront_v1_common, file_storefront_v1_order]);
+  fileDesc("CiFzdG9yZWZyb250L3YxL29yZGVyX3NlcnZpY2UucHJvdG8SDXN0b3JlZnJvbnQudjEiQwoRV2F0Y2hPcmRlclJlcXVlc3QSFgoIb3JkZXJfaWQYASABKAlCBOJBAQISFgoOYWZ0ZXJfc2VxdWVuY2UYAiABKAMiywEKEldhdGNoT3JkZXJSZXNwb25zZRIQCghvcmRlcl9pZBgBIAEoCRIQCghzZXF1ZW5jZRgCIAEoAxISCgpldmVudF90eXBlGAMgASgJEigKBXN0YXRlGAQgASgOMhkuc3RvcmVmcm9udC52MS5PcmRlclN0YXRlEi4KCmV2ZW50X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiMKBW9yZGVyGAYgASgLMhQuc3RvcmVmcm9udC52MS5PcmRlciIpCg9HZXRPcmRlclJlcXVlc3QSFgoIb3JkZXJfaWQYASABKAlCBOJBAQIiNwoQR2V0T3JkZXJSZXNwb25zZRIjCgVvcmRlchgBIAEoCzIULnN0b3JlZnJvbnQudjEuT3JkZXIiXAoRTGlzdE9yZGVyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGZmlsdGVyGAMgASgJEhAKCG9yZGVyX2J5GAQgASgJIlMKEkxpc3RPcmRlcnNSZXNwb25zZRIkCgZvcmRlcnMYASADKAsyFC5zdG9yZWZyb250LnYxLk9yZGVyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJWChJDYW5jZWxPcmRlclJlcXVlc3QSFgoIb3JkZXJfaWQYASABKAlCBOJBAQISGAoKcmVxdWVzdF9pZBgCIAEoCUIE4kEBAhIOCgZyZWFzb24YAyABKAkiOgoTQ2FuY2VsT3JkZXJSZXNwb25zZRIjCgVvcmRlchgBIAEoCzIULnN0b3JlZnJvbnQudjEuT3JkZXIiegoQU2hpcE9yZGVyUmVxdWVzdBIWCghvcmRlcl9pZBgBIAEoCUIE4kEBAhIYCgpyZXF1ZXN0X2lkGAIgASgJQgTiQQECEhUKB2NhcnJpZXIYAyABKAlCBOJBAQISHQoPdHJhY2tpbmdfbnVtYmVyGAQgASgJQgTiQQECIjgKEVNoaXBPcmRlclJlc3BvbnNlEiMKBW9yZGVyGAEgASgLMhQuc3RvcmVmcm9udC52MS5PcmRlciJNChlNYXJrT3JkZXJEZWxpdmVyZWRSZXF1ZXN0EhYKCG9yZGVyX2lkGAEgASgJQgTiQQECEhgKCnJlcXVlc3RfaWQYAiABKAlCBOJBAQIiQQoaTWFya09yZGVyRGVsaXZlcmVkUmVzcG9uc2USIwoFb3JkZXIYASABKAsyFC5zdG9yZWZyb250LnYxLk9yZGVyInwKElJlZnVuZE9yZGVyUmVxdWVzdBIWCghvcmRlcl9pZBgBIAEoCUIE4kEBAhIYCgpyZXF1ZXN0X2lkGAIgASgJQgTiQQECEiQKBmFtb3VudBgDIAEoCzIULnN0b3JlZnJvbnQudjEuTW9uZXkSDgoGcmVhc29uGAQgASgJIk0KE1JlZnVuZE9yZGVyUmVzcG9uc2USIwoFb3JkZXIYASABKAsyFC5zdG9yZWZyb250LnYxLk9yZGVyEhEKCXJlZnVuZF9pZBgCIAEoCSJXChZMaXN0T3JkZXJFdmVudHNSZXF1ZXN0EhYKCG9yZGVyX2lkGAEgASgJQgTiQQECEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIl0KF0xpc3RPcmRlckV2ZW50c1Jlc3BvbnNlEikKBmV2ZW50cxgBIAMoCzIZLnN0b3JlZnJvbnQudjEuT3JkZXJFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkyqwYKDE9yZGVyU2VydmljZRJYCghHZXRPcmRlchIeLnN0b3JlZnJvbnQudjEuR2V0T3JkZXJSZXF1ZXN0Gh8uc3RvcmVmcm9udC52MS5HZXRPcmRlclJlc3BvbnNlIguiuxgHEgMBAgMYARJeCgpMaXN0T3JkZXJzEiAuc3RvcmVmcm9udC52MS5MaXN0T3JkZXJzUmVxdWVzdBohLnN0b3JlZnJvbnQudjEuTGlzdE9yZGVyc1Jlc3BvbnNlIguiuxgHEgMBAgMYARJhCgtDYW5jZWxPcmRlchIhLnN0b3JlZnJvbnQudjEuQ2FuY2VsT3JkZXJSZXF1ZXN0GiIuc3RvcmVmcm9udC52MS5DYW5jZWxPcmRlclJlc3BvbnNlIguiuxgHEgMBAgMYARJYCglTaGlwT3JkZXISHy5zdG9yZWZyb250LnYxLlNoaXBPcmRlclJlcXVlc3QaIC5zdG9yZWZyb250LnYxLlNoaXBPcmRlclJlc3BvbnNlIgiiuxgEEgICAxJzChJNYXJrT3JkZXJEZWxpdmVyZWQSKC5zdG9yZWZyb250LnYxLk1hcmtPcmRlckRlbGl2ZXJlZFJlcXVlc3QaKS5zdG9yZWZyb250LnYxLk1hcmtPcmRlckRlbGl2ZXJlZFJlc3BvbnNlIgiiuxgEEgICAxJeCgtSZWZ1bmRPcmRlchIhLnN0b3JlZnJvbnQudjEuUmVmdW5kT3JkZXJSZXF1ZXN0GiIuc3RvcmVmcm9udC52MS5SZWZ1bmRPcmRlclJlc3BvbnNlIgiiuxgEEgICAxJtCg9MaXN0T3JkZXJFdmVudHMSJS5zdG9yZWZyb250LnYxLkxpc3RPcmRlckV2ZW50c1JlcXVlc3QaJi5zdG9yZWZyb250LnYxLkxpc3RPcmRlckV2ZW50c1Jlc3BvbnNlIguiuxgHEgMBAgMYARJgCgpXYXRjaE9yZGVyEiAuc3RvcmVmcm9udC52MS5XYXRjaE9yZGVyUmVxdWVzdBohLnN0b3JlZnJvbnQudjEuV2F0Y2hPcmRlclJlc3BvbnNlIguiuxgHEgMBAgMYATABYgZwcm90bzM", [file_google_api_field_behavior, file_google_protobuf_timestamp, file_storefront_v1_access, file_storefront_v1_common, file_storefront_v1_order]);
+
+/**
+ * WatchOrderRequest is the input of WatchOrder.
+ *
+ * @generated from message storefront.v1.WatchOrderRequest
+ */
+export type WatchOrderRequest = Message<"storefront.v1.WatchOrderRequest"> & {
+  /**
+   * The order's id.
+   *
+   * @generated from field: string order_id = 1;
+   */
+  orderId: string;
+
+  /**
+   * The last sequence the client saw, to resume after; 0 starts with the order as it is.
+   *
+   * @generated from field: int64 after_sequence = 2;
+   */
+  afterSequence: bigint;
+};
+
+/**
+ * Describes the message storefront.v1.WatchOrderRequest.
+ * Use `create(WatchOrderRequestSchema)` to create a new message.
+ */
+export const WatchOrderRequestSchema: GenMessage<WatchOrderRequest> = /*@__PURE__*/
+  messageDesc(file_storefront_v1_order_service, 0);
+
+/**
+ * WatchOrderResponse is one update of a watched order.
+ *
+ * @generated from message storefront.v1.WatchOrderResponse
+ */
+export type WatchOrderResponse = Message<"storefront.v1.WatchOrderResponse"> & {
+  /**
+   * The order's id.
+   *
+   * @generated from field: string order_id = 1;
+   */
+  orderId: string;
+
+  /**
+   * The order's event number this update brings the watcher to (resume after it).
+   *
+   * @generated from field: int64 sequence = 2;
+   */
+  sequence: bigint;
+
+  /**
+   * What happened, e.g. "order.payment_captured" or "order.shipped"; empty in the first message,
+   * which shows the order as it is.
+   *
+   * @generated from field: string event_type = 3;
+   */
+  eventType: string;
+
+  /**
+   * The order's state after the update.
+   *
+   * @generated from field: storefront.v1.OrderState state = 4;
+   */
+  state: OrderState;
+
+  /**
+   * When it happened (the first message: when the order last changed).
+   *
+   * @generated from field: google.protobuf.Timestamp event_time = 5;
+   */
+  eventTime?: Timestamp | undefined;
+
+  /**
+   * The whole order, in the first message only.
+   *
+   * @generated from field: storefront.v1.Order order = 6;
+   */
+  order?: Order | undefined;
+};
+
+/**
+ * Describes the message storefront.v1.WatchOrderResponse.
+ * Use `create(WatchOrderResponseSchema)` to create a new message.
+ */
+export const WatchOrderResponseSchema: GenMessage<WatchOrderResponse> = /*@__PURE__*/
+  messageDesc(file_storefront_v1_order_service, 1);
 
 /**
  * GetOrderRequest is the input of GetOrder.
@@ -37,7 +124,7 @@ export type GetOrderRequest = Message<"storefront.v1.GetOrderRequest"> & {
  * Use `create(GetOrderRequestSchema)` to create a new message.
  */
 export const GetOrderRequestSchema: GenMessage<GetOrderRequest> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 0);
+  messageDesc(file_storefront_v1_order_service, 2);
 
 /**
  * GetOrderResponse is the output of GetOrder.
@@ -58,7 +145,7 @@ export type GetOrderResponse = Message<"storefront.v1.GetOrderResponse"> & {
  * Use `create(GetOrderResponseSchema)` to create a new message.
  */
 export const GetOrderResponseSchema: GenMessage<GetOrderResponse> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 1);
+  messageDesc(file_storefront_v1_order_service, 3);
 
 /**
  * ListOrdersRequest is the input of ListOrders.
@@ -100,7 +187,7 @@ export type ListOrdersRequest = Message<"storefront.v1.ListOrdersRequest"> & {
  * Use `create(ListOrdersRequestSchema)` to create a new message.
  */
 export const ListOrdersRequestSchema: GenMessage<ListOrdersRequest> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 2);
+  messageDesc(file_storefront_v1_order_service, 4);
 
 /**
  * ListOrdersResponse is the output of ListOrders.
@@ -128,7 +215,7 @@ export type ListOrdersResponse = Message<"storefront.v1.ListOrdersResponse"> & {
  * Use `create(ListOrdersResponseSchema)` to create a new message.
  */
 export const ListOrdersResponseSchema: GenMessage<ListOrdersResponse> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 3);
+  messageDesc(file_storefront_v1_order_service, 5);
 
 /**
  * CancelOrderRequest is the input of CancelOrder.
@@ -163,7 +250,7 @@ export type CancelOrderRequest = Message<"storefront.v1.CancelOrderRequest"> & {
  * Use `create(CancelOrderRequestSchema)` to create a new message.
  */
 export const CancelOrderRequestSchema: GenMessage<CancelOrderRequest> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 4);
+  messageDesc(file_storefront_v1_order_service, 6);
 
 /**
  * CancelOrderResponse is the output of CancelOrder.
@@ -184,7 +271,7 @@ export type CancelOrderResponse = Message<"storefront.v1.CancelOrderResponse"> &
  * Use `create(CancelOrderResponseSchema)` to create a new message.
  */
 export const CancelOrderResponseSchema: GenMessage<CancelOrderResponse> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 5);
+  messageDesc(file_storefront_v1_order_service, 7);
 
 /**
  * ShipOrderRequest is the input of ShipOrder.
@@ -226,7 +313,7 @@ export type ShipOrderRequest = Message<"storefront.v1.ShipOrderRequest"> & {
  * Use `create(ShipOrderRequestSchema)` to create a new message.
  */
 export const ShipOrderRequestSchema: GenMessage<ShipOrderRequest> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 6);
+  messageDesc(file_storefront_v1_order_service, 8);
 
 /**
  * ShipOrderResponse is the output of ShipOrder.
@@ -247,7 +334,7 @@ export type ShipOrderResponse = Message<"storefront.v1.ShipOrderResponse"> & {
  * Use `create(ShipOrderResponseSchema)` to create a new message.
  */
 export const ShipOrderResponseSchema: GenMessage<ShipOrderResponse> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 7);
+  messageDesc(file_storefront_v1_order_service, 9);
 
 /**
  * MarkOrderDeliveredRequest is the input of MarkOrderDelivered.
@@ -275,7 +362,7 @@ export type MarkOrderDeliveredRequest = Message<"storefront.v1.MarkOrderDelivere
  * Use `create(MarkOrderDeliveredRequestSchema)` to create a new message.
  */
 export const MarkOrderDeliveredRequestSchema: GenMessage<MarkOrderDeliveredRequest> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 8);
+  messageDesc(file_storefront_v1_order_service, 10);
 
 /**
  * MarkOrderDeliveredResponse is the output of MarkOrderDelivered.
@@ -296,7 +383,7 @@ export type MarkOrderDeliveredResponse = Message<"storefront.v1.MarkOrderDeliver
  * Use `create(MarkOrderDeliveredResponseSchema)` to create a new message.
  */
 export const MarkOrderDeliveredResponseSchema: GenMessage<MarkOrderDeliveredResponse> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 9);
+  messageDesc(file_storefront_v1_order_service, 11);
 
 /**
  * RefundOrderRequest is the input of RefundOrder.
@@ -338,7 +425,7 @@ export type RefundOrderRequest = Message<"storefront.v1.RefundOrderRequest"> & {
  * Use `create(RefundOrderRequestSchema)` to create a new message.
  */
 export const RefundOrderRequestSchema: GenMessage<RefundOrderRequest> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 10);
+  messageDesc(file_storefront_v1_order_service, 12);
 
 /**
  * RefundOrderResponse is the output of RefundOrder.
@@ -366,7 +453,7 @@ export type RefundOrderResponse = Message<"storefront.v1.RefundOrderResponse"> &
  * Use `create(RefundOrderResponseSchema)` to create a new message.
  */
 export const RefundOrderResponseSchema: GenMessage<RefundOrderResponse> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 11);
+  messageDesc(file_storefront_v1_order_service, 13);
 
 /**
  * ListOrderEventsRequest is the input of ListOrderEvents.
@@ -401,7 +488,7 @@ export type ListOrderEventsRequest = Message<"storefront.v1.ListOrderEventsReque
  * Use `create(ListOrderEventsRequestSchema)` to create a new message.
  */
 export const ListOrderEventsRequestSchema: GenMessage<ListOrderEventsRequest> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 12);
+  messageDesc(file_storefront_v1_order_service, 14);
 
 /**
  * ListOrderEventsResponse is the output of ListOrderEvents.
@@ -429,7 +516,7 @@ export type ListOrderEventsResponse = Message<"storefront.v1.ListOrderEventsResp
  * Use `create(ListOrderEventsResponseSchema)` to create a new message.
  */
 export const ListOrderEventsResponseSchema: GenMessage<ListOrderEventsResponse> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 13);
+  messageDesc(file_storefront_v1_order_service, 15);
 
 /**
  * OrderService reads orders and moves them through their states. Orders are created by
@@ -559,6 +646,24 @@ export const OrderService: GenService<{
     methodKind: "unary";
     input: typeof ListOrderEventsRequestSchema;
     output: typeof ListOrderEventsResponseSchema;
+  },
+  /**
+   * Streams an order's updates, for its owner or staff. Without after_sequence the first message
+   * is the order as it is now (with the sequence it has reached); then every later event, in
+   * sequence order, whichever worker or replica made it. A client that reconnects with the last
+   * sequence it saw as after_sequence gets the rest: no gap, no duplicate (and no snapshot). The
+   * stream holds no database connection while it waits and none of the workers unary calls need;
+   * it ends only when the client cancels it or the server shuts down (UNAVAILABLE: reconnect).
+   * Returns NOT_FOUND (ORDER_NOT_FOUND) like GetOrder; RESOURCE_EXHAUSTED (reason STREAM_LIMIT)
+   * when the process already has STOREFRONT_MAX_OPEN_STREAMS streams open; INVALID_ARGUMENT for a
+   * malformed id or a negative after_sequence.
+   *
+   * @generated from rpc storefront.v1.OrderService.WatchOrder
+   */
+  watchOrder: {
+    methodKind: "server_streaming";
+    input: typeof WatchOrderRequestSchema;
+    output: typeof WatchOrderResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_storefront_v1_order_service, 0);
