@@ -3,7 +3,14 @@
  * behind typed clients of every service.
  */
 import type * as http2 from "node:http2";
-import { createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  createClient,
+  type Client,
+  type Interceptor,
+  type Transport,
+} from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
 import { CartService } from "../../../generated/typescript/storefront/v1/cart_service_pb.js";
 import { CatalogService } from "../../../generated/typescript/storefront/v1/catalog_service_pb.js";
@@ -14,14 +21,27 @@ import {
   type User,
 } from "../../../generated/typescript/storefront/v1/identity_service_pb.js";
 import { InventoryService } from "../../../generated/typescript/storefront/v1/inventory_service_pb.js";
-import { OrderService } from "../../../generated/typescript/storefront/v1/order_service_pb.js";
+import {
+  OrderService,
+  type WatchOrderResponse,
+} from "../../../generated/typescript/storefront/v1/order_service_pb.js";
+import { WebhookService } from "../../../generated/typescript/storefront/v1/webhook_service_pb.js";
 import { ShippingService } from "../../../generated/typescript/storefront/v1/shipping_service_pb.js";
 import { DEFAULT_REFRESH_BEFORE_MS, SessionManager, attachToken, type Session } from "./auth.js";
-import { decodeErrors } from "./errors.js";
-import { DEFAULT_RETRY_POLICY, retryUnavailable, type RetryPolicy } from "./retry.js";
+import { StorefrontError, decodeErrors } from "./errors.js";
+import { DEFAULT_RETRY_POLICY, backoffMs, retryUnavailable, type RetryPolicy } from "./retry.js";
 
 /** Calls without their own `timeoutMs` give up after this long, as in the Python SDK. */
 export const DEFAULT_TIMEOUT_MS = 10_000;
+/** How long one WatchOrder connection lasts before `watchOrder` renews it. */
+export const WATCH_STREAM_MS = 300_000;
+/** Patient enough for a server restart: up to 10 tries, pauses growing to 5 s. */
+export const WATCH_RETRY_POLICY: RetryPolicy = {
+  maxAttempts: 10,
+  initialBackoffMs: 200,
+  maxBackoffMs: 5000,
+  multiplier: 2,
+};
 
 export interface StorefrontClientOptions {
   /** Deadline of calls that set no `timeoutMs` of their own; 10 s unless given. */
@@ -52,6 +72,7 @@ export class StorefrontClient {
   readonly cart: Client<typeof CartService>;
   readonly checkout: Client<typeof CheckoutService>;
   readonly orders: Client<typeof OrderService>;
+  readonly webhooks: Client<typeof WebhookService>;
   /** Signs in and renews tokens: sends no token of its own, so renewal never recurses. */
   private readonly publicIdentity: Client<typeof IdentityService>;
   private readonly sessions: SessionManager;
@@ -93,6 +114,7 @@ export class StorefrontClient {
     this.cart = createClient(CartService, signedIn);
     this.checkout = createClient(CheckoutService, signedIn);
     this.orders = createClient(OrderService, signedIn);
+    this.webhooks = createClient(WebhookService, signedIn);
   }
 
   /** The current session, or undefined when signed out. */
@@ -129,6 +151,51 @@ export class StorefrontClient {
       return response.endedSessionCount;
     } finally {
       this.sessions.clear();
+    }
+  }
+
+  /**
+   * Yields an order's updates for as long as the caller iterates: the order as it is (unless
+   * resuming after `afterSequence`), then each event in sequence order. A stream that ends (a
+   * server shutting down or restarting, a lost connection, the periodic renewal) is reopened
+   * after the last sequence seen, so nothing is missed or repeated; UNAVAILABLE and CANCELLED
+   * are retried with backoff, any other error is thrown (as a StorefrontError).
+   */
+  async *watchOrder(
+    orderId: string,
+    options: { afterSequence?: bigint; retry?: RetryPolicy; streamMs?: number; signal?: AbortSignal } = {},
+  ): AsyncGenerator<WatchOrderResponse> {
+    const policy = options.retry ?? WATCH_RETRY_POLICY;
+    let last = options.afterSequence ?? 0n;
+    let failures = 0;
+    for (;;) {
+      try {
+        const stream = this.orders.watchOrder(
+          { orderId, afterSequence: last },
+          { timeoutMs: options.streamMs ?? WATCH_STREAM_MS, signal: options.signal },
+        );
+        for await (const update of stream) {
+          failures = 0;
+          last = update.sequence;
+          yield update;
+        }
+      } catch (error) {
+        const failure = ConnectError.from(error);
+        if (options.signal?.aborted) {
+          return;
+        }
+        if (failure.code === Code.DeadlineExceeded) {
+          continue; // the connection's time is up: renew it at once
+        }
+        if (failure.code !== Code.Unavailable && failure.code !== Code.Canceled) {
+          throw StorefrontError.of(failure);
+        }
+        failures += 1;
+        if (failures >= policy.maxAttempts) {
+          throw StorefrontError.of(failure);
+        }
+        await new Promise((resolve) => setTimeout(resolve, backoffMs(policy, failures, Math.random())));
+      }
     }
   }
 

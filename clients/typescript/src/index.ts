@@ -2,7 +2,13 @@
  * The storefront TypeScript client: `StorefrontClient` plus the generated messages and services
  * (import those from "../../../generated/typescript/storefront/v1/*_pb.js" or re-exported here).
  */
-export { StorefrontClient, DEFAULT_TIMEOUT_MS, type StorefrontClientOptions } from "./client.js";
+export {
+  StorefrontClient,
+  DEFAULT_TIMEOUT_MS,
+  WATCH_RETRY_POLICY,
+  WATCH_STREAM_MS,
+  type StorefrontClientOptions,
+} from "./client.js";
 export { DEFAULT_REFRESH_BEFORE_MS, SessionManager, attachToken, sessionFrom, type Session } from "./auth.js";
 export { StorefrontError, REQUEST_ID_KEY, codeName, decodeErrors, type FieldViolation } from "./errors.js";
 export {
@@ -24,3 +30,4 @@ export * as order from "../../../generated/typescript/storefront/v1/order_pb.js"
 export * as orders from "../../../generated/typescript/storefront/v1/order_service_pb.js";
 export * as product from "../../../generated/typescript/storefront/v1/product_pb.js";
 export * as shipping from "../../../generated/typescript/storefront/v1/shipping_service_pb.js";
+export * as webhooks from "../../../generated/typescript/storefront/v1/webhook_service_pb.js";

@@ -191,6 +191,46 @@ describe("StorefrontClient against a live server", () => {
     }
   });
 
+  it("watches an order: the order as it is, then each event as it happens", async () => {
+    const customer = new StorefrontClient(server.baseUrl);
+    const admin = new StorefrontClient(server.baseUrl);
+    const watching = new AbortController();
+    try {
+      const email = `ts-${randomUUID()}@example.com`;
+      await customer.register(email, PASSWORD);
+      await customer.login(email, PASSWORD);
+      await admin.login(server.admin.email, server.admin.password);
+      const { products } = await customer.catalog.searchProducts({ query: "grinder", pageSize: 1 });
+      await customer.cart.addCartItem({ productId: products[0]!.id, quantity: 1n });
+      const { order } = await customer.checkout.placeOrder({
+        requestId: randomUUID(),
+        shippingAddress: ADDRESS,
+        currencyCode: products[0]!.price!.currencyCode,
+        paymentMethodToken: "tok_visa",
+      });
+      const updates = customer.watchOrder(order!.id, { signal: watching.signal });
+      const first = (await updates.next()).value!;
+      assert.equal(first.sequence, 2n);
+      assert.equal(first.state, OrderState.PAID);
+      assert.equal(first.order?.id, order!.id);
+      await admin.orders.shipOrder({
+        orderId: order!.id,
+        requestId: randomUUID(),
+        carrier: "DHL",
+        trackingNumber: "T1",
+      });
+      const shipped = (await updates.next()).value!;
+      assert.equal(shipped.sequence, 3n);
+      assert.equal(shipped.eventType, "order.shipped");
+      assert.equal(shipped.state, OrderState.SHIPPED);
+      watching.abort();
+      await updates.return(undefined);
+    } finally {
+      customer.close();
+      admin.close();
+    }
+  });
+
   it("retries UNAVAILABLE up to the policy's attempts, then throws it", async () => {
     const { interceptor, attempts } = attemptCounter();
     const nowhere = `http://127.0.0.1:${await freePort()}`;
