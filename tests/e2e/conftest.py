@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -12,6 +13,7 @@ import grpc
 import peewee
 import pytest
 from google.rpc import error_details_pb2, status_pb2
+from storefront.v1 import cart_service_pb2, checkout_service_pb2, order_pb2
 from storefront_client import StorefrontClient, field_violations
 
 from server import db as dbmod
@@ -21,7 +23,8 @@ from server.config import Settings
 from server.domain import users
 from server.domain.passwords import PasswordHasher
 from server.domain.principal import Role
-from tests.conftest import POSTGRES_URL, empty_tables
+from server.models.product import Product
+from tests.conftest import POSTGRES_URL, empty_tables, insert_product
 
 PASSWORD = "correct horse battery staple"
 UNLIMITED = "1000000/second"
@@ -163,3 +166,53 @@ def server_factory(e2e_database_url: tuple[Path, str]) -> Iterator[Callable[...,
 def running(server_factory: Callable[..., Running]) -> Running:
     """A started server with default settings on an empty database."""
     return server_factory()
+
+
+BERLIN = order_pb2.Address(
+    recipient_name="Ada Lovelace", line1="Torstr. 1", city="Berlin", country_code="DE"
+)
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 20.0) -> bool:
+    """Polls `condition` until it holds or `seconds` pass; returns whether it held."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+@dataclass(frozen=True)
+class Purchase:
+    """A paid order, its customer (signed in) and the customer's email."""
+
+    customer: StorefrontClient
+    email: str
+    order: order_pb2.Order
+
+
+def place_paid_order(
+    running: Running, *, quantity: int = 1, product_name: str | None = None
+) -> Purchase:
+    """A new customer buys `quantity` units of a new product (EUR, to Berlin) through cart and
+    checkout: the order is PLACED, then PAID (outbox sequences 1 and 2)."""
+    with running.db.connection_context():
+        product_id = insert_product(on_hand=10 + quantity)
+        if product_name is not None:
+            Product.update(name=product_name).where(Product.id == product_id).execute()
+    email = running.create_user(Role.CUSTOMER)
+    customer = running.client()
+    customer.login(email, PASSWORD)
+    customer.cart.AddCartItem(
+        cart_service_pb2.AddCartItemRequest(product_id=product_id, quantity=quantity)
+    )
+    order = customer.checkout.PlaceOrder(
+        checkout_service_pb2.PlaceOrderRequest(
+            request_id=str(uuid.uuid4()),
+            shipping_address=BERLIN,
+            currency_code="EUR",
+            payment_method_token="tok_visa",
+        )
+    ).order
+    return Purchase(customer, email, order)

@@ -6,7 +6,6 @@ import email
 import email.policy
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
@@ -16,8 +15,6 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from storefront.v1 import (
-    cart_service_pb2,
-    checkout_service_pb2,
     common_pb2,
     order_pb2,
     order_service_pb2,
@@ -27,14 +24,8 @@ from server.domain import emails
 from server.domain.principal import Role
 from server.models.email_message import EmailMessage as StoredMessage
 from server.models.outbox_event import OutboxEvent
-from server.models.product import Product
-from tests.conftest import insert_product
-from tests.e2e.conftest import Running
+from tests.e2e.conftest import Running, place_paid_order, wait_for
 
-WAIT_SECONDS = 20.0
-ADDRESS = order_pb2.Address(
-    recipient_name="Ada Lovelace", line1="Torstr. 1", city="Berlin", country_code="DE"
-)
 PRODUCT_NAME = '<script>alert("x")</script> Mug'
 
 
@@ -77,15 +68,6 @@ def inbox() -> Iterator[Inbox]:
     started.stop()
 
 
-def wait_for(condition: Callable[[], bool], seconds: float = WAIT_SECONDS) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
-
-
 def smtp_server(server_factory: Callable[..., Running], inbox: Inbox) -> Running:
     return server_factory(
         email_transport="smtp",
@@ -101,24 +83,8 @@ def smtp_server(server_factory: Callable[..., Running], inbox: Inbox) -> Running
 def buy(running: Running) -> tuple[order_pb2.Order, str]:
     """A new customer buys 2 units of a product with an unsafe name; returns the order and the
     customer's email."""
-    with running.db.connection_context():
-        product_id = insert_product(on_hand=10)
-        Product.update(name=PRODUCT_NAME).where(Product.id == product_id).execute()
-    email_address = running.create_user(Role.CUSTOMER)
-    customer = running.client()
-    customer.login(email_address, "correct horse battery staple")
-    customer.cart.AddCartItem(
-        cart_service_pb2.AddCartItemRequest(product_id=product_id, quantity=2)
-    )
-    order = customer.checkout.PlaceOrder(
-        checkout_service_pb2.PlaceOrderRequest(
-            request_id=str(uuid.uuid4()),
-            shipping_address=ADDRESS,
-            currency_code="EUR",
-            payment_method_token="tok_visa",
-        )
-    ).order
-    return order, email_address
+    purchase = place_paid_order(running, quantity=2, product_name=PRODUCT_NAME)
+    return purchase.order, purchase.email
 
 
 def event_id(running: Running, order_id: str, event_type: str) -> str:

@@ -10,37 +10,20 @@ from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
-from storefront.v1 import cart_service_pb2, checkout_service_pb2, order_pb2
+from storefront.v1 import order_pb2
 from storefront.v1 import order_service_pb2 as pb
 from storefront_client import StorefrontClient, error_info
 
 from server.domain.principal import Role
-from tests.conftest import insert_product
-from tests.e2e.conftest import Running, rpc_error
+from tests.e2e.conftest import Running, place_paid_order, rpc_error, wait_for
 
 StatusCode = grpc.StatusCode
 WAIT_SECONDS = 10.0
-ADDRESS = order_pb2.Address(
-    recipient_name="Ada Lovelace", line1="Torstr. 1", city="Berlin", country_code="DE"
-)
 
 
 def place_order(running: Running) -> tuple[StorefrontClient, order_pb2.Order]:
-    with running.db.connection_context():
-        product_id = insert_product(on_hand=10)
-    customer = running.login(Role.CUSTOMER)
-    customer.cart.AddCartItem(
-        cart_service_pb2.AddCartItemRequest(product_id=product_id, quantity=1)
-    )
-    order = customer.checkout.PlaceOrder(
-        checkout_service_pb2.PlaceOrderRequest(
-            request_id=str(uuid.uuid4()),
-            shipping_address=ADDRESS,
-            currency_code="EUR",
-            payment_method_token="tok_visa",
-        )
-    ).order
-    return customer, order
+    purchase = place_paid_order(running)
+    return purchase.customer, purchase.order
 
 
 class Watch:
@@ -215,7 +198,16 @@ def test_the_sdk_watch_resumes_across_a_server_restart_without_gap_or_duplicate(
 
     first.app.stop(grace=0)  # the stream breaks; the helper retries with backoff
     second = server_factory(grpc_address=address)
-    ship(second, order.id)
+
+    def shipped_through_second() -> bool:
+        try:  # the new listener may take a moment to accept connections
+            ship(second, order.id)
+        except grpc.RpcError as err:
+            assert err.code() == StatusCode.UNAVAILABLE, err
+            return False
+        return True
+
+    assert wait_for(shipped_through_second, WAIT_SECONDS)
     shipped = received.get(timeout=WAIT_SECONDS * 3)
     assert isinstance(shipped, pb.WatchOrderResponse), shipped
     assert (shipped.sequence, shipped.event_type) == (3, "order.shipped")

@@ -8,10 +8,9 @@ own), a real HTTP receiver on loopback.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from server.domain.principal import Role
 from server.models.order import Order
 from server.models.outbox_event import OutboxEvent
 from tests.conftest import POSTGRES_URL, insert_product
+from tests.e2e.conftest import wait_for
 from tests.e2e.test_cli import SERVING, START_SECONDS, Serving, cli_env
 from tests.fakes.webhook_receiver import WebhookReceiver
 
@@ -118,15 +118,6 @@ def buy_ship_deliver(target: str, buyer: str, staff: str, product_id: str, count
             )
 
 
-def wait_until(condition: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
-
-
 @pytest.mark.timeout(600)
 def test_every_event_arrives_signed_through_failures_and_two_kills(
     tmp_path: Path, database_url: str
@@ -193,15 +184,15 @@ def test_every_event_arrives_signed_through_failures_and_two_kills(
             def distinct() -> int:
                 return len({r.headers["webhook-id"] for r in receiver.received()})
 
-            assert wait_until(lambda: distinct() >= EVENTS // 4, DELIVERY_SECONDS)
+            assert wait_for(lambda: distinct() >= EVENTS // 4, DELIVERY_SECONDS)
             first.process.kill()  # kill -9, deliveries leased and in flight
             first.process.wait()
             second = serve()
-            assert wait_until(lambda: distinct() >= EVENTS * 3 // 5, DELIVERY_SECONDS)
+            assert wait_for(lambda: distinct() >= EVENTS * 3 // 5, DELIVERY_SECONDS)
             second.process.kill()
             second.process.wait()
             serve()
-            assert wait_until(lambda: distinct() >= EVENTS, DELIVERY_SECONDS), distinct()
+            assert wait_for(lambda: distinct() >= EVENTS, DELIVERY_SECONDS), distinct()
         finally:
             for server in servers:
                 server.stop()

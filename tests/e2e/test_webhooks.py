@@ -12,8 +12,6 @@ import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from standardwebhooks.webhooks import Webhook
 from storefront.v1 import (
-    cart_service_pb2,
-    checkout_service_pb2,
     order_pb2,
     order_service_pb2,
 )
@@ -21,12 +19,10 @@ from storefront.v1 import webhook_service_pb2 as pb
 from storefront_client import StorefrontClient, error_info
 
 from server.domain.principal import Role
-from tests.conftest import insert_product
-from tests.e2e.conftest import Running, rpc_error, violated_fields
+from tests.e2e.conftest import Running, place_paid_order, rpc_error, violated_fields, wait_for
 from tests.fakes.webhook_receiver import Received, WebhookReceiver
 
 StatusCode = grpc.StatusCode
-WAIT_SECONDS = 20.0
 # Loopback receivers over plain http, a fast dispatcher and a short retry schedule.
 WEBHOOK_SETTINGS = {
     "webhook_allow_http": True,
@@ -35,18 +31,6 @@ WEBHOOK_SETTINGS = {
     "delivery_retry_schedule": (0.05, 0.05, 0.05),
     "webhook_timeout_seconds": 2.0,
 }
-ADDRESS = order_pb2.Address(
-    recipient_name="Ada Lovelace", line1="Torstr. 1", city="Berlin", country_code="DE"
-)
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = WAIT_SECONDS) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 @pytest.fixture
@@ -72,20 +56,7 @@ def create_endpoint(
 
 def place_order(running: Running) -> order_pb2.Order:
     """A customer buys one unit of a new product: PLACED then PAYMENT_CAPTURED."""
-    with running.db.connection_context():
-        product_id = insert_product(on_hand=10)
-    customer = running.login(Role.CUSTOMER)
-    customer.cart.AddCartItem(
-        cart_service_pb2.AddCartItemRequest(product_id=product_id, quantity=1)
-    )
-    return customer.checkout.PlaceOrder(
-        checkout_service_pb2.PlaceOrderRequest(
-            request_id=str(uuid.uuid4()),
-            shipping_address=ADDRESS,
-            currency_code="EUR",
-            payment_method_token="tok_visa",
-        )
-    ).order
+    return place_paid_order(running).order
 
 
 def verified(secret: str, request: Received) -> dict[str, object]:

@@ -178,6 +178,9 @@ class StorefrontClient:
             call = self.orders.WatchOrder(
                 order_service_pb2.WatchOrderRequest(order_id=order_id, after_sequence=last),
                 timeout=stream_timeout,
+                # A server that is restarting: wait for it (within the stream's time) rather
+                # than fail at once while the channel backs off between connection attempts.
+                wait_for_ready=True,
             )
             try:
                 for update in call:
