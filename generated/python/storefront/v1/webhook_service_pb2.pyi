@@ -76,8 +76,12 @@ class WebhookEndpoint(_message.Message):
     """Why it is disabled; empty when enabled."""
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The event types it receives (e.g. "order.placed", "order.payment_captured", "order.shipped",
-        "order.refund_succeeded", "product.updated"); empty receives every type.
+        """The event types it receives; empty receives every type. Orders: "order.placed",
+        "order.payment_captured", "order.payment_declined", "order.payment_outcome_unknown",
+        "order.payment_not_completed", "order.reservation_expired", "order.late_charge_refunded",
+        "order.cancelled", "order.shipped", "order.delivered", "order.refund_requested",
+        "order.refund_succeeded", "order.refund_failed"; products: "product.created",
+        "product.updated", "product.archived", "product.restored".
         """
 
     @_builtins.property
