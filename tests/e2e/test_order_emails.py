@@ -191,8 +191,14 @@ def test_an_smtp_outage_delays_an_email_and_never_loses_it(
     recipients, message = inbox.received()[0]
     assert recipients == [customer_email]
     assert message["Message-ID"] == f"<{paid_event}@storefront.local>"
-    with running.db.connection_context():
-        assert StoredMessage.get(StoredMessage.event_id == paid_event).state == emails.SENT
+
+    def sent() -> bool:  # recorded just after the SMTP server has it
+        with running.db.connection_context():
+            return bool(
+                StoredMessage.get(StoredMessage.event_id == paid_event).state == emails.SENT
+            )
+
+    assert wait_for(sent)
 
 
 def test_the_file_transport_writes_eml_files_under_the_data_directory(
