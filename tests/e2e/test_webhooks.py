@@ -396,3 +396,31 @@ def test_order_history_and_webhook_bodies_agree(hooks: Running, receiver: Webhoo
     assert [b["data"]["to_state"] for b in bodies] == ["PENDING_PAYMENT", "PAID", "SHIPPED"]
     assert [b["data"]["sequence"] for b in bodies] == [1, 2, 3]
     assert created.endpoint.id
+
+
+def test_redelivering_an_unknown_event_is_not_found(
+    hooks: Running, receiver: WebhookReceiver
+) -> None:
+    admin = hooks.login(Role.ADMIN)
+    created = create_endpoint(admin, receiver.url)
+    err = rpc_error(
+        lambda: admin.webhooks.RedeliverWebhookEvent(
+            pb.RedeliverWebhookEventRequest(
+                endpoint_id=created.endpoint.id, event_id=str(uuid.uuid4())
+            )
+        )
+    )
+    assert (err.code(), error_info(err)[0]) == (StatusCode.NOT_FOUND, "EVENT_NOT_FOUND")
+
+
+def test_at_most_100_endpoints_exist(hooks: Running, receiver: WebhookReceiver) -> None:
+    admin = hooks.login(Role.ADMIN)
+    for n in range(100):
+        create_endpoint(admin, f"{receiver.url}/{n}")
+    err = rpc_error(lambda: create_endpoint(admin, receiver.url))
+    assert (err.code(), error_info(err)[0]) == (
+        StatusCode.FAILED_PRECONDITION,
+        "TOO_MANY_ENDPOINTS",
+    )
+    listed = admin.webhooks.ListWebhookEndpoints(pb.ListWebhookEndpointsRequest()).endpoints
+    assert len(listed) == 100
