@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import secrets
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
-from server import migrations
+from server import migrations, notifications
 from server.config import ConfigError, Settings, payment_worst_case_seconds
 from server.db import init_database, utcnow
 from server.domain import (
@@ -77,6 +78,10 @@ from server.webhooks.sender import AddressPolicy, Sender
 log = logging.getLogger("storefront")
 
 MIN_PAGE_TOKEN_SECRET_BYTES = 32
+# A dispatcher woken by every commit passes at most this often (wake-ups in between make one pass).
+DISPATCH_MIN_PAUSE_SECONDS = 0.05
+# PostgreSQL's notifications wake streams at once; this poll only covers one lost in a reconnect.
+POSTGRES_WATCH_POLL_SECONDS = 5.0
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # Expired keys and leases already count as unused (see domain/idempotency.py, work_leases.py):
 # purging only keeps the tables small, so a pass every ten minutes is plenty.
@@ -118,6 +123,8 @@ class App:
     jobs: tuple[Job[Any], ...]
     # The in-process outbox consumers the runtime subscribes while serving, by name.
     consumers: dict[str, outbox.Consumer]
+    # What other processes' commits wake here (PostgreSQL; None on SQLite, where streams poll).
+    listener: notifications.Listener | None
     runtime: Runtime = field(init=False)
 
     def __post_init__(self) -> None:
@@ -266,7 +273,10 @@ def payment_reconciler(
 
 
 def outbox_dispatcher(
-    settings: Settings, policy: AddressPolicy, metrics: WebhookMetrics
+    settings: Settings,
+    policy: AddressPolicy,
+    metrics: WebhookMetrics,
+    on_fanned_out: Callable[[], None],
 ) -> Job[int]:
     """The job that hands outbox events on to webhook endpoints and e-mail, in every worker."""
     timeout = settings.webhook_timeout_seconds
@@ -286,8 +296,39 @@ def outbox_dispatcher(
             mailer, settings.email_from, settings.delivery_retry_schedule, lease=lease
         )
     )
-    dispatcher = dispatch.Dispatcher(sender, mail)
-    return Job("outbox-dispatcher", settings.dispatch_interval_seconds, dispatcher.run_once)
+    dispatcher = dispatch.Dispatcher(sender, mail, on_fanned_out)
+    return Job(
+        "outbox-dispatcher",
+        settings.dispatch_interval_seconds,
+        dispatcher.run_once,
+        # Woken by each commit: under load, wake-ups within this pause make one pass.
+        min_pause=DISPATCH_MIN_PAUSE_SECONDS,
+    )
+
+
+def default_watch_poll_seconds(db: peewee.Database) -> float:
+    """How often streams poll when STOREFRONT_WATCH_POLL_SECONDS is 0: often on SQLite, which
+    has no notifications; rarely on PostgreSQL, as a net for notifications lost in a reconnect."""
+    if isinstance(db, peewee.SqliteDatabase):
+        return order_watch.POLL_SECONDS
+    return POSTGRES_WATCH_POLL_SECONDS
+
+
+def notified(wakeups: order_watch.Wakeups, dispatcher: Job[int]) -> Callable[[str], None]:
+    """What a notification from a commit anywhere wakes in this process."""
+
+    def on_topic(topic: str) -> None:
+        if topic == notifications.EVERYTHING:
+            wakeups.wake_everyone()
+            dispatcher.wake()
+        elif topic == dispatch.POSITIONS_TOPIC:
+            wakeups.wake(order_watch.ALL_ORDERS)
+        else:
+            _, _, aggregate_id = topic.partition(":")
+            wakeups.wake(aggregate_id)
+            dispatcher.wake()
+
+    return on_topic
 
 
 def build_mailer(settings: Settings) -> Mailer | None:
@@ -495,11 +536,21 @@ def create_app(settings: Settings) -> App:
         allow_private_addresses=settings.webhook_allow_private_addresses,
     )
     reconciler = payment_reconciler(settings, db, gateway)
+    wakeups = order_watch.Wakeups()
     order_streams = order_watch.OrderStreams(
-        order_watch.StreamSlots(settings.max_open_streams), order_watch.Wakeups()
+        order_watch.StreamSlots(settings.max_open_streams),
+        wakeups,
+        poll_seconds=settings.watch_poll_seconds or default_watch_poll_seconds(db),
+    )
+    dispatcher = outbox_dispatcher(
+        settings,
+        webhook_policy,
+        WebhookMetrics(metrics.registry),
+        lambda: wakeups.wake(order_watch.ALL_ORDERS),
     )
     consumers: dict[str, outbox.Consumer] = {
-        "order-watchers": order_streams.wakeups.on_committed,
+        "order-watchers": wakeups.on_committed,
+        "dispatcher": lambda event: dispatcher.wake(),
         "product-cache": product_cache.on_committed,
         "refunds": payment_jobs.refund_sender(gateway, lease=reconcile_lease(settings)),
         "order-metrics": lambda event: commerce_metrics.observe_order_event(
@@ -528,7 +579,10 @@ def create_app(settings: Settings) -> App:
         jobs=(
             reconciler,
             expired_rows_purge(db),
-            outbox_dispatcher(settings, webhook_policy, WebhookMetrics(metrics.registry)),
+            dispatcher,
         ),
         consumers=consumers,
+        listener=None
+        if isinstance(db, peewee.SqliteDatabase)
+        else notifications.Listener(db, notified(wakeups, dispatcher)),
     )

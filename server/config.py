@@ -221,8 +221,19 @@ class Settings:
         metadata=variable(
             "STOREFRONT_MAX_OPEN_STREAMS",
             Integer(0, 10_000),
-            "Server streams (WatchOrder) open at once per process, each with a worker thread of "
-            "its own beyond the unary ones; more get RESOURCE_EXHAUSTED. 0 refuses every stream.",
+            "Server streams (WatchOrder, WatchOrders) open at once per process, each with a "
+            "worker thread of its own beyond the unary ones; more get RESOURCE_EXHAUSTED. 0 "
+            "refuses every stream.",
+        ),
+    )
+    watch_poll_seconds: float = field(
+        default=0.0,
+        metadata=variable(
+            "STOREFRONT_WATCH_POLL_SECONDS",
+            Number(0.0, 60.0),
+            "How often an open stream looks for changes nothing woke it for. 0: the engine's "
+            "default, 0.25 s on SQLite; 5 s on PostgreSQL, where a notification wakes streams "
+            "(and dispatchers) in every process as soon as a change commits.",
         ),
     )
     max_message_bytes: int = field(

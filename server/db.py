@@ -260,6 +260,16 @@ def lock_transaction_on(key: str) -> None:
         database.execute_sql("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
 
 
+def try_lock_transaction_on(key: str) -> bool:
+    """Like `lock_transaction_on`, but returns False at once when another transaction holds it."""
+    if is_sqlite():
+        return True
+    row = database.execute_sql(
+        "SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", (key,)
+    ).fetchone()
+    return bool(row[0])
+
+
 def database_reachable(db: peewee.Database) -> bool:
     """Whether a new connection to `db` can be opened and answers a query.
 

@@ -91,6 +91,8 @@ class Runtime:
         self._subscriptions = [
             outbox.subscribe(name, consumer) for name, consumer in self.app.consumers.items()
         ]
+        if self.app.listener is not None:
+            self.app.listener.start()
         self._built.server.start()
         self._watcher = threading.Thread(target=self._watch_database, name="db-health", daemon=True)
         self._watcher.start()
@@ -112,10 +114,15 @@ class Runtime:
             # before the server starts refusing new RPCs.
             if settings.drain_seconds:
                 time.sleep(settings.drain_seconds)
+            # Streams never end on their own: end them now (clients reconnect elsewhere), so
+            # they neither hold up the grace period nor read from a database being closed.
+            self.app.dependencies.order_streams.close(timeout=grace + 1)
             self._built.server.stop(grace).wait()
         # After the server: the calls that finished during the grace period had their events seen.
         for subscription in self._subscriptions:
             outbox.unsubscribe(subscription)
+        if self.app.listener is not None:
+            self.app.listener.stop()
         if self._watcher is not None:
             self._watcher.join(timeout=settings.health_check_seconds + 1)
         for job in self.app.jobs:

@@ -1,30 +1,40 @@
-"""Watching an order: its current state, then each later event, for as long as the client stays.
+"""Watching orders: one order's current state then each later event (WatchOrder), or every
+order's events shop-wide (WatchOrders), for as long as the client stays.
 
-The order's outbox events are numbered 1, 2, 3... with no gaps (domain/outbox.py), so a watcher
-only needs the last sequence it sent: it reads the events after it, sends them, and waits. A
-change committed in this process wakes its watchers at once (an outbox consumer); one committed
-by another worker or replica is found by the next poll. Each read takes a database connection
-for the read alone; a wait holds none.
+An order's outbox events are numbered 1, 2, 3... with no gaps (domain/outbox.py), so a watcher of
+one order only needs the last sequence it sent: it reads the events after it, sends them, and
+waits. The shop-wide watch reads by the position the dispatcher gives each event as it hands it on
+(domain/dispatch.py), in commit order, so the last position sent is enough there. A change
+committed in this process wakes its watchers at once (an outbox consumer); one committed by
+another worker or replica wakes them through a PostgreSQL notification (server/notifications.py)
+or, on SQLite, is found by the next poll. Each read takes a database connection for the read
+alone; a wait holds none.
 
 Streams are capped per process (`StreamSlots`): the server provisions a worker thread per slot
-on top of those of unary calls, so open streams never take the capacity unary calls need.
+on top of those of unary calls, so open streams never take the capacity unary calls need. A
+server that stops ends its streams with UNAVAILABLE (SHUTTING_DOWN) before it stops serving, and
+waits for their threads before it closes the database.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field
 
 from server.db import database
 from server.domain import orders, outbox
 from server.domain.orders import OrderDetails
 from server.domain.principal import Principal
-from server.errors import ResourceExhausted
+from server.errors import ResourceExhausted, Unavailable
 from server.validation import Validator
 
 POLL_SECONDS = 0.25
+# Wakes the shop-wide watchers (WatchOrders) when events have been given positions.
+ALL_ORDERS = "*"
+# Events a shop-wide watcher reads at a time.
+SHOP_READ_BATCH = 200
 
 
 @dataclass(frozen=True)
@@ -40,21 +50,49 @@ class Update:
 
 
 class StreamSlots:
-    """At most `limit` open streams in this process; beyond it, RESOURCE_EXHAUSTED."""
+    """At most `limit` open streams in this process; beyond it, RESOURCE_EXHAUSTED. Once
+    `close`d, none (UNAVAILABLE)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._free = threading.BoundedSemaphore(limit) if limit > 0 else None
+        self._taken = 0
+        self._closed = False
+        self._changed = threading.Condition()
 
     def take(self) -> Callable[[], None]:
         """Takes a slot; returns the function that gives it back (call it exactly once)."""
-        if self._free is None or not self._free.acquire(blocking=False):
-            raise ResourceExhausted(
-                f"This server already has its {self.limit} streams open; retry later or elsewhere.",
-                reason="STREAM_LIMIT",
-                retry_delay_seconds=1.0,
-            )
-        return self._free.release
+        with self._changed:
+            if self._closed:
+                raise shutting_down()
+            if self._taken >= self.limit:
+                raise ResourceExhausted(
+                    f"This server already has its {self.limit} streams open; retry later or "
+                    "elsewhere.",
+                    reason="STREAM_LIMIT",
+                    retry_delay_seconds=1.0,
+                )
+            self._taken += 1
+        return self._give_back
+
+    def _give_back(self) -> None:
+        with self._changed:
+            self._taken -= 1
+            self._changed.notify_all()
+
+    def close(self, timeout: float) -> bool:
+        """Refuses new streams, then waits up to `timeout` seconds for the open ones to end;
+        returns whether they all did."""
+        with self._changed:
+            self._closed = True
+            return self._changed.wait_for(lambda: self._taken == 0, timeout)
+
+
+def shutting_down() -> Unavailable:
+    """The error a stream ends with when its server stops: reconnect (to another replica)."""
+    return Unavailable(
+        "This server is shutting down; reconnect, resuming after the last message you saw.",
+        reason="SHUTTING_DOWN",
+    )
 
 
 class Wakeups:
@@ -80,12 +118,23 @@ class Wakeups:
                 if not waiting:
                     del self._waiting[aggregate_id]
 
-    def on_committed(self, event: outbox.Event) -> None:
-        """The outbox consumer: wakes the watchers of the event's aggregate."""
+    def wake(self, aggregate_id: str) -> None:
+        """Wakes the watchers registered for `aggregate_id`."""
         with self._lock:
-            waiting = list(self._waiting.get(event.aggregate_id, ()))
+            waiting = list(self._waiting.get(aggregate_id, ()))
         for wake in waiting:
             wake.set()
+
+    def wake_everyone(self) -> None:
+        """Wakes every watcher (after notifications may have been missed)."""
+        with self._lock:
+            waiting = [wake for wakes in self._waiting.values() for wake in wakes]
+        for wake in waiting:
+            wake.set()
+
+    def on_committed(self, event: outbox.Event) -> None:
+        """The outbox consumer: wakes the watchers of the event's aggregate."""
+        self.wake(event.aggregate_id)
 
 
 def watch(
@@ -136,6 +185,53 @@ def _updates(events: list[outbox.Event], after: int) -> Iterator[Update]:
             )
 
 
+@dataclass(frozen=True)
+class ShopUpdate:
+    """One message of a shop-wide watch: an order's event at `position`, or (the first message,
+    `update` None) the position the watch starts after."""
+
+    position: int
+    update: Update | None = None
+
+
+def watch_all(
+    states: Collection[str],
+    after_position: int,
+    *,
+    active: Callable[[], bool],
+    wake: threading.Event,
+    poll_seconds: float = POLL_SECONDS,
+) -> Iterator[ShopUpdate]:
+    """Yields every order event after `after_position` (0: from now) that leaves its order in
+    one of `states` (any when empty), in position order, while `active()`."""
+    v = Validator()
+    v.check(after_position >= 0, "after_position", "must not be negative")
+    known = {state.value for state in orders.State}
+    for index, state in enumerate(states):
+        v.check(state in known, f"states[{index}]", "must be a known order state")
+    v.raise_if_any()
+    wanted = frozenset(states)
+    last = after_position
+    if after_position == 0:
+        with database.connection_context():
+            last = outbox.last_position()
+    yield ShopUpdate(last)
+    while True:
+        with database.connection_context():
+            events = outbox.events_after_position(last, limit=SHOP_READ_BATCH)
+        for position, event in events:
+            last = position
+            state = str(event.payload.get("to_state", ""))
+            if event.aggregate_type == outbox.ORDER and (not wanted or state in wanted):
+                yield ShopUpdate(position, next(_updates([event], 0)))
+        if len(events) == SHOP_READ_BATCH:
+            continue  # more are waiting: read on without a pause
+        if not active():
+            return
+        wake.wait(poll_seconds)
+        wake.clear()
+
+
 @dataclass
 class OrderStreams:
     """This process's order watches: their slots and wake-ups."""
@@ -143,6 +239,21 @@ class OrderStreams:
     slots: StreamSlots
     wakeups: Wakeups
     poll_seconds: float = POLL_SECONDS
+    _closing: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+
+    def close(self, timeout: float) -> bool:
+        """Ends every open stream with UNAVAILABLE (SHUTTING_DOWN) and refuses new ones; waits up
+        to `timeout` seconds for their threads to leave the database; returns whether all did."""
+        self._closing.set()
+        self.wakeups.wake_everyone()
+        return self.slots.close(timeout)
+
+    def _open(self, active: Callable[[], bool]) -> Callable[[], bool]:
+        return lambda: active() and not self._closing.is_set()
+
+    def _ended(self) -> None:
+        if self._closing.is_set():
+            raise shutting_down()
 
     def watch(
         self,
@@ -163,10 +274,36 @@ class OrderStreams:
                 viewer,
                 order_id,
                 after_sequence,
-                active=active,
+                active=self._open(active),
                 wake=wake,
                 poll_seconds=self.poll_seconds,
             )
+            self._ended()
         finally:
             self.wakeups.forget(order_id, wake)
+            release()
+
+    def watch_all(
+        self,
+        states: Collection[str],
+        after_position: int,
+        *,
+        active: Callable[[], bool],
+        on_end: Callable[[Callable[[], None]], object],
+    ) -> Iterator[ShopUpdate]:
+        """`watch_all` in a slot of its own, like `watch`."""
+        release = self.slots.take()
+        wake = self.wakeups.register(ALL_ORDERS)
+        try:
+            on_end(wake.set)
+            yield from watch_all(
+                states,
+                after_position,
+                active=self._open(active),
+                wake=wake,
+                poll_seconds=self.poll_seconds,
+            )
+            self._ended()
+        finally:
+            self.wakeups.forget(ALL_ORDERS, wake)
             release()

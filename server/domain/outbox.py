@@ -5,10 +5,13 @@ aggregate (1, 2, 3... with no gaps: writers of one aggregate take turns on its l
 therefore exists exactly when the change does: a rollback takes both away.
 
 After the outermost transaction commits, the in-process consumers registered with `subscribe`
-see each event (product-cache invalidation, refund delivery, metrics), on the committing thread,
+see each event (product-cache invalidation, refund delivery, metrics, waking the dispatcher and
+watchers), on the committing thread,
 before the call that made the change returns. They are hints that must tolerate repeats and never
 raise into the committed call: an event emitted inside a savepoint that was later rolled back
-still reaches them. Delivery to the outside world reads the table (a later dispatcher job).
+still reaches them. Other processes are told at commit by a PostgreSQL notification naming the
+aggregate (server/notifications.py). Delivery to the outside world reads the table (the
+dispatcher, domain/dispatch.py).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 
 import peewee
 
+from server import notifications
 from server.db import database, lock_transaction_on, utcnow
 from server.models.outbox_event import OutboxEvent
 
@@ -121,6 +125,8 @@ def emit(
         payload=json.dumps(event.payload, sort_keys=True, separators=(",", ":")),
         create_time=event.create_time,
     ).execute()
+    # Other processes learn of it at commit (PostgreSQL; SQLite's poll).
+    notifications.notify(f"{aggregate_type}:{aggregate_id}")
     database.after_commit(lambda: _publish(event))
     return event
 
@@ -146,15 +152,7 @@ def _publish(event: Event) -> None:
 def events_of(aggregate_type: str, aggregate_id: str, *, after: int = 0) -> list[Event]:
     """Returns the aggregate's events in sequence order (those numbered above `after`)."""
     return [
-        Event(
-            id=row.id,
-            aggregate_type=row.aggregate_type,
-            aggregate_id=row.aggregate_id,
-            sequence=int(row.sequence),
-            type=row.type,
-            payload=json.loads(row.payload),
-            create_time=row.create_time,
-        )
+        _event(row)
         for row in OutboxEvent.select()
         .where(
             (OutboxEvent.aggregate_type == aggregate_type)
@@ -163,3 +161,31 @@ def events_of(aggregate_type: str, aggregate_id: str, *, after: int = 0) -> list
         )
         .order_by(OutboxEvent.sequence)
     ]
+
+
+def last_position() -> int:
+    """The highest position the dispatcher has given an event so far (0 when none)."""
+    return int(OutboxEvent.select(peewee.fn.MAX(OutboxEvent.position)).scalar() or 0)
+
+
+def events_after_position(after: int, *, limit: int) -> list[tuple[int, Event]]:
+    """Up to `limit` events with a position above `after`, by position, with their positions."""
+    return [
+        (int(row.position or 0), _event(row))
+        for row in OutboxEvent.select()
+        .where(OutboxEvent.position > after)
+        .order_by(OutboxEvent.position)
+        .limit(limit)
+    ]
+
+
+def _event(row: OutboxEvent) -> Event:
+    return Event(
+        id=row.id,
+        aggregate_type=row.aggregate_type,
+        aggregate_id=row.aggregate_id,
+        sequence=int(row.sequence),
+        type=row.type,
+        payload=json.loads(row.payload),
+        create_time=row.create_time,
+    )

@@ -27,10 +27,13 @@ class OutboxEvent(BaseModel):
     lease_expire_time = peewee.DateTimeField(null=True)
     delivered_time = peewee.DateTimeField(null=True)
     last_error = peewee.TextField(null=True)
+    # Shop-wide number given when the dispatcher hands the event on (WatchOrders reads by it).
+    position = peewee.BigIntegerField(null=True)
 
     class Meta:
         table_name = "outbox_events"
         indexes = (
             (("aggregate_type", "aggregate_id", "sequence"), True),
             (("delivered_time", "create_time"), False),
+            (("position",), True),
         )

@@ -26,6 +26,8 @@ pb = order_service_pb2
 STATE_TO_PROTO = {
     state: order_pb2.OrderState.Value(f"ORDER_STATE_{state.value}") for state in State
 }
+# Unknown numbers (and UNSPECIFIED) pass through as text the domain refuses.
+STATE_FROM_PROTO = {number: state.value for state, number in STATE_TO_PROTO.items()}
 REFUND_STATUS_TO_PROTO = {
     status: order_pb2.RefundStatus.Value(f"REFUND_STATUS_{status.value}") for status in RefundStatus
 }
@@ -126,6 +128,30 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
                 state=STATE_TO_PROTO[State(update.state)],
                 event_time=timestamp(update.time),
                 order=order_to_proto(update.details) if update.details else None,
+            )
+
+    def WatchOrders(
+        self, request: pb.WatchOrdersRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.WatchOrdersResponse]:
+        states = [STATE_FROM_PROTO.get(number, f"#{number}") for number in request.states]
+        for shop_update in self.streams.watch_all(
+            states,
+            request.after_position,
+            active=context.is_active,
+            on_end=context.add_callback,
+        ):
+            update = shop_update.update
+            yield pb.WatchOrdersResponse(
+                position=shop_update.position,
+                update=None
+                if update is None
+                else pb.OrderUpdate(
+                    order_id=update.order_id,
+                    sequence=update.sequence,
+                    event_type=update.event_type,
+                    state=STATE_TO_PROTO[State(update.state)],
+                    event_time=timestamp(update.time),
+                ),
             )
 
     def GetOrder(

@@ -15,6 +15,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from storefront.v1 import cart_service_pb2, checkout_service_pb2, order_pb2
 from storefront_client import StorefrontClient, field_violations
+from storefront_client.channel import channel_options
 
 from server import db as dbmod
 from server import migrations
@@ -98,8 +99,9 @@ class Running:
     passwords: PasswordHasher
 
     def channel(self) -> grpc.Channel:
-        """Returns a new plaintext channel to the server."""
-        return grpc.insecure_channel(self.target)
+        """Returns a new plaintext channel to the server, with connections of its own (as the
+        SDK's: see storefront_client.channel)."""
+        return grpc.insecure_channel(self.target, options=channel_options())
 
     def client(self) -> StorefrontClient:
         """Returns a new SDK client for the server."""

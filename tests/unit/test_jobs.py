@@ -75,3 +75,20 @@ def test_stop_before_the_first_interval_runs_no_pass() -> None:
     job.join(WAIT_SECONDS)
     assert job._thread is not None and not job._thread.is_alive()
     assert passes.count == 0
+
+
+def test_wake_runs_a_pass_at_once_and_wakes_during_the_pause_make_one_pass() -> None:
+    passes = Passes(wanted=1)
+    job = Job("woken", 3600, passes, min_pause=0.3)
+    job.start()
+    job.wake()
+    assert passes.enough.wait(WAIT_SECONDS)  # long before the hour is up
+    for _ in range(5):
+        job.wake()  # all within the pause after the first pass
+    second = Passes(wanted=1)
+    job.run_once = second
+    assert second.enough.wait(WAIT_SECONDS)
+    job.stop()
+    job.join(WAIT_SECONDS)
+    assert job._thread is not None and not job._thread.is_alive()
+    assert (passes.count, second.count) == (1, 1)

@@ -32,6 +32,10 @@ def channel_options(
     options: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
+        # Connections of its own: grpc otherwise shares them among a process's channels to the
+        # same address, and a new client would fail fast on another's connection that is
+        # backing off after a server on that address went away (even if one is serving now).
+        ("grpc.use_local_subchannel_pool", 1),
     ]
     if keepalive_seconds is not None:
         # The server's default policy answers pings more often than every 5 minutes with GOAWAY.

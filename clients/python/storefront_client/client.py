@@ -17,6 +17,7 @@ from storefront.v1 import (
     identity_service_pb2,
     identity_service_pb2_grpc,
     inventory_service_pb2_grpc,
+    order_pb2,
     order_service_pb2,
     order_service_pb2_grpc,
     shipping_service_pb2_grpc,
@@ -171,34 +172,44 @@ class StorefrontClient:
         seen, so nothing is missed or repeated; UNAVAILABLE and CANCELLED are retried with the
         policy's backoff, any other error is raised.
         """
-        policy = retry or WATCH_RETRY
         last = after_sequence
-        failures = 0
-        while True:
-            call = self.orders.WatchOrder(
+
+        def open_stream(timeout: float) -> Any:
+            return self.orders.WatchOrder(
                 order_service_pb2.WatchOrderRequest(order_id=order_id, after_sequence=last),
-                timeout=stream_timeout,
-                # A server that is restarting: wait for it (within the stream's time) rather
-                # than fail at once while the channel backs off between connection attempts.
+                timeout=timeout,
                 wait_for_ready=True,
             )
-            try:
-                for update in call:
-                    failures = 0
-                    last = update.sequence
-                    yield update
-            except grpc.RpcError as err:
-                code = err.code()
-                if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-                    continue  # the connection's time is up: renew it at once
-                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-                    raise
-                failures += 1
-                if failures >= policy.max_attempts:
-                    raise
-                sleep(policy.backoff(failures, random.random()))
-            finally:
-                call.cancel()
+
+        for update in _resumed(open_stream, retry or WATCH_RETRY, stream_timeout, sleep):
+            last = update.sequence
+            yield update
+
+    def watch_orders(
+        self,
+        *states: order_pb2.OrderState.ValueType,
+        after_position: int = 0,
+        retry: RetryPolicy | None = None,
+        stream_timeout: float = WATCH_STREAM_SECONDS,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> Generator[order_service_pb2.WatchOrdersResponse, None, None]:
+        """Yields every order's events that leave it in one of `states` (all when none are
+        given), shop-wide (staff only), for as long as the caller iterates; resumes after the
+        last position seen like `watch_order`. The first message of each stream, which only
+        says where it starts, is not yielded."""
+        last = after_position
+
+        def open_stream(timeout: float) -> Any:
+            return self.orders.WatchOrders(
+                order_service_pb2.WatchOrdersRequest(states=states, after_position=last),
+                timeout=timeout,
+                wait_for_ready=True,
+            )
+
+        for message in _resumed(open_stream, retry or WATCH_RETRY, stream_timeout, sleep):
+            last = message.position
+            if message.HasField("update"):
+                yield message
 
     def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""
@@ -217,3 +228,34 @@ class StorefrontClient:
     ) -> None:
         """Closes the client."""
         self.close()
+
+
+def _resumed(
+    open_stream: Callable[[float], Any],
+    policy: RetryPolicy,
+    stream_timeout: float,
+    sleep: Callable[[float], None],
+) -> Generator[Any, None, None]:
+    """Yields the messages of `open_stream(timeout)`, reopening it (the caller's request picks
+    up where the last message left off) when it ends for a reason worth retrying."""
+    failures = 0
+    while True:
+        # wait_for_ready in the caller's request: a server that is restarting is waited for
+        # (within the stream's time) rather than failed at once while the channel backs off.
+        call = open_stream(stream_timeout)
+        try:
+            for message in call:
+                failures = 0
+                yield message
+        except grpc.RpcError as err:
+            code = err.code()
+            if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+                continue  # the connection's time is up: renew it at once
+            if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                raise
+            failures += 1
+            if failures >= policy.max_attempts:
+                raise
+            sleep(policy.backoff(failures, random.random()))
+        finally:
+            call.cancel()

@@ -29,7 +29,7 @@ from storefront.v1 import common_pb2 as storefront_dot_v1_dot_common__pb2
 from storefront.v1 import order_pb2 as storefront_dot_v1_dot_order__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!storefront/v1/order_service.proto\x12\rstorefront.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1astorefront/v1/access.proto\x1a\x1astorefront/v1/common.proto\x1a\x19storefront/v1/order.proto\"C\n\x11WatchOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"\xcb\x01\n\x12WatchOrderResponse\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12(\n\x05state\x18\x04 \x01(\x0e\x32\x19.storefront.v1.OrderState\x12.\n\nevent_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x05order\x18\x06 \x01(\x0b\x32\x14.storefront.v1.Order\")\n\x0fGetOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"7\n\x10GetOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\"\\\n\x11ListOrdersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\"S\n\x12ListOrdersResponse\x12$\n\x06orders\x18\x01 \x03(\x0b\x32\x14.storefront.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"V\n\x12\x43\x61ncelOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x03 \x01(\t\":\n\x13\x43\x61ncelOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\"z\n\x10ShipOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63\x61rrier\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1d\n\x0ftracking_number\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\"8\n\x11ShipOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\"M\n\x19MarkOrderDeliveredRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"A\n\x1aMarkOrderDeliveredResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\"|\n\x12RefundOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12$\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x14.storefront.v1.Money\x12\x0e\n\x06reason\x18\x04 \x01(\t\"M\n\x13RefundOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\x12\x11\n\trefund_id\x18\x02 \x01(\t\"W\n\x16ListOrderEventsRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x17ListOrderEventsResponse\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.storefront.v1.OrderEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xab\x06\n\x0cOrderService\x12X\n\x08GetOrder\x12\x1e.storefront.v1.GetOrderRequest\x1a\x1f.storefront.v1.GetOrderResponse\"\x0b\xa2\xbb\x18\x07\x12\x03\x01\x02\x03\x18\x01\x12^\n\nListOrders\x12 .storefront.v1.ListOrdersRequest\x1a!.storefront.v1.ListOrdersResponse\"\x0b\xa2\xbb\x18\x07\x12\x03\x01\x02\x03\x18\x01\x12\x61\n\x0b\x43\x61ncelOrder\x12!.storefront.v1.CancelOrderRequest\x1a\".storefront.v1.CancelOrderResponse\"\x0b\xa2\xbb\x18\x07\x12\x03\x01\x02\x03\x18\x01\x12X\n\tShipOrder\x12\x1f.storefront.v1.ShipOrderRequest\x1a .storefront.v1.ShipOrderResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12s\n\x12MarkOrderDelivered\x12(.storefront.v1.MarkOrderDeliveredRequest\x1a).storefront.v1.MarkOrderDeliveredResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12^\n\x0bRefundOrder\x12!.storefront.v1.RefundOrderRequest\x1a\".storefront.v1.RefundOrderResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12m\n\x0fListOrderEvents\x12%.storefront.v1.ListOrderEventsRequest\x1a&.storefront.v1.ListOrderEventsResponse\"\x0b\xa2\xbb\x18\x07\x12\x03\x01\x02\x03\x18\x01\x12`\n\nWatchOrder\x12 .storefront.v1.WatchOrderRequest\x1a!.storefront.v1.WatchOrderResponse\"\x0b\xa2\xbb\x18\x07\x12\x03\x01\x02\x03\x18\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!storefront/v1/order_service.proto\x12\rstorefront.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1astorefront/v1/access.proto\x1a\x1astorefront/v1/common.proto\x1a\x19storefront/v1/order.proto\"C\n\x11WatchOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"\xcb\x01\n\x12WatchOrderResponse\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12(\n\x05state\x18\x04 \x01(\x0e\x32\x19.storefront.v1.OrderState\x12.\n\nevent_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x05order\x18\x06 \x01(\x0b\x32\x14.storefront.v1.Order\"W\n\x12WatchOrdersRequest\x12)\n\x06states\x18\x01 \x03(\x0e\x32\x19.storefront.v1.OrderState\x12\x16\n\x0e\x61\x66ter_position\x18\x02 \x01(\x03\"S\n\x13WatchOrdersResponse\x12\x10\n\x08position\x18\x01 \x01(\x03\x12*\n\x06update\x18\x02 \x01(\x0b\x32\x1a.storefront.v1.OrderUpdate\"\x9f\x01\n\x0bOrderUpdate\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12(\n\x05state\x18\x04 \x01(\x0e\x32\x19.storefront.v1.OrderState\x12.\n\nevent_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\")\n\x0fGetOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"7\n\x10GetOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\"\\\n\x11ListOrdersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\"S\n\x12ListOrdersResponse\x12$\n\x06orders\x18\x01 \x03(\x0b\x32\x14.storefront.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"V\n\x12\x43\x61ncelOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x03 \x01(\t\":\n\x13\x43\x61ncelOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\"z\n\x10ShipOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63\x61rrier\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1d\n\x0ftracking_number\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\"8\n\x11ShipOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\"M\n\x19MarkOrderDeliveredRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"A\n\x1aMarkOrderDeliveredResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\"|\n\x12RefundOrderRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12$\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x14.storefront.v1.Money\x12\x0e\n\x06reason\x18\x04 \x01(\t\"M\n\x13RefundOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order\x12\x11\n\trefund_id\x18\x02 \x01(\t\"W\n\x16ListOrderEventsRequest\x12\x16\n\x08order_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x17ListOrderEventsResponse\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.storefront.v1.OrderEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x8d\x07\n\x0cOrderService\x12X\n\x08GetOrder\x12\x1e.storefront.v1.GetOrderRequest\x1a\x1f.storefront.v1.GetOrderResponse\"\x0b\xa2\xbb\x18\x07\x12\x03\x01\x02\x03\x18\x01\x12^\n\nListOrders\x12 .storefront.v1.ListOrdersRequest\x1a!.storefront.v1.ListOrdersResponse\"\x0b\xa2\xbb\x18\x07\x12\x03\x01\x02\x03\x18\x01\x12\x61\n\x0b\x43\x61ncelOrder\x12!.storefront.v1.CancelOrderRequest\x1a\".storefront.v1.CancelOrderResponse\"\x0b\xa2\xbb\x18\x07\x12\x03\x01\x02\x03\x18\x01\x12X\n\tShipOrder\x12\x1f.storefront.v1.ShipOrderRequest\x1a .storefront.v1.ShipOrderResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12s\n\x12MarkOrderDelivered\x12(.storefront.v1.MarkOrderDeliveredRequest\x1a).storefront.v1.MarkOrderDeliveredResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12^\n\x0bRefundOrder\x12!.storefront.v1.RefundOrderRequest\x1a\".storefront.v1.RefundOrderResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x12m\n\x0fListOrderEvents\x12%.storefront.v1.ListOrderEventsRequest\x1a&.storefront.v1.ListOrderEventsResponse\"\x0b\xa2\xbb\x18\x07\x12\x03\x01\x02\x03\x18\x01\x12`\n\nWatchOrder\x12 .storefront.v1.WatchOrderRequest\x1a!.storefront.v1.WatchOrderResponse\"\x0b\xa2\xbb\x18\x07\x12\x03\x01\x02\x03\x18\x01\x30\x01\x12`\n\x0bWatchOrders\x12!.storefront.v1.WatchOrdersRequest\x1a\".storefront.v1.WatchOrdersResponse\"\x08\xa2\xbb\x18\x04\x12\x02\x02\x03\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -78,38 +78,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDERSERVICE'].methods_by_name['ListOrderEvents']._serialized_options = b'\242\273\030\007\022\003\001\002\003\030\001'
   _globals['_ORDERSERVICE'].methods_by_name['WatchOrder']._loaded_options = None
   _globals['_ORDERSERVICE'].methods_by_name['WatchOrder']._serialized_options = b'\242\273\030\007\022\003\001\002\003\030\001'
+  _globals['_ORDERSERVICE'].methods_by_name['WatchOrders']._loaded_options = None
+  _globals['_ORDERSERVICE'].methods_by_name['WatchOrders']._serialized_options = b'\242\273\030\004\022\002\002\003'
   _globals['_WATCHORDERREQUEST']._serialized_start=201
   _globals['_WATCHORDERREQUEST']._serialized_end=268
   _globals['_WATCHORDERRESPONSE']._serialized_start=271
   _globals['_WATCHORDERRESPONSE']._serialized_end=474
-  _globals['_GETORDERREQUEST']._serialized_start=476
-  _globals['_GETORDERREQUEST']._serialized_end=517
-  _globals['_GETORDERRESPONSE']._serialized_start=519
-  _globals['_GETORDERRESPONSE']._serialized_end=574
-  _globals['_LISTORDERSREQUEST']._serialized_start=576
-  _globals['_LISTORDERSREQUEST']._serialized_end=668
-  _globals['_LISTORDERSRESPONSE']._serialized_start=670
-  _globals['_LISTORDERSRESPONSE']._serialized_end=753
-  _globals['_CANCELORDERREQUEST']._serialized_start=755
-  _globals['_CANCELORDERREQUEST']._serialized_end=841
-  _globals['_CANCELORDERRESPONSE']._serialized_start=843
-  _globals['_CANCELORDERRESPONSE']._serialized_end=901
-  _globals['_SHIPORDERREQUEST']._serialized_start=903
-  _globals['_SHIPORDERREQUEST']._serialized_end=1025
-  _globals['_SHIPORDERRESPONSE']._serialized_start=1027
-  _globals['_SHIPORDERRESPONSE']._serialized_end=1083
-  _globals['_MARKORDERDELIVEREDREQUEST']._serialized_start=1085
-  _globals['_MARKORDERDELIVEREDREQUEST']._serialized_end=1162
-  _globals['_MARKORDERDELIVEREDRESPONSE']._serialized_start=1164
-  _globals['_MARKORDERDELIVEREDRESPONSE']._serialized_end=1229
-  _globals['_REFUNDORDERREQUEST']._serialized_start=1231
-  _globals['_REFUNDORDERREQUEST']._serialized_end=1355
-  _globals['_REFUNDORDERRESPONSE']._serialized_start=1357
-  _globals['_REFUNDORDERRESPONSE']._serialized_end=1434
-  _globals['_LISTORDEREVENTSREQUEST']._serialized_start=1436
-  _globals['_LISTORDEREVENTSREQUEST']._serialized_end=1523
-  _globals['_LISTORDEREVENTSRESPONSE']._serialized_start=1525
-  _globals['_LISTORDEREVENTSRESPONSE']._serialized_end=1618
-  _globals['_ORDERSERVICE']._serialized_start=1621
-  _globals['_ORDERSERVICE']._serialized_end=2432
+  _globals['_WATCHORDERSREQUEST']._serialized_start=476
+  _globals['_WATCHORDERSREQUEST']._serialized_end=563
+  _globals['_WATCHORDERSRESPONSE']._serialized_start=565
+  _globals['_WATCHORDERSRESPONSE']._serialized_end=648
+  _globals['_ORDERUPDATE']._serialized_start=651
+  _globals['_ORDERUPDATE']._serialized_end=810
+  _globals['_GETORDERREQUEST']._serialized_start=812
+  _globals['_GETORDERREQUEST']._serialized_end=853
+  _globals['_GETORDERRESPONSE']._serialized_start=855
+  _globals['_GETORDERRESPONSE']._serialized_end=910
+  _globals['_LISTORDERSREQUEST']._serialized_start=912
+  _globals['_LISTORDERSREQUEST']._serialized_end=1004
+  _globals['_LISTORDERSRESPONSE']._serialized_start=1006
+  _globals['_LISTORDERSRESPONSE']._serialized_end=1089
+  _globals['_CANCELORDERREQUEST']._serialized_start=1091
+  _globals['_CANCELORDERREQUEST']._serialized_end=1177
+  _globals['_CANCELORDERRESPONSE']._serialized_start=1179
+  _globals['_CANCELORDERRESPONSE']._serialized_end=1237
+  _globals['_SHIPORDERREQUEST']._serialized_start=1239
+  _globals['_SHIPORDERREQUEST']._serialized_end=1361
+  _globals['_SHIPORDERRESPONSE']._serialized_start=1363
+  _globals['_SHIPORDERRESPONSE']._serialized_end=1419
+  _globals['_MARKORDERDELIVEREDREQUEST']._serialized_start=1421
+  _globals['_MARKORDERDELIVEREDREQUEST']._serialized_end=1498
+  _globals['_MARKORDERDELIVEREDRESPONSE']._serialized_start=1500
+  _globals['_MARKORDERDELIVEREDRESPONSE']._serialized_end=1565
+  _globals['_REFUNDORDERREQUEST']._serialized_start=1567
+  _globals['_REFUNDORDERREQUEST']._serialized_end=1691
+  _globals['_REFUNDORDERRESPONSE']._serialized_start=1693
+  _globals['_REFUNDORDERRESPONSE']._serialized_end=1770
+  _globals['_LISTORDEREVENTSREQUEST']._serialized_start=1772
+  _globals['_LISTORDEREVENTSREQUEST']._serialized_end=1859
+  _globals['_LISTORDEREVENTSRESPONSE']._serialized_start=1861
+  _globals['_LISTORDEREVENTSRESPONSE']._serialized_end=1954
+  _globals['_ORDERSERVICE']._serialized_start=1957
+  _globals['_ORDERSERVICE']._serialized_end=2866
 # @@protoc_insertion_point(module_scope)

@@ -96,6 +96,102 @@ class WatchOrderResponse(_message.Message):
 Global___WatchOrderResponse: _TypeAlias = WatchOrderResponse  # noqa: Y015
 
 @_typing.final
+class WatchOrdersRequest(_message.Message):
+    """WatchOrdersRequest is the input of WatchOrders."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATES_FIELD_NUMBER: _builtins.int
+    AFTER_POSITION_FIELD_NUMBER: _builtins.int
+    after_position: _builtins.int
+    """The last position the client saw, to resume after; 0 starts from now."""
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[_order_pb2.OrderState.ValueType]:
+        """Only events that leave their order in one of these states; every event when empty."""
+
+    def __init__(
+        self,
+        *,
+        states: _abc.Iterable[_order_pb2.OrderState.ValueType] | None = ...,
+        after_position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_position", b"after_position", "states", b"states"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchOrdersRequest: _TypeAlias = WatchOrdersRequest  # noqa: Y015
+
+@_typing.final
+class WatchOrdersResponse(_message.Message):
+    """WatchOrdersResponse is one message of WatchOrders."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSITION_FIELD_NUMBER: _builtins.int
+    UPDATE_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    """This message's place in the shop-wide stream (resume after it)."""
+    @_builtins.property
+    def update(self) -> Global___OrderUpdate:
+        """The event; absent in the first message, which only says where the stream starts."""
+
+    def __init__(
+        self,
+        *,
+        position: _builtins.int = ...,
+        update: Global___OrderUpdate | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update", b"update"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["position", b"position", "update", b"update"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchOrdersResponse: _TypeAlias = WatchOrdersResponse  # noqa: Y015
+
+@_typing.final
+class OrderUpdate(_message.Message):
+    """OrderUpdate is one event of an order, as WatchOrders sends it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    EVENT_TIME_FIELD_NUMBER: _builtins.int
+    order_id: _builtins.str
+    """The order's id."""
+    sequence: _builtins.int
+    """The order's event number (1, 2, 3... per order)."""
+    event_type: _builtins.str
+    """What happened, e.g. "order.placed" or "order.shipped"."""
+    state: _order_pb2.OrderState.ValueType
+    """The order's state after the event."""
+    @_builtins.property
+    def event_time(self) -> _timestamp_pb2.Timestamp:
+        """When it happened."""
+
+    def __init__(
+        self,
+        *,
+        order_id: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+        event_type: _builtins.str = ...,
+        state: _order_pb2.OrderState.ValueType = ...,
+        event_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "event_type", b"event_type", "order_id", b"order_id", "sequence", b"sequence", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderUpdate: _TypeAlias = OrderUpdate  # noqa: Y015
+
+@_typing.final
 class GetOrderRequest(_message.Message):
     """GetOrderRequest is the input of GetOrder."""
 

@@ -103,6 +103,11 @@ class OrderServiceStub:
                 request_serializer=storefront_dot_v1_dot_order__service__pb2.WatchOrderRequest.SerializeToString,
                 response_deserializer=storefront_dot_v1_dot_order__service__pb2.WatchOrderResponse.FromString,
                 _registered_method=True)
+        self.WatchOrders = channel.unary_stream(
+                '/storefront.v1.OrderService/WatchOrders',
+                request_serializer=storefront_dot_v1_dot_order__service__pb2.WatchOrdersRequest.SerializeToString,
+                response_deserializer=storefront_dot_v1_dot_order__service__pb2.WatchOrdersResponse.FromString,
+                _registered_method=True)
 
 
 class OrderServiceServicer:
@@ -226,6 +231,22 @@ class OrderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchOrders(self, request, context):
+        """Streams every order's events shop-wide, for staff (a packing screen, a dashboard). The first
+        message carries only a position: where the stream starts (now, or after_position). Then
+        every later order event that leaves its order in one of `states` (all when empty), in the
+        order the outbox dispatcher handed them on (each order's in sequence order), whichever worker
+        or replica made them: within about a second normally, since events are numbered by the
+        dispatcher (STOREFRONT_DISPATCH_INTERVAL_SECONDS must be above 0 in some process). A client
+        that reconnects with the last position it saw as after_position gets the rest: no gap, no
+        duplicate. Holds no database connection while it waits and shares WatchOrder's cap.
+        Returns RESOURCE_EXHAUSTED (reason STREAM_LIMIT) like WatchOrder; INVALID_ARGUMENT for a
+        negative after_position or an unspecified or unknown state; PERMISSION_DENIED for customers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -268,6 +289,11 @@ def add_OrderServiceServicer_to_server(servicer, server):
                     servicer.WatchOrder,
                     request_deserializer=storefront_dot_v1_dot_order__service__pb2.WatchOrderRequest.FromString,
                     response_serializer=storefront_dot_v1_dot_order__service__pb2.WatchOrderResponse.SerializeToString,
+            ),
+            'WatchOrders': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchOrders,
+                    request_deserializer=storefront_dot_v1_dot_order__service__pb2.WatchOrdersRequest.FromString,
+                    response_serializer=storefront_dot_v1_dot_order__service__pb2.WatchOrdersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -515,6 +541,33 @@ class OrderService:
             '/storefront.v1.OrderService/WatchOrder',
             storefront_dot_v1_dot_order__service__pb2.WatchOrderRequest.SerializeToString,
             storefront_dot_v1_dot_order__service__pb2.WatchOrderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchOrders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/storefront.v1.OrderService/WatchOrders',
+            storefront_dot_v1_dot_order__service__pb2.WatchOrdersRequest.SerializeToString,
+            storefront_dot_v1_dot_order__service__pb2.WatchOrdersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -119,6 +119,18 @@ class OrderServiceStub:
     when the process already has STOREFRONT_MAX_OPEN_STREAMS streams open; INVALID_ARGUMENT for a
     malformed id or a negative after_sequence.
     """
+    WatchOrders: _grpc.UnaryStreamMultiCallable[_order_service_pb2.WatchOrdersRequest, _order_service_pb2.WatchOrdersResponse]
+    """Streams every order's events shop-wide, for staff (a packing screen, a dashboard). The first
+    message carries only a position: where the stream starts (now, or after_position). Then
+    every later order event that leaves its order in one of `states` (all when empty), in the
+    order the outbox dispatcher handed them on (each order's in sequence order), whichever worker
+    or replica made them: within about a second normally, since events are numbered by the
+    dispatcher (STOREFRONT_DISPATCH_INTERVAL_SECONDS must be above 0 in some process). A client
+    that reconnects with the last position it saw as after_position gets the rest: no gap, no
+    duplicate. Holds no database connection while it waits and shares WatchOrder's cap.
+    Returns RESOURCE_EXHAUSTED (reason STREAM_LIMIT) like WatchOrder; INVALID_ARGUMENT for a
+    negative after_position or an unspecified or unknown state; PERMISSION_DENIED for customers.
+    """
 
 @_typing.type_check_only
 class OrderServiceAsyncStub(OrderServiceStub):
@@ -210,6 +222,18 @@ class OrderServiceAsyncStub(OrderServiceStub):
     Returns NOT_FOUND (ORDER_NOT_FOUND) like GetOrder; RESOURCE_EXHAUSTED (reason STREAM_LIMIT)
     when the process already has STOREFRONT_MAX_OPEN_STREAMS streams open; INVALID_ARGUMENT for a
     malformed id or a negative after_sequence.
+    """
+    WatchOrders: _aio.UnaryStreamMultiCallable[_order_service_pb2.WatchOrdersRequest, _order_service_pb2.WatchOrdersResponse]  # type: ignore[assignment]
+    """Streams every order's events shop-wide, for staff (a packing screen, a dashboard). The first
+    message carries only a position: where the stream starts (now, or after_position). Then
+    every later order event that leaves its order in one of `states` (all when empty), in the
+    order the outbox dispatcher handed them on (each order's in sequence order), whichever worker
+    or replica made them: within about a second normally, since events are numbered by the
+    dispatcher (STOREFRONT_DISPATCH_INTERVAL_SECONDS must be above 0 in some process). A client
+    that reconnects with the last position it saw as after_position gets the rest: no gap, no
+    duplicate. Holds no database connection while it waits and shares WatchOrder's cap.
+    Returns RESOURCE_EXHAUSTED (reason STREAM_LIMIT) like WatchOrder; INVALID_ARGUMENT for a
+    negative after_position or an unspecified or unknown state; PERMISSION_DENIED for customers.
     """
 
 class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -347,6 +371,24 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         Returns NOT_FOUND (ORDER_NOT_FOUND) like GetOrder; RESOURCE_EXHAUSTED (reason STREAM_LIMIT)
         when the process already has STOREFRONT_MAX_OPEN_STREAMS streams open; INVALID_ARGUMENT for a
         malformed id or a negative after_sequence.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchOrders(
+        self,
+        request: _order_service_pb2.WatchOrdersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_order_service_pb2.WatchOrdersResponse], _abc.AsyncIterator[_order_service_pb2.WatchOrdersResponse]]:
+        """Streams every order's events shop-wide, for staff (a packing screen, a dashboard). The first
+        message carries only a position: where the stream starts (now, or after_position). Then
+        every later order event that leaves its order in one of `states` (all when empty), in the
+        order the outbox dispatcher handed them on (each order's in sequence order), whichever worker
+        or replica made them: within about a second normally, since events are numbered by the
+        dispatcher (STOREFRONT_DISPATCH_INTERVAL_SECONDS must be above 0 in some process). A client
+        that reconnects with the last position it saw as after_position gets the rest: no gap, no
+        duplicate. Holds no database connection while it waits and shares WatchOrder's cap.
+        Returns RESOURCE_EXHAUSTED (reason STREAM_LIMIT) like WatchOrder; INVALID_ARGUMENT for a
+        negative after_position or an unspecified or unknown state; PERMISSION_DENIED for customers.
         """
 
 def add_OrderServiceServicer_to_server(servicer: OrderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

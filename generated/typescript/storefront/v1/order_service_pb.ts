@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file storefront/v1/order_service.proto.
  */
 export const file_storefront_v1_order_service: GenFile = /*@__PURE__*/
-  fileDesc("CiFzdG9yZWZyb250L3YxL29yZGVyX3NlcnZpY2UucHJvdG8SDXN0b3JlZnJvbnQudjEiQwoRV2F0Y2hPcmRlclJlcXVlc3QSFgoIb3JkZXJfaWQYASABKAlCBOJBAQISFgoOYWZ0ZXJfc2VxdWVuY2UYAiABKAMiywEKEldhdGNoT3JkZXJSZXNwb25zZRIQCghvcmRlcl9pZBgBIAEoCRIQCghzZXF1ZW5jZRgCIAEoAxISCgpldmVudF90eXBlGAMgASgJEigKBXN0YXRlGAQgASgOMhkuc3RvcmVmcm9udC52MS5PcmRlclN0YXRlEi4KCmV2ZW50X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiMKBW9yZGVyGAYgASgLMhQuc3RvcmVmcm9udC52MS5PcmRlciIpCg9HZXRPcmRlclJlcXVlc3QSFgoIb3JkZXJfaWQYASABKAlCBOJBAQIiNwoQR2V0T3JkZXJSZXNwb25zZRIjCgVvcmRlchgBIAEoCzIULnN0b3JlZnJvbnQudjEuT3JkZXIiXAoRTGlzdE9yZGVyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGZmlsdGVyGAMgASgJEhAKCG9yZGVyX2J5GAQgASgJIlMKEkxpc3RPcmRlcnNSZXNwb25zZRIkCgZvcmRlcnMYASADKAsyFC5zdG9yZWZyb250LnYxLk9yZGVyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJWChJDYW5jZWxPcmRlclJlcXVlc3QSFgoIb3JkZXJfaWQYASABKAlCBOJBAQISGAoKcmVxdWVzdF9pZBgCIAEoCUIE4kEBAhIOCgZyZWFzb24YAyABKAkiOgoTQ2FuY2VsT3JkZXJSZXNwb25zZRIjCgVvcmRlchgBIAEoCzIULnN0b3JlZnJvbnQudjEuT3JkZXIiegoQU2hpcE9yZGVyUmVxdWVzdBIWCghvcmRlcl9pZBgBIAEoCUIE4kEBAhIYCgpyZXF1ZXN0X2lkGAIgASgJQgTiQQECEhUKB2NhcnJpZXIYAyABKAlCBOJBAQISHQoPdHJhY2tpbmdfbnVtYmVyGAQgASgJQgTiQQECIjgKEVNoaXBPcmRlclJlc3BvbnNlEiMKBW9yZGVyGAEgASgLMhQuc3RvcmVmcm9udC52MS5PcmRlciJNChlNYXJrT3JkZXJEZWxpdmVyZWRSZXF1ZXN0EhYKCG9yZGVyX2lkGAEgASgJQgTiQQECEhgKCnJlcXVlc3RfaWQYAiABKAlCBOJBAQIiQQoaTWFya09yZGVyRGVsaXZlcmVkUmVzcG9uc2USIwoFb3JkZXIYASABKAsyFC5zdG9yZWZyb250LnYxLk9yZGVyInwKElJlZnVuZE9yZGVyUmVxdWVzdBIWCghvcmRlcl9pZBgBIAEoCUIE4kEBAhIYCgpyZXF1ZXN0X2lkGAIgASgJQgTiQQECEiQKBmFtb3VudBgDIAEoCzIULnN0b3JlZnJvbnQudjEuTW9uZXkSDgoGcmVhc29uGAQgASgJIk0KE1JlZnVuZE9yZGVyUmVzcG9uc2USIwoFb3JkZXIYASABKAsyFC5zdG9yZWZyb250LnYxLk9yZGVyEhEKCXJlZnVuZF9pZBgCIAEoCSJXChZMaXN0T3JkZXJFdmVudHNSZXF1ZXN0EhYKCG9yZGVyX2lkGAEgASgJQgTiQQECEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIl0KF0xpc3RPcmRlckV2ZW50c1Jlc3BvbnNlEikKBmV2ZW50cxgBIAMoCzIZLnN0b3JlZnJvbnQudjEuT3JkZXJFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkyqwYKDE9yZGVyU2VydmljZRJYCghHZXRPcmRlchIeLnN0b3JlZnJvbnQudjEuR2V0T3JkZXJSZXF1ZXN0Gh8uc3RvcmVmcm9udC52MS5HZXRPcmRlclJlc3BvbnNlIguiuxgHEgMBAgMYARJeCgpMaXN0T3JkZXJzEiAuc3RvcmVmcm9udC52MS5MaXN0T3JkZXJzUmVxdWVzdBohLnN0b3JlZnJvbnQudjEuTGlzdE9yZGVyc1Jlc3BvbnNlIguiuxgHEgMBAgMYARJhCgtDYW5jZWxPcmRlchIhLnN0b3JlZnJvbnQudjEuQ2FuY2VsT3JkZXJSZXF1ZXN0GiIuc3RvcmVmcm9udC52MS5DYW5jZWxPcmRlclJlc3BvbnNlIguiuxgHEgMBAgMYARJYCglTaGlwT3JkZXISHy5zdG9yZWZyb250LnYxLlNoaXBPcmRlclJlcXVlc3QaIC5zdG9yZWZyb250LnYxLlNoaXBPcmRlclJlc3BvbnNlIgiiuxgEEgICAxJzChJNYXJrT3JkZXJEZWxpdmVyZWQSKC5zdG9yZWZyb250LnYxLk1hcmtPcmRlckRlbGl2ZXJlZFJlcXVlc3QaKS5zdG9yZWZyb250LnYxLk1hcmtPcmRlckRlbGl2ZXJlZFJlc3BvbnNlIgiiuxgEEgICAxJeCgtSZWZ1bmRPcmRlchIhLnN0b3JlZnJvbnQudjEuUmVmdW5kT3JkZXJSZXF1ZXN0GiIuc3RvcmVmcm9udC52MS5SZWZ1bmRPcmRlclJlc3BvbnNlIgiiuxgEEgICAxJtCg9MaXN0T3JkZXJFdmVudHMSJS5zdG9yZWZyb250LnYxLkxpc3RPcmRlckV2ZW50c1JlcXVlc3QaJi5zdG9yZWZyb250LnYxLkxpc3RPcmRlckV2ZW50c1Jlc3BvbnNlIguiuxgHEgMBAgMYARJgCgpXYXRjaE9yZGVyEiAuc3RvcmVmcm9udC52MS5XYXRjaE9yZGVyUmVxdWVzdBohLnN0b3JlZnJvbnQudjEuV2F0Y2hPcmRlclJlc3BvbnNlIguiuxgHEgMBAgMYATABYgZwcm90bzM", [file_google_api_field_behavior, file_google_protobuf_timestamp, file_storefront_v1_access, file_storefront_v1_common, file_storefront_v1_order]);
+  fileDesc("CiFzdG9yZWZyb250L3YxL29yZGVyX3NlcnZpY2UucHJvdG8SDXN0b3JlZnJvbnQudjEiQwoRV2F0Y2hPcmRlclJlcXVlc3QSFgoIb3JkZXJfaWQYASABKAlCBOJBAQISFgoOYWZ0ZXJfc2VxdWVuY2UYAiABKAMiywEKEldhdGNoT3JkZXJSZXNwb25zZRIQCghvcmRlcl9pZBgBIAEoCRIQCghzZXF1ZW5jZRgCIAEoAxISCgpldmVudF90eXBlGAMgASgJEigKBXN0YXRlGAQgASgOMhkuc3RvcmVmcm9udC52MS5PcmRlclN0YXRlEi4KCmV2ZW50X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiMKBW9yZGVyGAYgASgLMhQuc3RvcmVmcm9udC52MS5PcmRlciJXChJXYXRjaE9yZGVyc1JlcXVlc3QSKQoGc3RhdGVzGAEgAygOMhkuc3RvcmVmcm9udC52MS5PcmRlclN0YXRlEhYKDmFmdGVyX3Bvc2l0aW9uGAIgASgDIlMKE1dhdGNoT3JkZXJzUmVzcG9uc2USEAoIcG9zaXRpb24YASABKAMSKgoGdXBkYXRlGAIgASgLMhouc3RvcmVmcm9udC52MS5PcmRlclVwZGF0ZSKfAQoLT3JkZXJVcGRhdGUSEAoIb3JkZXJfaWQYASABKAkSEAoIc2VxdWVuY2UYAiABKAMSEgoKZXZlbnRfdHlwZRgDIAEoCRIoCgVzdGF0ZRgEIAEoDjIZLnN0b3JlZnJvbnQudjEuT3JkZXJTdGF0ZRIuCgpldmVudF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIpCg9HZXRPcmRlclJlcXVlc3QSFgoIb3JkZXJfaWQYASABKAlCBOJBAQIiNwoQR2V0T3JkZXJSZXNwb25zZRIjCgVvcmRlchgBIAEoCzIULnN0b3JlZnJvbnQudjEuT3JkZXIiXAoRTGlzdE9yZGVyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGZmlsdGVyGAMgASgJEhAKCG9yZGVyX2J5GAQgASgJIlMKEkxpc3RPcmRlcnNSZXNwb25zZRIkCgZvcmRlcnMYASADKAsyFC5zdG9yZWZyb250LnYxLk9yZGVyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJWChJDYW5jZWxPcmRlclJlcXVlc3QSFgoIb3JkZXJfaWQYASABKAlCBOJBAQISGAoKcmVxdWVzdF9pZBgCIAEoCUIE4kEBAhIOCgZyZWFzb24YAyABKAkiOgoTQ2FuY2VsT3JkZXJSZXNwb25zZRIjCgVvcmRlchgBIAEoCzIULnN0b3JlZnJvbnQudjEuT3JkZXIiegoQU2hpcE9yZGVyUmVxdWVzdBIWCghvcmRlcl9pZBgBIAEoCUIE4kEBAhIYCgpyZXF1ZXN0X2lkGAIgASgJQgTiQQECEhUKB2NhcnJpZXIYAyABKAlCBOJBAQISHQoPdHJhY2tpbmdfbnVtYmVyGAQgASgJQgTiQQECIjgKEVNoaXBPcmRlclJlc3BvbnNlEiMKBW9yZGVyGAEgASgLMhQuc3RvcmVmcm9udC52MS5PcmRlciJNChlNYXJrT3JkZXJEZWxpdmVyZWRSZXF1ZXN0EhYKCG9yZGVyX2lkGAEgASgJQgTiQQECEhgKCnJlcXVlc3RfaWQYAiABKAlCBOJBAQIiQQoaTWFya09yZGVyRGVsaXZlcmVkUmVzcG9uc2USIwoFb3JkZXIYASABKAsyFC5zdG9yZWZyb250LnYxLk9yZGVyInwKElJlZnVuZE9yZGVyUmVxdWVzdBIWCghvcmRlcl9pZBgBIAEoCUIE4kEBAhIYCgpyZXF1ZXN0X2lkGAIgASgJQgTiQQECEiQKBmFtb3VudBgDIAEoCzIULnN0b3JlZnJvbnQudjEuTW9uZXkSDgoGcmVhc29uGAQgASgJIk0KE1JlZnVuZE9yZGVyUmVzcG9uc2USIwoFb3JkZXIYASABKAsyFC5zdG9yZWZyb250LnYxLk9yZGVyEhEKCXJlZnVuZF9pZBgCIAEoCSJXChZMaXN0T3JkZXJFdmVudHNSZXF1ZXN0EhYKCG9yZGVyX2lkGAEgASgJQgTiQQECEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIl0KF0xpc3RPcmRlckV2ZW50c1Jlc3BvbnNlEikKBmV2ZW50cxgBIAMoCzIZLnN0b3JlZnJvbnQudjEuT3JkZXJFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkyjQcKDE9yZGVyU2VydmljZRJYCghHZXRPcmRlchIeLnN0b3JlZnJvbnQudjEuR2V0T3JkZXJSZXF1ZXN0Gh8uc3RvcmVmcm9udC52MS5HZXRPcmRlclJlc3BvbnNlIguiuxgHEgMBAgMYARJeCgpMaXN0T3JkZXJzEiAuc3RvcmVmcm9udC52MS5MaXN0T3JkZXJzUmVxdWVzdBohLnN0b3JlZnJvbnQudjEuTGlzdE9yZGVyc1Jlc3BvbnNlIguiuxgHEgMBAgMYARJhCgtDYW5jZWxPcmRlchIhLnN0b3JlZnJvbnQudjEuQ2FuY2VsT3JkZXJSZXF1ZXN0GiIuc3RvcmVmcm9udC52MS5DYW5jZWxPcmRlclJlc3BvbnNlIguiuxgHEgMBAgMYARJYCglTaGlwT3JkZXISHy5zdG9yZWZyb250LnYxLlNoaXBPcmRlclJlcXVlc3QaIC5zdG9yZWZyb250LnYxLlNoaXBPcmRlclJlc3BvbnNlIgiiuxgEEgICAxJzChJNYXJrT3JkZXJEZWxpdmVyZWQSKC5zdG9yZWZyb250LnYxLk1hcmtPcmRlckRlbGl2ZXJlZFJlcXVlc3QaKS5zdG9yZWZyb250LnYxLk1hcmtPcmRlckRlbGl2ZXJlZFJlc3BvbnNlIgiiuxgEEgICAxJeCgtSZWZ1bmRPcmRlchIhLnN0b3JlZnJvbnQudjEuUmVmdW5kT3JkZXJSZXF1ZXN0GiIuc3RvcmVmcm9udC52MS5SZWZ1bmRPcmRlclJlc3BvbnNlIgiiuxgEEgICAxJtCg9MaXN0T3JkZXJFdmVudHMSJS5zdG9yZWZyb250LnYxLkxpc3RPcmRlckV2ZW50c1JlcXVlc3QaJi5zdG9yZWZyb250LnYxLkxpc3RPcmRlckV2ZW50c1Jlc3BvbnNlIguiuxgHEgMBAgMYARJgCgpXYXRjaE9yZGVyEiAuc3RvcmVmcm9udC52MS5XYXRjaE9yZGVyUmVxdWVzdBohLnN0b3JlZnJvbnQudjEuV2F0Y2hPcmRlclJlc3BvbnNlIguiuxgHEgMBAgMYATABEmAKC1dhdGNoT3JkZXJzEiEuc3RvcmVmcm9udC52MS5XYXRjaE9yZGVyc1JlcXVlc3QaIi5zdG9yZWZyb250LnYxLldhdGNoT3JkZXJzUmVzcG9uc2UiCKK7GAQSAgIDMAFiBnByb3RvMw", [file_google_api_field_behavior, file_google_protobuf_timestamp, file_storefront_v1_access, file_storefront_v1_common, file_storefront_v1_order]);
 
 /**
  * WatchOrderRequest is the input of WatchOrder.
@@ -106,6 +106,111 @@ export const WatchOrderResponseSchema: GenMessage<WatchOrderResponse> = /*@__PUR
   messageDesc(file_storefront_v1_order_service, 1);
 
 /**
+ * WatchOrdersRequest is the input of WatchOrders.
+ *
+ * @generated from message storefront.v1.WatchOrdersRequest
+ */
+export type WatchOrdersRequest = Message<"storefront.v1.WatchOrdersRequest"> & {
+  /**
+   * Only events that leave their order in one of these states; every event when empty.
+   *
+   * @generated from field: repeated storefront.v1.OrderState states = 1;
+   */
+  states: OrderState[];
+
+  /**
+   * The last position the client saw, to resume after; 0 starts from now.
+   *
+   * @generated from field: int64 after_position = 2;
+   */
+  afterPosition: bigint;
+};
+
+/**
+ * Describes the message storefront.v1.WatchOrdersRequest.
+ * Use `create(WatchOrdersRequestSchema)` to create a new message.
+ */
+export const WatchOrdersRequestSchema: GenMessage<WatchOrdersRequest> = /*@__PURE__*/
+  messageDesc(file_storefront_v1_order_service, 2);
+
+/**
+ * WatchOrdersResponse is one message of WatchOrders.
+ *
+ * @generated from message storefront.v1.WatchOrdersResponse
+ */
+export type WatchOrdersResponse = Message<"storefront.v1.WatchOrdersResponse"> & {
+  /**
+   * This message's place in the shop-wide stream (resume after it).
+   *
+   * @generated from field: int64 position = 1;
+   */
+  position: bigint;
+
+  /**
+   * The event; absent in the first message, which only says where the stream starts.
+   *
+   * @generated from field: storefront.v1.OrderUpdate update = 2;
+   */
+  update?: OrderUpdate | undefined;
+};
+
+/**
+ * Describes the message storefront.v1.WatchOrdersResponse.
+ * Use `create(WatchOrdersResponseSchema)` to create a new message.
+ */
+export const WatchOrdersResponseSchema: GenMessage<WatchOrdersResponse> = /*@__PURE__*/
+  messageDesc(file_storefront_v1_order_service, 3);
+
+/**
+ * OrderUpdate is one event of an order, as WatchOrders sends it.
+ *
+ * @generated from message storefront.v1.OrderUpdate
+ */
+export type OrderUpdate = Message<"storefront.v1.OrderUpdate"> & {
+  /**
+   * The order's id.
+   *
+   * @generated from field: string order_id = 1;
+   */
+  orderId: string;
+
+  /**
+   * The order's event number (1, 2, 3... per order).
+   *
+   * @generated from field: int64 sequence = 2;
+   */
+  sequence: bigint;
+
+  /**
+   * What happened, e.g. "order.placed" or "order.shipped".
+   *
+   * @generated from field: string event_type = 3;
+   */
+  eventType: string;
+
+  /**
+   * The order's state after the event.
+   *
+   * @generated from field: storefront.v1.OrderState state = 4;
+   */
+  state: OrderState;
+
+  /**
+   * When it happened.
+   *
+   * @generated from field: google.protobuf.Timestamp event_time = 5;
+   */
+  eventTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message storefront.v1.OrderUpdate.
+ * Use `create(OrderUpdateSchema)` to create a new message.
+ */
+export const OrderUpdateSchema: GenMessage<OrderUpdate> = /*@__PURE__*/
+  messageDesc(file_storefront_v1_order_service, 4);
+
+/**
  * GetOrderRequest is the input of GetOrder.
  *
  * @generated from message storefront.v1.GetOrderRequest
@@ -124,7 +229,7 @@ export type GetOrderRequest = Message<"storefront.v1.GetOrderRequest"> & {
  * Use `create(GetOrderRequestSchema)` to create a new message.
  */
 export const GetOrderRequestSchema: GenMessage<GetOrderRequest> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 2);
+  messageDesc(file_storefront_v1_order_service, 5);
 
 /**
  * GetOrderResponse is the output of GetOrder.
@@ -145,7 +250,7 @@ export type GetOrderResponse = Message<"storefront.v1.GetOrderResponse"> & {
  * Use `create(GetOrderResponseSchema)` to create a new message.
  */
 export const GetOrderResponseSchema: GenMessage<GetOrderResponse> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 3);
+  messageDesc(file_storefront_v1_order_service, 6);
 
 /**
  * ListOrdersRequest is the input of ListOrders.
@@ -187,7 +292,7 @@ export type ListOrdersRequest = Message<"storefront.v1.ListOrdersRequest"> & {
  * Use `create(ListOrdersRequestSchema)` to create a new message.
  */
 export const ListOrdersRequestSchema: GenMessage<ListOrdersRequest> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 4);
+  messageDesc(file_storefront_v1_order_service, 7);
 
 /**
  * ListOrdersResponse is the output of ListOrders.
@@ -215,7 +320,7 @@ export type ListOrdersResponse = Message<"storefront.v1.ListOrdersResponse"> & {
  * Use `create(ListOrdersResponseSchema)` to create a new message.
  */
 export const ListOrdersResponseSchema: GenMessage<ListOrdersResponse> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 5);
+  messageDesc(file_storefront_v1_order_service, 8);
 
 /**
  * CancelOrderRequest is the input of CancelOrder.
@@ -250,7 +355,7 @@ export type CancelOrderRequest = Message<"storefront.v1.CancelOrderRequest"> & {
  * Use `create(CancelOrderRequestSchema)` to create a new message.
  */
 export const CancelOrderRequestSchema: GenMessage<CancelOrderRequest> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 6);
+  messageDesc(file_storefront_v1_order_service, 9);
 
 /**
  * CancelOrderResponse is the output of CancelOrder.
@@ -271,7 +376,7 @@ export type CancelOrderResponse = Message<"storefront.v1.CancelOrderResponse"> &
  * Use `create(CancelOrderResponseSchema)` to create a new message.
  */
 export const CancelOrderResponseSchema: GenMessage<CancelOrderResponse> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 7);
+  messageDesc(file_storefront_v1_order_service, 10);
 
 /**
  * ShipOrderRequest is the input of ShipOrder.
@@ -313,7 +418,7 @@ export type ShipOrderRequest = Message<"storefront.v1.ShipOrderRequest"> & {
  * Use `create(ShipOrderRequestSchema)` to create a new message.
  */
 export const ShipOrderRequestSchema: GenMessage<ShipOrderRequest> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 8);
+  messageDesc(file_storefront_v1_order_service, 11);
 
 /**
  * ShipOrderResponse is the output of ShipOrder.
@@ -334,7 +439,7 @@ export type ShipOrderResponse = Message<"storefront.v1.ShipOrderResponse"> & {
  * Use `create(ShipOrderResponseSchema)` to create a new message.
  */
 export const ShipOrderResponseSchema: GenMessage<ShipOrderResponse> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 9);
+  messageDesc(file_storefront_v1_order_service, 12);
 
 /**
  * MarkOrderDeliveredRequest is the input of MarkOrderDelivered.
@@ -362,7 +467,7 @@ export type MarkOrderDeliveredRequest = Message<"storefront.v1.MarkOrderDelivere
  * Use `create(MarkOrderDeliveredRequestSchema)` to create a new message.
  */
 export const MarkOrderDeliveredRequestSchema: GenMessage<MarkOrderDeliveredRequest> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 10);
+  messageDesc(file_storefront_v1_order_service, 13);
 
 /**
  * MarkOrderDeliveredResponse is the output of MarkOrderDelivered.
@@ -383,7 +488,7 @@ export type MarkOrderDeliveredResponse = Message<"storefront.v1.MarkOrderDeliver
  * Use `create(MarkOrderDeliveredResponseSchema)` to create a new message.
  */
 export const MarkOrderDeliveredResponseSchema: GenMessage<MarkOrderDeliveredResponse> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 11);
+  messageDesc(file_storefront_v1_order_service, 14);
 
 /**
  * RefundOrderRequest is the input of RefundOrder.
@@ -425,7 +530,7 @@ export type RefundOrderRequest = Message<"storefront.v1.RefundOrderRequest"> & {
  * Use `create(RefundOrderRequestSchema)` to create a new message.
  */
 export const RefundOrderRequestSchema: GenMessage<RefundOrderRequest> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 12);
+  messageDesc(file_storefront_v1_order_service, 15);
 
 /**
  * RefundOrderResponse is the output of RefundOrder.
@@ -453,7 +558,7 @@ export type RefundOrderResponse = Message<"storefront.v1.RefundOrderResponse"> &
  * Use `create(RefundOrderResponseSchema)` to create a new message.
  */
 export const RefundOrderResponseSchema: GenMessage<RefundOrderResponse> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 13);
+  messageDesc(file_storefront_v1_order_service, 16);
 
 /**
  * ListOrderEventsRequest is the input of ListOrderEvents.
@@ -488,7 +593,7 @@ export type ListOrderEventsRequest = Message<"storefront.v1.ListOrderEventsReque
  * Use `create(ListOrderEventsRequestSchema)` to create a new message.
  */
 export const ListOrderEventsRequestSchema: GenMessage<ListOrderEventsRequest> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 14);
+  messageDesc(file_storefront_v1_order_service, 17);
 
 /**
  * ListOrderEventsResponse is the output of ListOrderEvents.
@@ -516,7 +621,7 @@ export type ListOrderEventsResponse = Message<"storefront.v1.ListOrderEventsResp
  * Use `create(ListOrderEventsResponseSchema)` to create a new message.
  */
 export const ListOrderEventsResponseSchema: GenMessage<ListOrderEventsResponse> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_order_service, 15);
+  messageDesc(file_storefront_v1_order_service, 18);
 
 /**
  * OrderService reads orders and moves them through their states. Orders are created by
@@ -664,6 +769,25 @@ export const OrderService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchOrderRequestSchema;
     output: typeof WatchOrderResponseSchema;
+  },
+  /**
+   * Streams every order's events shop-wide, for staff (a packing screen, a dashboard). The first
+   * message carries only a position: where the stream starts (now, or after_position). Then
+   * every later order event that leaves its order in one of `states` (all when empty), in the
+   * order the outbox dispatcher handed them on (each order's in sequence order), whichever worker
+   * or replica made them: within about a second normally, since events are numbered by the
+   * dispatcher (STOREFRONT_DISPATCH_INTERVAL_SECONDS must be above 0 in some process). A client
+   * that reconnects with the last position it saw as after_position gets the rest: no gap, no
+   * duplicate. Holds no database connection while it waits and shares WatchOrder's cap.
+   * Returns RESOURCE_EXHAUSTED (reason STREAM_LIMIT) like WatchOrder; INVALID_ARGUMENT for a
+   * negative after_position or an unspecified or unknown state; PERMISSION_DENIED for customers.
+   *
+   * @generated from rpc storefront.v1.OrderService.WatchOrders
+   */
+  watchOrders: {
+    methodKind: "server_streaming";
+    input: typeof WatchOrdersRequestSchema;
+    output: typeof WatchOrdersResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_storefront_v1_order_service, 0);
