@@ -4,7 +4,9 @@ Migrates and seeds a SQLite database in a temporary directory, starts `storefron
 bench/echo_server.py (pinned to CPU 0 when there are two CPUs and taskset), then runs
 bench/load.py (pinned to CPU 1) once per RPC. The PostgreSQL rows do the same against a fresh
 database created on --postgres-url (and dropped afterwards); PostgreSQL's own processes are not
-pinned. Writes bench/results/<UTC time>.json and .md and prints the table.
+pinned. Then the outbox events tables (bench/events_bench.py: dispatcher throughput, webhook
+delivery lag under checkouts, open streams; --no-events skips them). Writes
+bench/results/<UTC time>.json and .md and prints the tables.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import tempfile
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -305,17 +307,40 @@ def postgres_database(admin_url: str) -> Iterator[str]:
 
 @contextmanager
 def storefront_server(
-    prefix: list[str], data_dir: Path, database_url: str | None, *serve_args: str
+    prefix: list[str],
+    data_dir: Path,
+    database_url: str | None,
+    *serve_args: str,
+    variables: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[Any], Path]]:
-    """Migrates and seeds the database, serves it (`storefront serve *serve_args`); yields
-    (target, process, log file)."""
-    target = f"127.0.0.1:{free_port()}"
-    env = storefront_env(data_dir, target)
+    """Migrates and seeds the database, serves it (`storefront serve *serve_args`, with the
+    extra STOREFRONT_* `variables`); yields (target, process, log file)."""
+    env = storefront_env(data_dir, "127.0.0.1:0")
     if database_url:
         env["STOREFRONT_DATABASE_URL"] = database_url
     run_command([str(STOREFRONT), "migrate"], env)
     run_command([str(STOREFRONT), "seed"], env)
-    server_log = data_dir / "server.log"
+    with serving(prefix, data_dir, database_url, *serve_args, variables=variables) as served:
+        yield served
+
+
+@contextmanager
+def serving(
+    prefix: list[str],
+    data_dir: Path,
+    database_url: str | None,
+    *serve_args: str,
+    variables: Mapping[str, str] | None = None,
+    log_name: str = "server.log",
+) -> Iterator[tuple[str, subprocess.Popen[Any], Path]]:
+    """Serves an already migrated database until the block ends; yields (target, process,
+    log file <data_dir>/<log_name>)."""
+    target = f"127.0.0.1:{free_port()}"
+    env = storefront_env(data_dir, target)
+    if database_url:
+        env["STOREFRONT_DATABASE_URL"] = database_url
+    env.update(variables or {})
+    server_log = data_dir / log_name
     with (
         server_log.open("w") as log,
         running(
@@ -486,6 +511,25 @@ def measure_replicas(options: argparse.Namespace, chosen: set[str]) -> list[dict
     )
 
 
+def measure_events(
+    options: argparse.Namespace, server_prefix: list[str], load_prefix: list[str]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The outbox events rows (bench/events_bench.py, at its default sizes) and those sizes, or
+    none with --no-events."""
+    if options.no_events:
+        return [], {}
+    from bench import events_bench
+
+    sizes = events_bench.parser().parse_args([])
+    rows = events_bench.events_rows(
+        postgres_url=None if options.no_postgres else options.postgres_url,
+        options=sizes,
+        server_prefix=server_prefix,
+        load_prefix=load_prefix,
+    )
+    return rows, events_bench.sizes_of(sizes)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the benchmark and writes its results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -512,6 +556,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-replicas",
         action="store_true",
         help="skip the 1 vs 3 replicas behind nginx table (skipped anyway without nginx)",
+    )
+    parser.add_argument(
+        "--no-events",
+        action="store_true",
+        help="skip the outbox events tables (dispatcher throughput, delivery lag, open streams)",
     )
     parser.add_argument("--results-dir", type=Path, default=BENCH / "results")
     options = parser.parse_args(argv)
@@ -577,6 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scaling_rpcs = [rpc for rpc in SCALING_RPCS if rpc in chosen]
         scaling = [] if options.no_scaling else measure_scaling(options, Path(tmp), scaling_rpcs)
     replicas = measure_replicas(options, chosen)
+    events, event_sizes = measure_events(options, server_prefix, load_prefix)
 
     ceiling = rows[0]["throughput_per_s"] or 1.0
     for row in rows:
@@ -604,10 +654,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
             "products": product_count,
             "worker_threads": WORKER_THREADS,
+            "events": event_sizes or None,
         },
         "results": rows,
         "scaling": scaling,
         "replicas": replicas,
+        "events": events,
     }
     table = markdown_table(rows)
     if scaling:
@@ -621,6 +673,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         table += (
             "\n\nReplicas on PostgreSQL behind nginx (deploy/cluster.py), not pinned, a product "
             "per caller:\n\n" + replicas_table(replicas)
+        )
+    if events:
+        from bench.events_bench import markdown_tables as events_tables
+
+        table += "\n\n## Outbox events (bench/events_bench.py)\n\n" + events_tables(
+            events, event_sizes
         )
     stamp = started.strftime("%Y-%m-%dT%H%M%SZ")
     options.results_dir.mkdir(parents=True, exist_ok=True)

@@ -80,8 +80,8 @@ log = logging.getLogger("storefront")
 MIN_PAGE_TOKEN_SECRET_BYTES = 32
 # A dispatcher woken by every commit passes at most this often (wake-ups in between make one pass).
 DISPATCH_MIN_PAUSE_SECONDS = 0.05
-# PostgreSQL's notifications wake streams at once; this poll only covers one lost in a reconnect.
-POSTGRES_WATCH_POLL_SECONDS = 5.0
+# How often SQLite's outbox poller looks for other processes' commits (PostgreSQL notifies).
+SQLITE_CHANGE_POLL_SECONDS = 0.25
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # Expired keys and leases already count as unused (see domain/idempotency.py, work_leases.py):
 # purging only keeps the tables small, so a pass every ten minutes is plenty.
@@ -123,8 +123,8 @@ class App:
     jobs: tuple[Job[Any], ...]
     # The in-process outbox consumers the runtime subscribes while serving, by name.
     consumers: dict[str, outbox.Consumer]
-    # What other processes' commits wake here (PostgreSQL; None on SQLite, where streams poll).
-    listener: notifications.Listener | None
+    # What makes other processes' commits wake the dispatcher and streams here.
+    listener: notifications.Listener | notifications.Poller
     runtime: Runtime = field(init=False)
 
     def __post_init__(self) -> None:
@@ -304,14 +304,6 @@ def outbox_dispatcher(
         # Woken by each commit: under load, wake-ups within this pause make one pass.
         min_pause=DISPATCH_MIN_PAUSE_SECONDS,
     )
-
-
-def default_watch_poll_seconds(db: peewee.Database) -> float:
-    """How often streams poll when STOREFRONT_WATCH_POLL_SECONDS is 0: often on SQLite, which
-    has no notifications; rarely on PostgreSQL, as a net for notifications lost in a reconnect."""
-    if isinstance(db, peewee.SqliteDatabase):
-        return order_watch.POLL_SECONDS
-    return POSTGRES_WATCH_POLL_SECONDS
 
 
 def notified(wakeups: order_watch.Wakeups, dispatcher: Job[int]) -> Callable[[str], None]:
@@ -540,7 +532,7 @@ def create_app(settings: Settings) -> App:
     order_streams = order_watch.OrderStreams(
         order_watch.StreamSlots(settings.max_open_streams),
         wakeups,
-        poll_seconds=settings.watch_poll_seconds or default_watch_poll_seconds(db),
+        poll_seconds=settings.watch_poll_seconds,
     )
     dispatcher = outbox_dispatcher(
         settings,
@@ -582,7 +574,12 @@ def create_app(settings: Settings) -> App:
             dispatcher,
         ),
         consumers=consumers,
-        listener=None
+        listener=notifications.Poller(
+            db,
+            notified(wakeups, dispatcher),
+            interval=SQLITE_CHANGE_POLL_SECONDS,
+            positions_topic=dispatch.POSITIONS_TOPIC,
+        )
         if isinstance(db, peewee.SqliteDatabase)
         else notifications.Listener(db, notified(wakeups, dispatcher)),
     )

@@ -227,13 +227,13 @@ class Settings:
         ),
     )
     watch_poll_seconds: float = field(
-        default=0.0,
+        default=5.0,
         metadata=variable(
             "STOREFRONT_WATCH_POLL_SECONDS",
-            Number(0.0, 60.0),
-            "How often an open stream looks for changes nothing woke it for. 0: the engine's "
-            "default, 0.25 s on SQLite; 5 s on PostgreSQL, where a notification wakes streams "
-            "(and dispatchers) in every process as soon as a change commits.",
+            Number(0.05, 60.0),
+            "How often an open stream re-reads on its own, a net for a missed wake-up: commits "
+            "wake streams at once (PostgreSQL's notifications; on SQLite a poller per process "
+            "that reads the outbox every 0.25 s).",
         ),
     )
     max_message_bytes: int = field(

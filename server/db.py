@@ -83,6 +83,11 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
+def rfc3339(stored: dt.datetime) -> str:
+    """A stored (naive UTC) time as RFC 3339 text, e.g. 2026-12-05T18:20:11.123456Z."""
+    return stored.replace(tzinfo=dt.UTC).isoformat().replace("+00:00", "Z")
+
+
 class _FileTurn:
     """An exclusive flock(2) on a file beside the database: the writer turn among processes.
 

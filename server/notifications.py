@@ -1,11 +1,12 @@
-"""PostgreSQL LISTEN/NOTIFY: a committed change wakes dispatchers and watchers in every process.
+"""Commits anywhere wake dispatchers and streams in every process: LISTEN/NOTIFY or a poller.
 
-A writer calls `notify(topic)` inside its transaction; PostgreSQL delivers it at commit (never
-after a rollback) to every listening process, this one included. Topics carry ids only
-("order:<id>", "positions"); a listener reads what changed from the tables. They are hints: one
-lost while a listener reconnects is made up for by a wake-up of everything after the reconnect
-and by the pollers' own intervals. SQLite has no such thing: `notify` does nothing there and
-processes poll.
+PostgreSQL: a writer calls `notify(topic)` inside its transaction; PostgreSQL delivers it at
+commit (never after a rollback) to every listening process, this one included (`Listener`).
+SQLite has no notifications: `notify` does nothing there, and one `Poller` per process reads the
+outbox's new rows instead, so a thousand open streams cost one query per poll, not a thousand.
+Topics carry ids only ("order:<id>", "positions"); whoever is woken reads what changed from the
+tables. They are hints: one lost (a listener reconnecting) is made up for by a wake-up of
+everything after the reconnect and by the streams' own slow poll.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import peewee
 import psycopg
@@ -83,14 +85,92 @@ class Listener:
         with psycopg.connect(dbname=self._db.database, autocommit=True, **params) as connection:
             connection.execute(f"LISTEN {CHANNEL}")
             self.listening.set()
-            self._deliver(EVERYTHING)
+            _deliver(self._on_topic, EVERYTHING)
             while not self._stopping.is_set():
                 # The timeout bounds how long `stop` waits for this thread.
                 for notification in connection.notifies(timeout=1.0):
-                    self._deliver(notification.payload)
+                    _deliver(self._on_topic, notification.payload)
 
-    def _deliver(self, topic: str) -> None:
-        try:
-            self._on_topic(topic)
-        except Exception:
-            log.exception("notification handler failed on %r", topic)
+
+class Poller:
+    """SQLite's stand-in for `Listener`: a thread that looks for new outbox rows and positions
+    every `interval` seconds and hands `on_topic` the same topics a notification would carry.
+
+    SQLite's writers take turns, so rowids grow in commit order: rows above the last rowid seen
+    are exactly the new ones.
+    """
+
+    def __init__(
+        self,
+        db: peewee.Database,
+        on_topic: Callable[[str], None],
+        *,
+        interval: float,
+        positions_topic: str,
+    ) -> None:
+        self._db = db
+        self._on_topic = on_topic
+        self._interval = interval
+        self._positions_topic = positions_topic
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.listening = threading.Event()
+
+    def start(self) -> None:
+        """Starts polling on a daemon thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="outbox-poller", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stops polling and waits up to `timeout` for the thread."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        last_row, last_position = -1, -1
+        while not self._stopping.is_set():
+            try:
+                with self._db.connection_context():
+                    if last_row < 0:
+                        last_row, last_position = self._marks()
+                        self.listening.set()
+                    else:
+                        last_row, last_position = self._poll(last_row, last_position)
+            except peewee.PeeweeException:
+                log.warning("outbox poller could not read the outbox; retrying")
+            self._stopping.wait(self._interval)
+
+    def _query(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
+        cursor = self._db.execute_sql(sql, params)  # type: ignore[no-untyped-call]
+        return list(cursor.fetchall())
+
+    def _marks(self) -> tuple[int, int]:
+        [(row, position)] = self._query(
+            "SELECT COALESCE(MAX(rowid), 0), COALESCE(MAX(position), 0) FROM outbox_events"
+        )
+        return int(row), int(position)
+
+    def _poll(self, last_row: int, last_position: int) -> tuple[int, int]:
+        rows = self._query(
+            "SELECT rowid, aggregate_type, aggregate_id FROM outbox_events WHERE rowid > ? "
+            "ORDER BY rowid LIMIT 1000",
+            last_row,
+        )
+        topics = dict.fromkeys(f"{kind}:{aggregate_id}" for _, kind, aggregate_id in rows)
+        [(position,)] = self._query("SELECT COALESCE(MAX(position), 0) FROM outbox_events")
+        position = int(position)
+        for topic in topics:
+            _deliver(self._on_topic, topic)
+        if position > last_position:
+            _deliver(self._on_topic, self._positions_topic)
+        return (int(rows[-1][0]) if rows else last_row), position
+
+
+def _deliver(on_topic: Callable[[str], None], topic: str) -> None:
+    """Hands `topic` to `on_topic`; a handler that raises is logged, and the next topic goes on."""
+    try:
+        on_topic(topic)
+    except Exception:
+        log.exception("wake-up handler failed on %r", topic)

@@ -91,8 +91,7 @@ class Runtime:
         self._subscriptions = [
             outbox.subscribe(name, consumer) for name, consumer in self.app.consumers.items()
         ]
-        if self.app.listener is not None:
-            self.app.listener.start()
+        self.app.listener.start()
         self._built.server.start()
         self._watcher = threading.Thread(target=self._watch_database, name="db-health", daemon=True)
         self._watcher.start()
@@ -121,8 +120,7 @@ class Runtime:
         # After the server: the calls that finished during the grace period had their events seen.
         for subscription in self._subscriptions:
             outbox.unsubscribe(subscription)
-        if self.app.listener is not None:
-            self.app.listener.stop()
+        self.app.listener.stop()
         if self._watcher is not None:
             self._watcher.join(timeout=settings.health_check_seconds + 1)
         for job in self.app.jobs:

@@ -188,14 +188,22 @@ class EmailSender:
     lease: dt.timedelta
 
     def send_due(self) -> int:
-        """Sends up to one batch of due messages; returns how many were tried."""
+        """Sends up to one batch of due messages, their outcomes written together
+        (work_leases.work_through); returns how many were tried."""
+        claimed_at = utcnow()
         due = claim_due(SEND_BATCH, self.lease)
-        for row in due:
-            self.send(row)
-        return len(due)
+        if not due:
+            return 0
+        return work_leases.work_through(
+            due,
+            claimed_at=claimed_at,
+            lease=self.lease,
+            attempt=self.attempt,
+            record=lambda outcomes: _record(outcomes, self.retry_schedule),
+        )
 
-    def send(self, row: EmailMessage) -> None:
-        """Tries one message once."""
+    def attempt(self, row: EmailMessage) -> Outcome:
+        """Tries one message once; returns the outcome (not yet written)."""
         error: str | None = None
         permanent = False
         try:
@@ -204,33 +212,46 @@ class EmailSender:
             error, permanent = f"refused: {exc}", True
         except Exception as exc:  # any failure to hand it over is retried
             error = f"{type(exc).__name__}: {exc}"
-        _record(row, error, permanent, utcnow(), self.retry_schedule)
+        return Outcome(row, error, permanent, utcnow())
 
 
-def _record(
-    row: EmailMessage,
-    error: str | None,
-    permanent: bool,
-    now: dt.datetime,
-    schedule: Sequence[float],
-) -> None:
-    attempts = int(row.attempts) + 1
+@dataclass(frozen=True)
+class Outcome:
+    """One message's attempt: the error, if any, and whether it is final."""
+
+    row: EmailMessage
+    error: str | None
+    permanent: bool
+    time: dt.datetime
+
+
+def _record(outcomes: Sequence[Outcome], schedule: Sequence[float]) -> None:
+    """Stores the attempts' outcomes in one transaction."""
+    if not outcomes:
+        return
+    with database.atomic():
+        for outcome in outcomes:
+            EmailMessage.update(_changes(outcome, schedule)).where(
+                (EmailMessage.id == outcome.row.id) & (EmailMessage.state == PENDING)
+            ).execute()
+
+
+def _changes(outcome: Outcome, schedule: Sequence[float]) -> dict[peewee.Field, object]:
+    attempts = int(outcome.row.attempts) + 1
+    error = outcome.error
     changes: dict[peewee.Field, object] = {
         EmailMessage.attempts: attempts,
         EmailMessage.last_error: error[:ERROR_MAX_LENGTH] if error else None,
     }
     if error is None:
         changes[EmailMessage.state] = SENT
-        changes[EmailMessage.sent_time] = now
-    elif permanent:
+        changes[EmailMessage.sent_time] = outcome.time
+    elif outcome.permanent:
         changes[EmailMessage.state] = PARKED
     else:
         pause = schedule[min(attempts, len(schedule)) - 1]
-        changes[EmailMessage.next_attempt_time] = now + dt.timedelta(seconds=pause)
-    with database.atomic():
-        EmailMessage.update(changes).where(
-            (EmailMessage.id == row.id) & (EmailMessage.state == PENDING)
-        ).execute()
+        changes[EmailMessage.next_attempt_time] = outcome.time + dt.timedelta(seconds=pause)
+    return changes
 
 
 def claim_due(limit: int, lease: dt.timedelta) -> list[EmailMessage]:

@@ -6,9 +6,9 @@ one order only needs the last sequence it sent: it reads the events after it, se
 waits. The shop-wide watch reads by the position the dispatcher gives each event as it hands it on
 (domain/dispatch.py), in commit order, so the last position sent is enough there. A change
 committed in this process wakes its watchers at once (an outbox consumer); one committed by
-another worker or replica wakes them through a PostgreSQL notification (server/notifications.py)
-or, on SQLite, is found by the next poll. Each read takes a database connection for the read
-alone; a wait holds none.
+another worker or replica wakes them through a PostgreSQL notification or, on SQLite, the
+process's outbox poller (server/notifications.py); each stream's own slow poll is only a net.
+Each read takes a database connection for the read alone; a wait holds none.
 
 Streams are capped per process (`StreamSlots`): the server provisions a worker thread per slot
 on top of those of unary calls, so open streams never take the capacity unary calls need. A
@@ -30,7 +30,8 @@ from server.domain.principal import Principal
 from server.errors import ResourceExhausted, Unavailable
 from server.validation import Validator
 
-POLL_SECONDS = 0.25
+# How often a stream re-reads on its own (a commit anywhere wakes it sooner).
+POLL_SECONDS = 5.0
 # Wakes the shop-wide watchers (WatchOrders) when events have been given positions.
 ALL_ORDERS = "*"
 # Events a shop-wide watcher reads at a time.

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from server.db import lock_transaction_on
+from server.db import lock_transaction_on, rfc3339
 from server.domain import inventory, list_filter, listing, outbox
 from server.domain.principal import Principal, Role
 from server.errors import FailedPrecondition, NotFound
@@ -296,9 +296,64 @@ def record_event(
             "to_state": to_state.value,
             "actor": actor,
             "note": note,
+            "order": snapshot(order),
         },
         now=now,
     )
+
+
+def snapshot(order: Order) -> dict[str, Any]:
+    """The order as its events carry it to webhooks (`data.order`), as of the event: amounts in
+    minor units of `currency`, times in RFC 3339 UTC."""
+    lines = (
+        OrderLine.select(
+            OrderLine.product,
+            OrderLine.sku,
+            OrderLine.name,
+            OrderLine.quantity,
+            OrderLine.unit_price_minor,
+            OrderLine.line_total_minor,
+        )
+        .where(OrderLine.order == order.id)
+        .order_by(OrderLine.position)
+    )
+    return {
+        "id": order.id,
+        "customer_id": order.customer_id,
+        "state": order.state,
+        "currency": order.currency,
+        "subtotal_minor": int(order.subtotal_minor),
+        "shipping_minor": int(order.shipping_minor),
+        "tax_minor": int(order.tax_minor),
+        "total_minor": int(order.total_minor),
+        "captured_minor": int(order.captured_minor),
+        "refunded_minor": int(order.refunded_minor),
+        "shipping_address": {
+            "recipient_name": order.ship_name,
+            "line1": order.ship_line1,
+            "line2": order.ship_line2,
+            "city": order.ship_city,
+            "region": order.ship_region,
+            "postal_code": order.ship_postal_code,
+            "country_code": order.ship_country,
+        },
+        "shipping_service_level": order.shipping_service_level,
+        "carrier": order.carrier,
+        "tracking_number": order.tracking_number,
+        "lines": [
+            {
+                "product_id": line.product_id,
+                "sku": line.sku,
+                "name": line.name,
+                "quantity": int(line.quantity),
+                "unit_price_minor": int(line.unit_price_minor),
+                "line_total_minor": int(line.line_total_minor),
+            }
+            for line in lines
+        ],
+        "create_time": rfc3339(order.create_time),
+        "update_time": rfc3339(order.update_time),
+    }
 
 
 def locked(order_id: str, viewer: Principal | None = None) -> Order:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import peewee
 from standardwebhooks.webhooks import Webhook
 
-from server.db import database, lock_transaction_on, utcnow
+from server.db import database, lock_transaction_on, rfc3339, utcnow
 from server.domain import list_filter, listing, outbox, work_leases
 from server.errors import FailedPrecondition, NotFound
 from server.models.outbox_event import OutboxEvent
@@ -324,19 +324,35 @@ class WebhookSender:
     lease: dt.timedelta = dt.timedelta(seconds=60)
 
     def send_due(self) -> int:
-        """Sends up to one batch of due deliveries; returns how many were tried."""
+        """Sends up to one batch of due deliveries, their outcomes written together
+        (work_leases.work_through); returns how many were tried."""
+        claimed_at = utcnow()
         due = claim_due(SEND_BATCH, self.lease)
-        for delivery in due:
-            self.send(delivery)
-        return len(due)
+        if not due:
+            return 0
+        # Column values: reading `delivery.endpoint` would load each row on its own.
+        endpoint_ids = list({d.__data__["endpoint"] for d in due})
+        endpoints = {
+            e.id: e for e in WebhookEndpoint.select().where(WebhookEndpoint.id.in_(endpoint_ids))
+        }
+        event_ids = [d.event_id for d in due]
+        events = {e.id: e for e in OutboxEvent.select().where(OutboxEvent.id.in_(event_ids))}
 
-    def send(self, delivery: WebhookDelivery) -> None:
-        """Sends one delivery and records its outcome."""
-        # The column's value: reading `delivery.endpoint` would load the row on its own.
-        endpoint = WebhookEndpoint.get_or_none(WebhookEndpoint.id == delivery.__data__["endpoint"])
-        event = OutboxEvent.get_or_none(OutboxEvent.id == delivery.event_id)
-        if endpoint is None or event is None:
-            return  # deleted meanwhile (the endpoint) or purged (the event): nothing to send
+        def attempt(delivery: WebhookDelivery) -> Attempt | None:
+            endpoint = endpoints.get(delivery.__data__["endpoint"])
+            event = events.get(delivery.event_id)
+            if endpoint is None or event is None:
+                return None  # deleted meanwhile (the endpoint) or purged (the event)
+            return self.attempt(delivery, endpoint, event)
+
+        return work_leases.work_through(
+            due, claimed_at=claimed_at, lease=self.lease, attempt=attempt, record=self._record
+        )
+
+    def attempt(
+        self, delivery: WebhookDelivery, endpoint: WebhookEndpoint, event: OutboxEvent
+    ) -> Attempt:
+        """Sends one delivery; returns its outcome (not yet written)."""
         body = request_body(event)
         now = utcnow()
         headers = {
@@ -360,12 +376,27 @@ class WebhookSender:
         finished = utcnow()
         if error is None:
             self.metrics.lag.observe((finished - event.create_time).total_seconds())
-        if _record_attempt(delivery, endpoint, code, error, finished, self.retry_schedule):
-            self.metrics.parked.inc()
+        return Attempt(delivery, endpoint.id, code, error, finished)
+
+    def _record(self, outcomes: list[Attempt]) -> None:
+        if outcomes:
+            self.metrics.parked.inc(record_attempts(outcomes, self.retry_schedule))
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One delivery attempt's outcome: the answer's status code and the error, if any."""
+
+    delivery: WebhookDelivery
+    endpoint_id: str
+    code: int | None
+    error: str | None
+    time: dt.datetime
 
 
 def request_body(event: OutboxEvent) -> bytes:
-    """The JSON body: type, timestamp and data (the event's facts, its aggregate and sequence)."""
+    """The JSON body: type, timestamp and data (the event's facts - an order's with the order as
+    of the event, `data.order` - its aggregate and sequence)."""
     data = {
         **json.loads(event.payload),
         "event_id": event.id,
@@ -373,9 +404,8 @@ def request_body(event: OutboxEvent) -> bytes:
         "aggregate_id": event.aggregate_id,
         "sequence": int(event.sequence),
     }
-    timestamp = event.create_time.replace(tzinfo=dt.UTC).isoformat().replace("+00:00", "Z")
     return json.dumps(
-        {"type": event.type, "timestamp": timestamp, "data": data},
+        {"type": event.type, "timestamp": rfc3339(event.create_time), "data": data},
         sort_keys=True,
         separators=(",", ":"),
     ).encode()
@@ -394,42 +424,45 @@ def signatures(endpoint: WebhookEndpoint, event_id: str, now: dt.datetime, body:
     return " ".join(Webhook(secret).sign(event_id, now, body) for secret in secrets_in_use)
 
 
-def _record_attempt(
-    delivery: WebhookDelivery,
-    endpoint: WebhookEndpoint,
-    code: int | None,
-    error: str | None,
-    now: dt.datetime,
-    schedule: Sequence[float],
-) -> bool:
-    """Stores the attempt's outcome; returns whether the delivery was parked."""
-    attempts = int(delivery.attempts) + 1
+def record_attempts(outcomes: Sequence[Attempt], schedule: Sequence[float]) -> int:
+    """Stores the attempts' outcomes in one transaction; returns how many were parked."""
+    parked = 0
+    with database.atomic():
+        for outcome in outcomes:
+            changes = _attempt_changes(outcome, schedule)
+            WebhookDelivery.update(changes).where(
+                (WebhookDelivery.id == outcome.delivery.id) & (WebhookDelivery.state == PENDING)
+            ).execute()
+            parked += changes.get(WebhookDelivery.state) == PARKED
+            if outcome.code == 410:  # Gone: the receiver asks never to be called again
+                WebhookEndpoint.update(
+                    disabled_time=outcome.time, disabled_reason="the endpoint answered 410 Gone"
+                ).where(
+                    (WebhookEndpoint.id == outcome.endpoint_id)
+                    & WebhookEndpoint.disabled_time.is_null()
+                ).execute()
+    return parked
+
+
+def _attempt_changes(outcome: Attempt, schedule: Sequence[float]) -> dict[peewee.Field, object]:
+    attempts = int(outcome.delivery.attempts) + 1
+    error = outcome.error
     changes: dict[peewee.Field, object] = {
         WebhookDelivery.attempts: attempts,
-        WebhookDelivery.last_attempt_time: now,
-        WebhookDelivery.last_response_code: code,
+        WebhookDelivery.last_attempt_time: outcome.time,
+        WebhookDelivery.last_response_code: outcome.code,
         WebhookDelivery.last_error: error[:ERROR_MAX_LENGTH] if error else None,
     }
     if error is None:
         changes[WebhookDelivery.state] = SUCCEEDED
-        changes[WebhookDelivery.delivered_time] = now
+        changes[WebhookDelivery.delivered_time] = outcome.time
     elif attempts > len(schedule):
         changes[WebhookDelivery.state] = PARKED
     else:
-        changes[WebhookDelivery.next_attempt_time] = now + dt.timedelta(
+        changes[WebhookDelivery.next_attempt_time] = outcome.time + dt.timedelta(
             seconds=schedule[attempts - 1]
         )
-    with database.atomic():
-        WebhookDelivery.update(changes).where(
-            (WebhookDelivery.id == delivery.id) & (WebhookDelivery.state == PENDING)
-        ).execute()
-        if code == 410:  # Gone: the receiver asks never to be called again
-            WebhookEndpoint.update(
-                disabled_time=now, disabled_reason="the endpoint answered 410 Gone"
-            ).where(
-                (WebhookEndpoint.id == endpoint.id) & WebhookEndpoint.disabled_time.is_null()
-            ).execute()
-    return changes.get(WebhookDelivery.state) == PARKED
+    return changes
 
 
 def add_deliveries(events: Sequence[OutboxEvent], now: dt.datetime) -> int:

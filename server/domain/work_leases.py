@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import peewee
@@ -28,6 +29,10 @@ from server.domain import instances
 from server.models.work_lease import WorkLease
 
 M = TypeVar("M", bound=peewee.Model)
+T = TypeVar("T")
+Outcome = TypeVar("Outcome")
+# How often `work_through` writes the outcomes so far.
+RECORD_EVERY = dt.timedelta(seconds=1)
 # The kind of the leases on whole job passes.
 JOB_LEASE = "job"
 
@@ -64,6 +69,39 @@ def claim(
             for row in rows
             if _lease(kind, str(getattr(row, item_field.name)), owner, now + lease, now)
         ]
+
+
+def work_through(
+    claimed: Sequence[T],
+    *,
+    claimed_at: dt.datetime,
+    lease: dt.timedelta,
+    attempt: Callable[[T], Outcome | None],
+    record: Callable[[list[Outcome]], None],
+) -> int:
+    """Attempts each claimed unit in turn and records the outcomes together, a transaction per
+    `RECORD_EVERY` rather than one per unit (on SQLite each write waits its turn behind the
+    request writers, so a write per unit falls far behind under load); returns how many were
+    attempted. A crash before a write repeats the unwritten attempts (at least once). Stops at
+    half the lease: the rest stays this process's to claim again at once, not another's to
+    attempt as well meanwhile. `attempt` returns None for a unit with nothing to do.
+    """
+    outcomes: list[Outcome] = []
+    written = claimed_at
+    attempted = 0
+    for unit in claimed:
+        now = utcnow()
+        if now - claimed_at > lease / 2:
+            break
+        if now - written > RECORD_EVERY:
+            record(outcomes)
+            outcomes, written = [], now
+        attempted += 1
+        outcome = attempt(unit)
+        if outcome is not None:
+            outcomes.append(outcome)
+    record(outcomes)
+    return attempted
 
 
 def claim_pass(name: str, *, lease: dt.timedelta, now: dt.datetime | None = None) -> bool:

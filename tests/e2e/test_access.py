@@ -52,6 +52,7 @@ EXPECTED: dict[str, str | frozenset[Role]] = {
     "/storefront.v1.InventoryService/BatchGetStockLevels": PUBLIC,
     "/storefront.v1.InventoryService/AdjustStock": STAFF,
     "/storefront.v1.OrderService/WatchOrder": USERS,
+    "/storefront.v1.OrderService/WatchOrders": STAFF,
     "/storefront.v1.WebhookService/CreateWebhookEndpoint": ADMIN,
     "/storefront.v1.WebhookService/GetWebhookEndpoint": ADMIN,
     "/storefront.v1.WebhookService/ListWebhookEndpoints": ADMIN,

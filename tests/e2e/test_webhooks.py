@@ -396,6 +396,22 @@ def test_order_history_and_webhook_bodies_agree(hooks: Running, receiver: Webhoo
     assert [b["data"]["to_state"] for b in bodies] == ["PENDING_PAYMENT", "PAID", "SHIPPED"]
     assert [b["data"]["sequence"] for b in bodies] == [1, 2, 3]
     assert created.endpoint.id
+    # Each carries the order as of its event.
+    snapshots = [b["data"]["order"] for b in bodies]
+    assert [o["state"] for o in snapshots] == ["PENDING_PAYMENT", "PAID", "SHIPPED"]
+    assert [o["tracking_number"] for o in snapshots] == ["", "", "1"]
+    paid = order.total.amount_minor
+    assert [o["captured_minor"] for o in snapshots] == [0, paid, paid]
+    placed = snapshots[0]
+    assert (placed["id"], placed["currency"], placed["total_minor"]) == (
+        order.id,
+        order.total.currency_code,
+        order.total.amount_minor,
+    )
+    assert [(line["product_id"], line["quantity"]) for line in placed["lines"]] == [
+        (line.product_id, line.quantity) for line in order.lines
+    ]
+    assert placed["shipping_address"]["country_code"] == order.shipping_address.country_code
 
 
 def test_redelivering_an_unknown_event_is_not_found(

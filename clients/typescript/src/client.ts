@@ -21,9 +21,11 @@ import {
   type User,
 } from "../../../generated/typescript/storefront/v1/identity_service_pb.js";
 import { InventoryService } from "../../../generated/typescript/storefront/v1/inventory_service_pb.js";
+import type { OrderState } from "../../../generated/typescript/storefront/v1/order_pb.js";
 import {
   OrderService,
   type WatchOrderResponse,
+  type WatchOrdersResponse,
 } from "../../../generated/typescript/storefront/v1/order_service_pb.js";
 import { WebhookService } from "../../../generated/typescript/storefront/v1/webhook_service_pb.js";
 import { ShippingService } from "../../../generated/typescript/storefront/v1/shipping_service_pb.js";
@@ -165,36 +167,39 @@ export class StorefrontClient {
     orderId: string,
     options: { afterSequence?: bigint; retry?: RetryPolicy; streamMs?: number; signal?: AbortSignal } = {},
   ): AsyncGenerator<WatchOrderResponse> {
-    const policy = options.retry ?? WATCH_RETRY_POLICY;
     let last = options.afterSequence ?? 0n;
-    let failures = 0;
-    for (;;) {
-      try {
-        const stream = this.orders.watchOrder(
-          { orderId, afterSequence: last },
-          { timeoutMs: options.streamMs ?? WATCH_STREAM_MS, signal: options.signal },
-        );
-        for await (const update of stream) {
-          failures = 0;
-          last = update.sequence;
-          yield update;
-        }
-      } catch (error) {
-        const failure = ConnectError.from(error);
-        if (options.signal?.aborted) {
-          return;
-        }
-        if (failure.code === Code.DeadlineExceeded) {
-          continue; // the connection's time is up: renew it at once
-        }
-        if (failure.code !== Code.Unavailable && failure.code !== Code.Canceled) {
-          throw StorefrontError.of(failure);
-        }
-        failures += 1;
-        if (failures >= policy.maxAttempts) {
-          throw StorefrontError.of(failure);
-        }
-        await new Promise((resolve) => setTimeout(resolve, backoffMs(policy, failures, Math.random())));
+    const open = (timeoutMs: number) =>
+      this.orders.watchOrder({ orderId, afterSequence: last }, { timeoutMs, signal: options.signal });
+    for await (const update of resumed(open, options)) {
+      last = update.sequence;
+      yield update;
+    }
+  }
+
+  /**
+   * Yields every order's events that leave it in one of `states` (all when empty), shop-wide
+   * (staff only), for as long as the caller iterates; resumes after the last position seen like
+   * `watchOrder`. The first message of each stream, which only says where it starts, is skipped.
+   */
+  async *watchOrders(
+    options: {
+      states?: OrderState[];
+      afterPosition?: bigint;
+      retry?: RetryPolicy;
+      streamMs?: number;
+      signal?: AbortSignal;
+    } = {},
+  ): AsyncGenerator<WatchOrdersResponse> {
+    let last = options.afterPosition ?? 0n;
+    const open = (timeoutMs: number) =>
+      this.orders.watchOrders(
+        { states: options.states ?? [], afterPosition: last },
+        { timeoutMs, signal: options.signal },
+      );
+    for await (const message of resumed(open, options)) {
+      last = message.position;
+      if (message.update !== undefined) {
+        yield message;
       }
     }
   }
@@ -211,4 +216,41 @@ function required<T>(value: T | undefined, rpc: string): T {
     throw new Error(`${rpc} answered without the expected message`);
   }
   return value;
+}
+
+/**
+ * The messages of `open(timeoutMs)`, reopened (the caller's request picks up after the last
+ * message) when the stream ends for a reason worth retrying: UNAVAILABLE and CANCELLED with
+ * backoff, DEADLINE_EXCEEDED (the periodic renewal) at once; anything else is thrown.
+ */
+async function* resumed<T>(
+  open: (timeoutMs: number) => AsyncIterable<T>,
+  options: { retry?: RetryPolicy; streamMs?: number; signal?: AbortSignal },
+): AsyncGenerator<T> {
+  const policy = options.retry ?? WATCH_RETRY_POLICY;
+  let failures = 0;
+  for (;;) {
+    try {
+      for await (const message of open(options.streamMs ?? WATCH_STREAM_MS)) {
+        failures = 0;
+        yield message;
+      }
+    } catch (error) {
+      const failure = ConnectError.from(error);
+      if (options.signal?.aborted) {
+        return;
+      }
+      if (failure.code === Code.DeadlineExceeded) {
+        continue; // the connection's time is up: renew it at once
+      }
+      if (failure.code !== Code.Unavailable && failure.code !== Code.Canceled) {
+        throw StorefrontError.of(failure);
+      }
+      failures += 1;
+      if (failures >= policy.maxAttempts) {
+        throw StorefrontError.of(failure);
+      }
+      await new Promise((resolve) => setTimeout(resolve, backoffMs(policy, failures, Math.random())));
+    }
+  }
 }

@@ -191,7 +191,7 @@ describe("StorefrontClient against a live server", () => {
     }
   });
 
-  it("watches an order: the order as it is, then each event as it happens", async () => {
+  it("watches an order (and staff every order): the order as it is, then each event", async () => {
     const customer = new StorefrontClient(server.baseUrl);
     const admin = new StorefrontClient(server.baseUrl);
     const watching = new AbortController();
@@ -209,6 +209,17 @@ describe("StorefrontClient against a live server", () => {
         paymentMethodToken: "tok_visa",
       });
       const updates = customer.watchOrder(order!.id, { signal: watching.signal });
+      // Where the shop-wide stream stands now (its first message), so nothing after is missed.
+      const probe = new AbortController();
+      const opening = admin.orders.watchOrders({}, { signal: probe.signal })[Symbol.asyncIterator]();
+      const { position } = (await opening.next()).value!;
+      probe.abort();
+      const shopWide = admin.watchOrders({
+        states: [OrderState.SHIPPED],
+        afterPosition: position,
+        signal: watching.signal,
+      });
+      const shopShipped = shopWide.next(); // settles once an order ships
       const first = (await updates.next()).value!;
       assert.equal(first.sequence, 2n);
       assert.equal(first.state, OrderState.PAID);
@@ -223,8 +234,13 @@ describe("StorefrontClient against a live server", () => {
       assert.equal(shipped.sequence, 3n);
       assert.equal(shipped.eventType, "order.shipped");
       assert.equal(shipped.state, OrderState.SHIPPED);
+      const seen = (await shopShipped).value!;
+      assert.equal(seen.update?.orderId, order!.id);
+      assert.equal(seen.update?.sequence, 3n);
+      assert.equal(seen.update?.state, OrderState.SHIPPED);
       watching.abort();
       await updates.return(undefined);
+      await shopWide.return(undefined);
     } finally {
       customer.close();
       admin.close();
