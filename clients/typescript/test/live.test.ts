@@ -263,3 +263,59 @@ describe("StorefrontClient against a live server", () => {
     }
   });
 });
+
+describe("watchOrder across a server restart", () => {
+  let server: RunningServer;
+
+  before(async () => {
+    server = await startServer();
+  });
+
+  after(async () => {
+    await server?.stop();
+  });
+
+  it("resumes after the last sequence seen: no gap, no duplicate", async () => {
+    const customer = new StorefrontClient(server.baseUrl);
+    const admin = new StorefrontClient(server.baseUrl);
+    const watching = new AbortController();
+    try {
+      const email = `ts-${randomUUID()}@example.com`;
+      await customer.register(email, PASSWORD);
+      await customer.login(email, PASSWORD);
+      await admin.login(server.admin.email, server.admin.password);
+      const { products } = await customer.catalog.searchProducts({ query: "kettle", pageSize: 1 });
+      await customer.cart.addCartItem({ productId: products[0]!.id, quantity: 1n });
+      const { order } = await customer.checkout.placeOrder({
+        requestId: randomUUID(),
+        shippingAddress: ADDRESS,
+        currencyCode: products[0]!.price!.currencyCode,
+        paymentMethodToken: "tok_visa",
+      });
+      const updates = customer.watchOrder(order!.id, { signal: watching.signal });
+      assert.equal((await updates.next()).value!.sequence, 2n);
+
+      // The stream ends (UNAVAILABLE, SHUTTING_DOWN); the helper reconnects after sequence 2.
+      await server.restart();
+      await admin.orders.shipOrder({
+        orderId: order!.id,
+        requestId: randomUUID(),
+        carrier: "DHL",
+        trackingNumber: "T2",
+      });
+      const shipped = (await updates.next()).value!;
+      assert.equal(shipped.sequence, 3n);
+      assert.equal(shipped.eventType, "order.shipped");
+      assert.equal(shipped.order, undefined, "a resumed stream sends no snapshot");
+      const nothingMore = await Promise.race([
+        updates.next().then(() => "another update"),
+        new Promise((resolve) => setTimeout(() => resolve("quiet"), 500)),
+      ]);
+      assert.equal(nothingMore, "quiet");
+      watching.abort();
+    } finally {
+      customer.close();
+      admin.close();
+    }
+  });
+});

@@ -17,6 +17,8 @@ export interface RunningServer {
   readonly baseUrl: string;
   readonly dataDir: string;
   readonly admin: { readonly email: string; readonly password: string };
+  /** Stops the server as SIGTERM does (draining) and serves again on the same port and data. */
+  restart(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -38,17 +40,25 @@ export async function startServer(): Promise<RunningServer> {
       throw new Error(`storefront ${step} failed (${result.status}): ${result.stderr}`);
     }
   }
-  const server = spawn(command, ["serve"], { cwd: REPO_ROOT, env, stdio: ["ignore", "ignore", "pipe"] });
-  let stderr = "";
-  server.stderr?.on("data", (chunk: Buffer) => {
-    stderr += chunk.toString();
-  });
   const baseUrl = `http://127.0.0.1:${port}`;
-  await waitUntilServing(baseUrl, server, () => stderr);
+  const serve = async (): Promise<ChildProcess> => {
+    const child = spawn(command, ["serve"], { cwd: REPO_ROOT, env, stdio: ["ignore", "ignore", "pipe"] });
+    let stderr = "";
+    child.stderr?.on("data", (chunk: Buffer) => {
+      stderr += chunk.toString();
+    });
+    await waitUntilServing(baseUrl, child, () => stderr);
+    return child;
+  };
+  let server = await serve();
   return {
     baseUrl,
     dataDir,
     admin: readAdminCredentials(path.join(dataDir, "demo-admin-credentials.txt")),
+    async restart() {
+      await terminate(server);
+      server = await serve();
+    },
     async stop() {
       await terminate(server);
       rmSync(dataDir, { recursive: true, force: true });
