@@ -12,6 +12,8 @@ everything after the reconnect and by the streams' own slow poll.
 from __future__ import annotations
 
 import logging
+import os
+import select
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -38,7 +40,8 @@ class Listener:
     """A thread with a connection of its own that LISTENs and hands each topic to `on_topic`.
 
     The callback runs on the listener's thread and must be quick (it sets events); one that
-    raises is logged. A lost connection is reopened every `reconnect_seconds`.
+    raises is logged. A lost connection is reopened every `reconnect_seconds`. The thread waits
+    on the connection's socket and a pipe of its own, so `stop` ends it at once.
     """
 
     def __init__(
@@ -53,32 +56,42 @@ class Listener:
         self._reconnect_seconds = reconnect_seconds
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        # `stop` writes to it: the listening thread waits on it beside the connection's socket.
+        self._wake_read, self._wake_write = -1, -1
         # Set while a LISTEN is in place (tests wait for it).
         self.listening = threading.Event()
 
     def start(self) -> None:
         """Starts listening on a daemon thread."""
         if self._thread is None:
+            self._wake_read, self._wake_write = os.pipe()
             self._thread = threading.Thread(target=self._run, name="pg-listener", daemon=True)
             self._thread.start()
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Stops listening (within about a second) and waits up to `timeout` for the thread."""
+        """Stops listening and waits up to `timeout` for the thread."""
+        if self._stopping.is_set():
+            return
         self._stopping.set()
         if self._thread is not None:
+            os.write(self._wake_write, b"x")
             self._thread.join(timeout)
+            os.close(self._wake_write)
 
     def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self._listen()
-            except psycopg.Error as exc:
-                log.warning(
-                    "notification listener lost its connection; reconnecting",
-                    extra={"error": {"type": type(exc).__name__}},
-                )
-            self.listening.clear()
-            self._stopping.wait(self._reconnect_seconds)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    self._listen()
+                except psycopg.Error as exc:
+                    log.warning(
+                        "notification listener lost its connection; reconnecting",
+                        extra={"error": {"type": type(exc).__name__}},
+                    )
+                self.listening.clear()
+                self._stopping.wait(self._reconnect_seconds)
+        finally:
+            os.close(self._wake_read)
 
     def _listen(self) -> None:
         params = {"connect_timeout": 5, **self._db.connect_params}
@@ -87,8 +100,10 @@ class Listener:
             self.listening.set()
             _deliver(self._on_topic, EVERYTHING)
             while not self._stopping.is_set():
-                # The timeout bounds how long `stop` waits for this thread.
-                for notification in connection.notifies(timeout=1.0):
+                readable, _, _ = select.select([connection.fileno(), self._wake_read], [], [])
+                if self._wake_read in readable:
+                    return
+                for notification in connection.notifies(timeout=0):
                     _deliver(self._on_topic, notification.payload)
 
 

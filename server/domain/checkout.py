@@ -33,16 +33,16 @@ from server.domain import (
     inventory,
     order_payments,
     orders,
+    pricing,
     shipping,
     taxes,
 )
-from server.domain.money import INT64_MAX, Money
+from server.domain.money import Money
 from server.domain.orders import Address, State
 from server.domain.principal import Principal
-from server.errors import DomainError, FailedPrecondition, FieldViolation, InvalidArgument
+from server.errors import DomainError, FailedPrecondition
 from server.models.cart import CartLine
 from server.models.order import Order, OrderLine
-from server.models.product import Product
 from server.payments import (
     PaymentDeclined,
     PaymentGateway,
@@ -68,6 +68,17 @@ class PlaceOrder:
     address: Address
     currency_code: str
     payment_method_token: str
+    # The total the customer agreed to (from PreviewCheckout): any other total is refused
+    # (TOTAL_CHANGED) before anything is reserved or charged.
+    expected_total: Money | None = None
+
+
+@dataclass(frozen=True)
+class PreviewCheckout:
+    """A PreviewCheckout request: PlaceOrder's pricing inputs."""
+
+    address: Address
+    currency_code: str
 
 
 @dataclass(frozen=True)
@@ -85,28 +96,51 @@ class Checkout:
 # --- validation ---------------------------------------------------------------------------------
 
 
+def _normalized_address(a: Address) -> Address:
+    """The address with surrounding spaces removed and the country code upper-cased."""
+    return Address(
+        recipient_name=a.recipient_name.strip(),
+        line1=a.line1.strip(),
+        line2=a.line2.strip(),
+        city=a.city.strip(),
+        region=a.region.strip(),
+        postal_code=a.postal_code.strip(),
+        country_code=a.country_code.strip().upper(),
+    )
+
+
 def _normalized(request: PlaceOrder) -> PlaceOrder:
     """The request with surrounding spaces removed and codes upper-cased (not validated)."""
-    a = request.address
     return PlaceOrder(
         request_id=request.request_id.lower(),
-        address=Address(
-            recipient_name=a.recipient_name.strip(),
-            line1=a.line1.strip(),
-            line2=a.line2.strip(),
-            city=a.city.strip(),
-            region=a.region.strip(),
-            postal_code=a.postal_code.strip(),
-            country_code=a.country_code.strip().upper(),
-        ),
+        address=_normalized_address(request.address),
         currency_code=request.currency_code.strip().upper(),
         payment_method_token=request.payment_method_token,
+        expected_total=None
+        if request.expected_total is None
+        else Money(
+            request.expected_total.currency_code.strip().upper(),
+            request.expected_total.amount_minor,
+        ),
     )
 
 
 def check(v: Validator, request: PlaceOrder) -> None:
     """Adds every violation of a (normalised) PlaceOrder request, request_id aside."""
-    a = request.address
+    check_destination(v, request.address, request.currency_code)
+    expected = request.expected_total
+    if expected is not None:
+        v.check(
+            expected.currency_code == request.currency_code,
+            "expected_total.currency_code",
+            "must be currency_code",
+        )
+        v.check(expected.amount_minor >= 0, "expected_total.amount_minor", "must not be negative")
+    _check_token(v, request.payment_method_token)
+
+
+def check_destination(v: Validator, a: Address, currency_code: str) -> None:
+    """Adds the violations of a (normalised) shipping address and currency."""
     prefix = "shipping_address."
     v.text(prefix + "recipient_name", a.recipient_name, NAME_MAX_LENGTH, required=True)
     v.text(prefix + "line1", a.line1, LINE_MAX_LENGTH, required=True)
@@ -118,9 +152,11 @@ def check(v: Validator, request: PlaceOrder) -> None:
         v.add(prefix + "country_code", "is required")
     elif not countries.is_known(a.country_code):
         v.add(prefix + "country_code", "must be an ISO 3166-1 alpha-2 country code such as DE")
-    exchange_rates.check_code(v, "currency_code", request.currency_code)
-    exchange_rates.supported_rates(v, {"currency_code": request.currency_code})
-    token = request.payment_method_token
+    exchange_rates.check_code(v, "currency_code", currency_code)
+    exchange_rates.supported_rates(v, {"currency_code": currency_code})
+
+
+def _check_token(v: Validator, token: str) -> None:
     if not token:
         v.add("payment_method_token", "is required")
     elif looks_like_card_number(token):
@@ -154,10 +190,29 @@ def _fingerprint(request: PlaceOrder) -> bytes:
         request.currency_code,
         hashlib.sha256(request.payment_method_token.encode()).hexdigest(),
     ]
+    if request.expected_total is not None:
+        # Only when given: requests stored before the field existed keep their fingerprint.
+        expected = request.expected_total
+        parts.append(f"expected_total={expected.currency_code}:{expected.amount_minor}")
     return "\x00".join(parts).encode()
 
 
 # --- the flow -----------------------------------------------------------------------------------
+
+
+def preview(checkout: Checkout, customer: Principal, raw: PreviewCheckout) -> pricing.Priced:
+    """Prices the customer's cart exactly as PlaceOrder would now; changes nothing."""
+    request = PreviewCheckout(_normalized_address(raw.address), raw.currency_code.strip().upper())
+    v = Validator()
+    check_destination(v, request.address, request.currency_code)
+    v.raise_if_any()
+    return pricing.price_cart(
+        pricing.cart_lines(customer.subject),
+        currency=request.currency_code,
+        country=request.address.country_code,
+        shipping_rules=checkout.shipping_rules,
+        tax_rates=checkout.tax_rates,
+    )
 
 
 def place_order(checkout: Checkout, customer: Principal, raw: PlaceOrder) -> orders.OrderDetails:
@@ -265,25 +320,8 @@ def _pending_order(checkout: Checkout, owner: str, request: PlaceOrder, digest: 
         return _create_order(checkout, owner, request, digest)
 
 
-@dataclass(frozen=True)
-class _PricedLine:
-    cart_line_id: str
-    product: Product
-    quantity: int
-    unit_price_minor: int
-
-
 def _create_order(checkout: Checkout, owner: str, request: PlaceOrder, digest: str) -> Order:
-    rows = list(
-        CartLine.select(CartLine, Product)
-        .join(Product)
-        .where(CartLine.cart == owner)
-        .order_by(CartLine.create_time, CartLine.id)
-    )
-    if not rows:
-        raise FailedPrecondition(
-            "The cart is empty; add products before placing an order.", reason="CART_EMPTY"
-        )
+    rows = pricing.cart_lines(owner)
     # The cart stays as it is until a payment succeeds: checking the same cart out again (a
     # double submit with a new request_id) while its payment is pending could charge twice.
     in_cart = {row.product_id: int(row.quantity) for row in rows}
@@ -300,51 +338,27 @@ def _create_order(checkout: Checkout, owner: str, request: PlaceOrder, digest: s
             )
     currency = request.currency_code
     country = request.address.country_code
-    needed = {currency, checkout.shipping_rules.currency}
-    needed.update(row.product.price_currency for row in rows)
-    rates = exchange_rates.rates(needed)
-    unpriceable = sorted(code for code in needed if code not in rates)
-    if unpriceable:
-        # Only reachable if a product's currency has no exchange rate (its price is unusable).
+    price = pricing.price_cart(
+        rows,
+        currency=currency,
+        country=country,
+        shipping_rules=checkout.shipping_rules,
+        tax_rates=checkout.tax_rates,
+    )
+    expected = None if request.expected_total is None else request.expected_total.amount_minor
+    if expected is not None and expected != price.total_minor:
         raise FailedPrecondition(
-            "Some products are priced in currencies that cannot be converted: "
-            + ", ".join(unpriceable)
-            + ".",
-            reason="PRICE_NOT_CONVERTIBLE",
+            f"The total is now {price.total_minor}, not {expected} as expected (minor units of "
+            f"{currency}): nothing was charged; preview the checkout again.",
+            reason="TOTAL_CHANGED",
+            metadata={
+                "expected_total_minor": str(expected),
+                "total_minor": str(price.total_minor),
+            },
         )
-    try:
-        priced = [
-            _PricedLine(
-                row.id,
-                row.product,
-                int(row.quantity),
-                exchange_rates.convert_with(
-                    rates, Money(row.product.price_currency, int(row.product.price_minor)), currency
-                ).amount_minor,
-            )
-            for row in rows
-        ]
-        subtotal = sum(line.unit_price_minor * line.quantity for line in priced)
-        weight = sum(int(line.product.weight_grams) * line.quantity for line in priced)
-        quote = shipping.price(
-            checkout.shipping_rules,
-            country=country,
-            weight_grams=min(weight, shipping.MAX_WEIGHT_GRAMS),
-            subtotal=Money(currency, subtotal),
-            rates=rates,
-        )
-        shipping_minor = quote.cost.amount_minor
-        tax = checkout.tax_rates.tax_minor(
-            country, subtotal_minor=subtotal, shipping_minor=shipping_minor
-        )
-        total = subtotal + shipping_minor + tax
-        if total > INT64_MAX:
-            raise OverflowError
-    except OverflowError:
-        raise InvalidArgument(
-            "The order total is too large to express in this currency.",
-            violations=[FieldViolation("currency_code", "the order total does not fit in int64")],
-        ) from None
+    priced, quote = price.lines, price.shipping
+    subtotal, shipping_minor = price.subtotal_minor, price.shipping_minor
+    tax, total = price.tax_minor, price.total_minor
 
     order_id = _new_id()
     _reserve(order_id, priced, owner)
@@ -362,7 +376,7 @@ def _create_order(checkout: Checkout, owner: str, request: PlaceOrder, digest: s
         shipping_minor=shipping_minor,
         tax_minor=tax,
         total_minor=total,
-        tax_rate=format(checkout.tax_rates.rate_for(country).normalize(), "f"),
+        tax_rate=format(price.tax_rate.normalize(), "f"),
         shipping_quote_id=quote.quote_id,
         shipping_service_level=quote.service_level,
         ship_name=request.address.recipient_name,
@@ -387,7 +401,7 @@ def _create_order(checkout: Checkout, owner: str, request: PlaceOrder, digest: s
                 "name": line.product.name,
                 "quantity": line.quantity,
                 "unit_price_minor": line.unit_price_minor,
-                "line_total_minor": line.unit_price_minor * line.quantity,
+                "line_total_minor": line.total_minor,
                 "catalog_currency": line.product.price_currency,
                 "catalog_unit_price_minor": int(line.product.price_minor),
             }
@@ -406,7 +420,7 @@ def _create_order(checkout: Checkout, owner: str, request: PlaceOrder, digest: s
     return order
 
 
-def _reserve(order_id: str, priced: list[_PricedLine], owner: str) -> None:
+def _reserve(order_id: str, priced: list[pricing.PricedLine], owner: str) -> None:
     """Reserves every line or raises OUT_OF_STOCK naming the cart lines that fall short."""
     try:
         inventory.reserve(

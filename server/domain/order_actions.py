@@ -17,6 +17,7 @@ from server.db import database, utcnow
 from server.domain import idempotency, inventory, orders
 from server.domain.commands import RequestKey
 from server.domain.principal import Principal
+from server.errors import FailedPrecondition
 from server.models.order import Order
 from server.validation import Validator
 
@@ -137,8 +138,10 @@ def refund(
 ) -> str:
     """Owes part (or, with amount_minor None, all that is left) of the capture back.
 
-    The order becomes REFUNDED once everything captured is refunded, else PARTIALLY_REFUNDED.
-    Returns the refund's id; the provider is asked by payment_jobs.deliver_refunds.
+    The order becomes REFUNDED once everything captured is refunded, else PARTIALLY_REFUNDED; a
+    PAID order stays PAID (still to ship), and may not be refunded in full (CancelOrder does
+    that, and restocks). Returns the refund's id; the provider is asked by
+    payment_jobs.deliver_refunds.
     """
     now = utcnow()
     reason = reason.strip()
@@ -155,6 +158,12 @@ def refund(
         # amount is only below 1 when nothing is left to refund, e.g. an order whose total was 0.
         if amount > remaining or amount < 1:
             raise orders.exceeds_captured(remaining)
+        if amount == remaining and source is orders.State.PAID:
+            raise FailedPrecondition(
+                "Refunding all of an order that has not shipped is cancelling it: use "
+                "CancelOrder, which also returns its stock.",
+                reason="REFUND_ALL_UNSHIPPED",
+            )
         if amount == remaining:
             target = orders.State.REFUNDED
         orders.set_state(order, target, now)

@@ -60,7 +60,13 @@ class Action(enum.StrEnum):
 # payment_captured and payment_failed).
 TRANSITIONS: Mapping[State, Mapping[Action, State]] = {
     State.PENDING_PAYMENT: {},
-    State.PAID: {Action.CANCEL: State.CANCELLED, Action.SHIP: State.SHIPPED},
+    # A PAID order's refund is partial (an item it will not ship) and leaves it PAID: refunding
+    # all of an unshipped order is cancelling it (refund_order refuses that, REFUND_ALL_UNSHIPPED).
+    State.PAID: {
+        Action.CANCEL: State.CANCELLED,
+        Action.SHIP: State.SHIPPED,
+        Action.REFUND: State.PAID,
+    },
     State.SHIPPED: {Action.DELIVER: State.DELIVERED, Action.REFUND: State.PARTIALLY_REFUNDED},
     State.DELIVERED: {Action.REFUND: State.PARTIALLY_REFUNDED},
     State.PARTIALLY_REFUNDED: {Action.REFUND: State.PARTIALLY_REFUNDED},

@@ -153,10 +153,12 @@ def server_factory(e2e_database_url: tuple[Path, str]) -> Iterator[Callable[...,
     def start(**overrides: object) -> Running:
         settings = make_settings(tmp, str(overrides.pop("database_url", url)), **overrides)
         app = create_app(settings)
+        if not started:
+            # Before it starts: its background work (the dispatcher, woken as it starts
+            # listening) must not race the emptying.
+            empty_tables(app.db)
         started.append(app)
         app.start()
-        if len(started) == 1:
-            empty_tables(app.db)
         return Running(app, app.db, f"127.0.0.1:{app.port}", PasswordHasher(concurrency=4))
 
     yield start

@@ -74,6 +74,7 @@ EXPECTED: dict[str, str | frozenset[Role]] = {
     "/storefront.v1.CartService/RemoveCartItem": CUSTOMERS,
     "/storefront.v1.CartService/EmptyCart": CUSTOMERS,
     "/storefront.v1.CheckoutService/PlaceOrder": CUSTOMERS,
+    "/storefront.v1.CheckoutService/PreviewCheckout": CUSTOMERS,
     "/storefront.v1.OrderService/GetOrder": USERS,
     "/storefront.v1.OrderService/ListOrders": USERS,
     "/storefront.v1.OrderService/CancelOrder": USERS,

@@ -14,6 +14,8 @@ FINAL_STATES = {State.CANCELLED, State.REFUNDED, State.PAYMENT_FAILED}
 ALLOWED = {
     (State.PAID, Action.CANCEL): State.CANCELLED,
     (State.PAID, Action.SHIP): State.SHIPPED,
+    # A partial refund before shipping (refund_order refuses a full one: REFUND_ALL_UNSHIPPED).
+    (State.PAID, Action.REFUND): State.PAID,
     (State.SHIPPED, Action.DELIVER): State.DELIVERED,
     (State.SHIPPED, Action.REFUND): State.PARTIALLY_REFUNDED,
     (State.DELIVERED, Action.REFUND): State.PARTIALLY_REFUNDED,

@@ -3,8 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
+from storefront.v1 import common_pb2 as _common_pb2
 from storefront.v1 import order_pb2 as _order_pb2
 import builtins as _builtins
 import sys
@@ -27,6 +30,7 @@ class PlaceOrderRequest(_message.Message):
     SHIPPING_ADDRESS_FIELD_NUMBER: _builtins.int
     CURRENCY_CODE_FIELD_NUMBER: _builtins.int
     PAYMENT_METHOD_TOKEN_FIELD_NUMBER: _builtins.int
+    EXPECTED_TOTAL_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """A new UUID per order attempt, reused on retries."""
     currency_code: _builtins.str
@@ -42,6 +46,12 @@ class PlaceOrderRequest(_message.Message):
     def shipping_address(self) -> _order_pb2.Address:
         """Where to ship."""
 
+    @_builtins.property
+    def expected_total(self) -> _common_pb2.Money:
+        """The total the customer agreed to, in currency_code (PreviewCheckout's total); unset: no
+        check.
+        """
+
     def __init__(
         self,
         *,
@@ -49,14 +59,149 @@ class PlaceOrderRequest(_message.Message):
         shipping_address: _order_pb2.Address | None = ...,
         currency_code: _builtins.str = ...,
         payment_method_token: _builtins.str = ...,
+        expected_total: _common_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["shipping_address", b"shipping_address"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expected_total", b"expected_total", "shipping_address", b"shipping_address"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "payment_method_token", b"payment_method_token", "request_id", b"request_id", "shipping_address", b"shipping_address"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "expected_total", b"expected_total", "payment_method_token", b"payment_method_token", "request_id", b"request_id", "shipping_address", b"shipping_address"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PlaceOrderRequest: _TypeAlias = PlaceOrderRequest  # noqa: Y015
+
+@_typing.final
+class PreviewCheckoutRequest(_message.Message):
+    """PreviewCheckoutRequest is the input of PreviewCheckout: PlaceOrder's pricing inputs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHIPPING_ADDRESS_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    currency_code: _builtins.str
+    """The currency to price in, e.g. "EUR"."""
+    @_builtins.property
+    def shipping_address(self) -> _order_pb2.Address:
+        """Where to ship."""
+
+    def __init__(
+        self,
+        *,
+        shipping_address: _order_pb2.Address | None = ...,
+        currency_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["shipping_address", b"shipping_address"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "shipping_address", b"shipping_address"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewCheckoutRequest: _TypeAlias = PreviewCheckoutRequest  # noqa: Y015
+
+@_typing.final
+class PreviewCheckoutResponse(_message.Message):
+    """PreviewCheckoutResponse is the output of PreviewCheckout: what PlaceOrder would charge now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINES_FIELD_NUMBER: _builtins.int
+    SUBTOTAL_FIELD_NUMBER: _builtins.int
+    SHIPPING_FIELD_NUMBER: _builtins.int
+    SHIPPING_SERVICE_LEVEL_FIELD_NUMBER: _builtins.int
+    TAX_RATE_FIELD_NUMBER: _builtins.int
+    TAX_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    shipping_service_level: _builtins.str
+    """The shipping service level, e.g. "standard"."""
+    tax_rate: _builtins.str
+    """The destination's tax rate as a decimal fraction, e.g. "0.19"."""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___PreviewLine]:
+        """Every cart line, in cart order."""
+
+    @_builtins.property
+    def subtotal(self) -> _common_pb2.Money:
+        """The sum of the lines' totals."""
+
+    @_builtins.property
+    def shipping(self) -> _common_pb2.Money:
+        """Shipping for the cart's weight to the destination (0 when free)."""
+
+    @_builtins.property
+    def tax(self) -> _common_pb2.Money:
+        """Tax on subtotal plus shipping."""
+
+    @_builtins.property
+    def total(self) -> _common_pb2.Money:
+        """subtotal + shipping + tax: what PlaceOrder charges (pass it as expected_total)."""
+
+    def __init__(
+        self,
+        *,
+        lines: _abc.Iterable[Global___PreviewLine] | None = ...,
+        subtotal: _common_pb2.Money | None = ...,
+        shipping: _common_pb2.Money | None = ...,
+        shipping_service_level: _builtins.str = ...,
+        tax_rate: _builtins.str = ...,
+        tax: _common_pb2.Money | None = ...,
+        total: _common_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["shipping", b"shipping", "subtotal", b"subtotal", "tax", b"tax", "total", b"total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lines", b"lines", "shipping", b"shipping", "shipping_service_level", b"shipping_service_level", "subtotal", b"subtotal", "tax", b"tax", "tax_rate", b"tax_rate", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewCheckoutResponse: _TypeAlias = PreviewCheckoutResponse  # noqa: Y015
+
+@_typing.final
+class PreviewLine(_message.Message):
+    """PreviewLine is one cart line as PlaceOrder would price it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINE_ID_FIELD_NUMBER: _builtins.int
+    PRODUCT_ID_FIELD_NUMBER: _builtins.int
+    SKU_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    UNIT_PRICE_FIELD_NUMBER: _builtins.int
+    LINE_TOTAL_FIELD_NUMBER: _builtins.int
+    line_id: _builtins.str
+    """The cart line's id."""
+    product_id: _builtins.str
+    """The product's id."""
+    sku: _builtins.str
+    """The product's SKU."""
+    name: _builtins.str
+    """The product's name."""
+    quantity: _builtins.int
+    """Units."""
+    @_builtins.property
+    def unit_price(self) -> _common_pb2.Money:
+        """The unit price in the checkout currency (converted once, rounded half to even)."""
+
+    @_builtins.property
+    def line_total(self) -> _common_pb2.Money:
+        """unit_price times quantity."""
+
+    def __init__(
+        self,
+        *,
+        line_id: _builtins.str = ...,
+        product_id: _builtins.str = ...,
+        sku: _builtins.str = ...,
+        name: _builtins.str = ...,
+        quantity: _builtins.int = ...,
+        unit_price: _common_pb2.Money | None = ...,
+        line_total: _common_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["line_total", b"line_total", "unit_price", b"unit_price"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["line_id", b"line_id", "line_total", b"line_total", "name", b"name", "product_id", b"product_id", "quantity", b"quantity", "sku", b"sku", "unit_price", b"unit_price"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewLine: _TypeAlias = PreviewLine  # noqa: Y015
 
 @_typing.final
 class PlaceOrderResponse(_message.Message):

@@ -46,6 +46,11 @@ class CheckoutServiceStub:
                 request_serializer=storefront_dot_v1_dot_checkout__service__pb2.PlaceOrderRequest.SerializeToString,
                 response_deserializer=storefront_dot_v1_dot_checkout__service__pb2.PlaceOrderResponse.FromString,
                 _registered_method=True)
+        self.PreviewCheckout = channel.unary_unary(
+                '/storefront.v1.CheckoutService/PreviewCheckout',
+                request_serializer=storefront_dot_v1_dot_checkout__service__pb2.PreviewCheckoutRequest.SerializeToString,
+                response_deserializer=storefront_dot_v1_dot_checkout__service__pb2.PreviewCheckoutResponse.FromString,
+                _registered_method=True)
 
 
 class CheckoutServiceServicer:
@@ -97,6 +102,23 @@ class CheckoutServiceServicer:
         unsupported currency, an unknown country, a total too large for int64 in the currency
         (field currency_code), or a payment_method_token that is missing, malformed or looks like a
         card number (which is never echoed or stored).
+
+        With `expected_total` (PreviewCheckout's total), any other total is FAILED_PRECONDITION with
+        reason TOTAL_CHANGED (metadata `expected_total_minor`, `total_minor`): a price, rate or rule
+        changed since the preview; nothing is reserved or charged, and the cart stays as it is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PreviewCheckout(self, request, context):
+        """Prices the caller's cart exactly as PlaceOrder would now, without placing anything: every
+        line at its unit price in `currency_code`, the subtotal, shipping (free above the zone's
+        threshold) and tax (the destination's rate times subtotal plus shipping), and the total that
+        PlaceOrder would charge. The same function prices both, so pass `total` as PlaceOrder's
+        `expected_total` to be charged exactly this or nothing. Returns FAILED_PRECONDITION with
+        reason CART_EMPTY or PRICE_NOT_CONVERTIBLE, and INVALID_ARGUMENT for an address, country or
+        currency PlaceOrder would refuse, like PlaceOrder.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,6 +131,11 @@ def add_CheckoutServiceServicer_to_server(servicer, server):
                     servicer.PlaceOrder,
                     request_deserializer=storefront_dot_v1_dot_checkout__service__pb2.PlaceOrderRequest.FromString,
                     response_serializer=storefront_dot_v1_dot_checkout__service__pb2.PlaceOrderResponse.SerializeToString,
+            ),
+            'PreviewCheckout': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewCheckout,
+                    request_deserializer=storefront_dot_v1_dot_checkout__service__pb2.PreviewCheckoutRequest.FromString,
+                    response_serializer=storefront_dot_v1_dot_checkout__service__pb2.PreviewCheckoutResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -145,6 +172,33 @@ class CheckoutService:
             '/storefront.v1.CheckoutService/PlaceOrder',
             storefront_dot_v1_dot_checkout__service__pb2.PlaceOrderRequest.SerializeToString,
             storefront_dot_v1_dot_checkout__service__pb2.PlaceOrderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewCheckout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/storefront.v1.CheckoutService/PreviewCheckout',
+            storefront_dot_v1_dot_checkout__service__pb2.PreviewCheckoutRequest.SerializeToString,
+            storefront_dot_v1_dot_checkout__service__pb2.PreviewCheckoutResponse.FromString,
             options,
             channel_credentials,
             insecure,

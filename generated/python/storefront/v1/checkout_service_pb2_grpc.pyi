@@ -79,6 +79,19 @@ class CheckoutServiceStub:
     unsupported currency, an unknown country, a total too large for int64 in the currency
     (field currency_code), or a payment_method_token that is missing, malformed or looks like a
     card number (which is never echoed or stored).
+
+    With `expected_total` (PreviewCheckout's total), any other total is FAILED_PRECONDITION with
+    reason TOTAL_CHANGED (metadata `expected_total_minor`, `total_minor`): a price, rate or rule
+    changed since the preview; nothing is reserved or charged, and the cart stays as it is.
+    """
+    PreviewCheckout: _grpc.UnaryUnaryMultiCallable[_checkout_service_pb2.PreviewCheckoutRequest, _checkout_service_pb2.PreviewCheckoutResponse]
+    """Prices the caller's cart exactly as PlaceOrder would now, without placing anything: every
+    line at its unit price in `currency_code`, the subtotal, shipping (free above the zone's
+    threshold) and tax (the destination's rate times subtotal plus shipping), and the total that
+    PlaceOrder would charge. The same function prices both, so pass `total` as PlaceOrder's
+    `expected_total` to be charged exactly this or nothing. Returns FAILED_PRECONDITION with
+    reason CART_EMPTY or PRICE_NOT_CONVERTIBLE, and INVALID_ARGUMENT for an address, country or
+    currency PlaceOrder would refuse, like PlaceOrder.
     """
 
 @_typing.type_check_only
@@ -132,6 +145,19 @@ class CheckoutServiceAsyncStub(CheckoutServiceStub):
     unsupported currency, an unknown country, a total too large for int64 in the currency
     (field currency_code), or a payment_method_token that is missing, malformed or looks like a
     card number (which is never echoed or stored).
+
+    With `expected_total` (PreviewCheckout's total), any other total is FAILED_PRECONDITION with
+    reason TOTAL_CHANGED (metadata `expected_total_minor`, `total_minor`): a price, rate or rule
+    changed since the preview; nothing is reserved or charged, and the cart stays as it is.
+    """
+    PreviewCheckout: _aio.UnaryUnaryMultiCallable[_checkout_service_pb2.PreviewCheckoutRequest, _checkout_service_pb2.PreviewCheckoutResponse]  # type: ignore[assignment]
+    """Prices the caller's cart exactly as PlaceOrder would now, without placing anything: every
+    line at its unit price in `currency_code`, the subtotal, shipping (free above the zone's
+    threshold) and tax (the destination's rate times subtotal plus shipping), and the total that
+    PlaceOrder would charge. The same function prices both, so pass `total` as PlaceOrder's
+    `expected_total` to be charged exactly this or nothing. Returns FAILED_PRECONDITION with
+    reason CART_EMPTY or PRICE_NOT_CONVERTIBLE, and INVALID_ARGUMENT for an address, country or
+    currency PlaceOrder would refuse, like PlaceOrder.
     """
 
 class CheckoutServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -188,6 +214,25 @@ class CheckoutServiceServicer(metaclass=_abc_1.ABCMeta):
         unsupported currency, an unknown country, a total too large for int64 in the currency
         (field currency_code), or a payment_method_token that is missing, malformed or looks like a
         card number (which is never echoed or stored).
+
+        With `expected_total` (PreviewCheckout's total), any other total is FAILED_PRECONDITION with
+        reason TOTAL_CHANGED (metadata `expected_total_minor`, `total_minor`): a price, rate or rule
+        changed since the preview; nothing is reserved or charged, and the cart stays as it is.
+        """
+
+    @_abc_1.abstractmethod
+    def PreviewCheckout(
+        self,
+        request: _checkout_service_pb2.PreviewCheckoutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_checkout_service_pb2.PreviewCheckoutResponse, _abc.Awaitable[_checkout_service_pb2.PreviewCheckoutResponse]]:
+        """Prices the caller's cart exactly as PlaceOrder would now, without placing anything: every
+        line at its unit price in `currency_code`, the subtotal, shipping (free above the zone's
+        threshold) and tax (the destination's rate times subtotal plus shipping), and the total that
+        PlaceOrder would charge. The same function prices both, so pass `total` as PlaceOrder's
+        `expected_total` to be charged exactly this or nothing. Returns FAILED_PRECONDITION with
+        reason CART_EMPTY or PRICE_NOT_CONVERTIBLE, and INVALID_ARGUMENT for an address, country or
+        currency PlaceOrder would refuse, like PlaceOrder.
         """
 
 def add_CheckoutServiceServicer_to_server(servicer: CheckoutServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

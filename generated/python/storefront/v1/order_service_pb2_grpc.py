@@ -195,6 +195,9 @@ class OrderServiceServicer:
     def RefundOrder(self, request, context):
         """Refunds part or all of what a SHIPPED, DELIVERED or PARTIALLY_REFUNDED order captured; the
         order becomes REFUNDED when everything captured has been refunded, else PARTIALLY_REFUNDED.
+        A PAID order (not shipped yet) may be refunded in part (an item it will not ship, say) and
+        stays PAID, still to ship; refunding all of it is FAILED_PRECONDITION with reason
+        REFUND_ALL_UNSHIPPED (CancelOrder does that, and returns the stock).
         Stock is not touched (returned goods are put back with InventoryService.AdjustStock). The
         total refunded never exceeds what was captured, also under concurrent refunds. The refund is
         SUCCEEDED or, if the payment provider did not answer, PENDING and retried by storefront.

@@ -95,6 +95,9 @@ class OrderServiceStub:
     RefundOrder: _grpc.UnaryUnaryMultiCallable[_order_service_pb2.RefundOrderRequest, _order_service_pb2.RefundOrderResponse]
     """Refunds part or all of what a SHIPPED, DELIVERED or PARTIALLY_REFUNDED order captured; the
     order becomes REFUNDED when everything captured has been refunded, else PARTIALLY_REFUNDED.
+    A PAID order (not shipped yet) may be refunded in part (an item it will not ship, say) and
+    stays PAID, still to ship; refunding all of it is FAILED_PRECONDITION with reason
+    REFUND_ALL_UNSHIPPED (CancelOrder does that, and returns the stock).
     Stock is not touched (returned goods are put back with InventoryService.AdjustStock). The
     total refunded never exceeds what was captured, also under concurrent refunds. The refund is
     SUCCEEDED or, if the payment provider did not answer, PENDING and retried by storefront.
@@ -199,6 +202,9 @@ class OrderServiceAsyncStub(OrderServiceStub):
     RefundOrder: _aio.UnaryUnaryMultiCallable[_order_service_pb2.RefundOrderRequest, _order_service_pb2.RefundOrderResponse]  # type: ignore[assignment]
     """Refunds part or all of what a SHIPPED, DELIVERED or PARTIALLY_REFUNDED order captured; the
     order becomes REFUNDED when everything captured has been refunded, else PARTIALLY_REFUNDED.
+    A PAID order (not shipped yet) may be refunded in part (an item it will not ship, say) and
+    stays PAID, still to ship; refunding all of it is FAILED_PRECONDITION with reason
+    REFUND_ALL_UNSHIPPED (CancelOrder does that, and returns the stock).
     Stock is not touched (returned goods are put back with InventoryService.AdjustStock). The
     total refunded never exceeds what was captured, also under concurrent refunds. The refund is
     SUCCEEDED or, if the payment provider did not answer, PENDING and retried by storefront.
@@ -336,6 +342,9 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_order_service_pb2.RefundOrderResponse, _abc.Awaitable[_order_service_pb2.RefundOrderResponse]]:
         """Refunds part or all of what a SHIPPED, DELIVERED or PARTIALLY_REFUNDED order captured; the
         order becomes REFUNDED when everything captured has been refunded, else PARTIALLY_REFUNDED.
+        A PAID order (not shipped yet) may be refunded in part (an item it will not ship, say) and
+        stays PAID, still to ship; refunding all of it is FAILED_PRECONDITION with reason
+        REFUND_ALL_UNSHIPPED (CancelOrder does that, and returns the stock).
         Stock is not touched (returned goods are put back with InventoryService.AdjustStock). The
         total refunded never exceeds what was captured, also under concurrent refunds. The refund is
         SUCCEEDED or, if the payment provider did not answer, PENDING and retried by storefront.

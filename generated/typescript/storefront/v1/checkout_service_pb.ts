@@ -6,6 +6,8 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import { file_google_api_field_behavior } from "../../google/api/field_behavior_pb.js";
 import { file_storefront_v1_access } from "./access_pb.js";
+import type { Money } from "./common_pb.js";
+import { file_storefront_v1_common } from "./common_pb.js";
 import type { Address, Order } from "./order_pb.js";
 import { file_storefront_v1_order } from "./order_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -14,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file storefront/v1/checkout_service.proto.
  */
 export const file_storefront_v1_checkout_service: GenFile = /*@__PURE__*/
-  fileDesc("CiRzdG9yZWZyb250L3YxL2NoZWNrb3V0X3NlcnZpY2UucHJvdG8SDXN0b3JlZnJvbnQudjEipgEKEVBsYWNlT3JkZXJSZXF1ZXN0EhgKCnJlcXVlc3RfaWQYASABKAlCBOJBAQISNgoQc2hpcHBpbmdfYWRkcmVzcxgCIAEoCzIWLnN0b3JlZnJvbnQudjEuQWRkcmVzc0IE4kEBAhIbCg1jdXJyZW5jeV9jb2RlGAMgASgJQgTiQQECEiIKFHBheW1lbnRfbWV0aG9kX3Rva2VuGAQgASgJQgTiQQECIjkKElBsYWNlT3JkZXJSZXNwb25zZRIjCgVvcmRlchgBIAEoCzIULnN0b3JlZnJvbnQudjEuT3JkZXIybwoPQ2hlY2tvdXRTZXJ2aWNlElwKClBsYWNlT3JkZXISIC5zdG9yZWZyb250LnYxLlBsYWNlT3JkZXJSZXF1ZXN0GiEuc3RvcmVmcm9udC52MS5QbGFjZU9yZGVyUmVzcG9uc2UiCaK7GAUSAQEYAWIGcHJvdG8z", [file_google_api_field_behavior, file_storefront_v1_access, file_storefront_v1_order]);
+  fileDesc("CiRzdG9yZWZyb250L3YxL2NoZWNrb3V0X3NlcnZpY2UucHJvdG8SDXN0b3JlZnJvbnQudjEi1AEKEVBsYWNlT3JkZXJSZXF1ZXN0EhgKCnJlcXVlc3RfaWQYASABKAlCBOJBAQISNgoQc2hpcHBpbmdfYWRkcmVzcxgCIAEoCzIWLnN0b3JlZnJvbnQudjEuQWRkcmVzc0IE4kEBAhIbCg1jdXJyZW5jeV9jb2RlGAMgASgJQgTiQQECEiIKFHBheW1lbnRfbWV0aG9kX3Rva2VuGAQgASgJQgTiQQECEiwKDmV4cGVjdGVkX3RvdGFsGAUgASgLMhQuc3RvcmVmcm9udC52MS5Nb25leSJtChZQcmV2aWV3Q2hlY2tvdXRSZXF1ZXN0EjYKEHNoaXBwaW5nX2FkZHJlc3MYASABKAsyFi5zdG9yZWZyb250LnYxLkFkZHJlc3NCBOJBAQISGwoNY3VycmVuY3lfY29kZRgCIAEoCUIE4kEBAiKOAgoXUHJldmlld0NoZWNrb3V0UmVzcG9uc2USKQoFbGluZXMYASADKAsyGi5zdG9yZWZyb250LnYxLlByZXZpZXdMaW5lEiYKCHN1YnRvdGFsGAIgASgLMhQuc3RvcmVmcm9udC52MS5Nb25leRImCghzaGlwcGluZxgDIAEoCzIULnN0b3JlZnJvbnQudjEuTW9uZXkSHgoWc2hpcHBpbmdfc2VydmljZV9sZXZlbBgEIAEoCRIQCgh0YXhfcmF0ZRgFIAEoCRIhCgN0YXgYBiABKAsyFC5zdG9yZWZyb250LnYxLk1vbmV5EiMKBXRvdGFsGAcgASgLMhQuc3RvcmVmcm9udC52MS5Nb25leSKzAQoLUHJldmlld0xpbmUSDwoHbGluZV9pZBgBIAEoCRISCgpwcm9kdWN0X2lkGAIgASgJEgsKA3NrdRgDIAEoCRIMCgRuYW1lGAQgASgJEhAKCHF1YW50aXR5GAUgASgDEigKCnVuaXRfcHJpY2UYBiABKAsyFC5zdG9yZWZyb250LnYxLk1vbmV5EigKCmxpbmVfdG90YWwYByABKAsyFC5zdG9yZWZyb250LnYxLk1vbmV5IjkKElBsYWNlT3JkZXJSZXNwb25zZRIjCgVvcmRlchgBIAEoCzIULnN0b3JlZnJvbnQudjEuT3JkZXIy3AEKD0NoZWNrb3V0U2VydmljZRJcCgpQbGFjZU9yZGVyEiAuc3RvcmVmcm9udC52MS5QbGFjZU9yZGVyUmVxdWVzdBohLnN0b3JlZnJvbnQudjEuUGxhY2VPcmRlclJlc3BvbnNlIgmiuxgFEgEBGAESawoPUHJldmlld0NoZWNrb3V0EiUuc3RvcmVmcm9udC52MS5QcmV2aWV3Q2hlY2tvdXRSZXF1ZXN0GiYuc3RvcmVmcm9udC52MS5QcmV2aWV3Q2hlY2tvdXRSZXNwb25zZSIJorsYBRIBARgBYgZwcm90bzM", [file_google_api_field_behavior, file_storefront_v1_access, file_storefront_v1_common, file_storefront_v1_order]);
 
 /**
  * PlaceOrderRequest is the input of PlaceOrder.
@@ -53,6 +55,14 @@ export type PlaceOrderRequest = Message<"storefront.v1.PlaceOrderRequest"> & {
    * @generated from field: string payment_method_token = 4;
    */
   paymentMethodToken: string;
+
+  /**
+   * The total the customer agreed to, in currency_code (PreviewCheckout's total); unset: no
+   * check.
+   *
+   * @generated from field: storefront.v1.Money expected_total = 5;
+   */
+  expectedTotal?: Money | undefined;
 };
 
 /**
@@ -61,6 +71,160 @@ export type PlaceOrderRequest = Message<"storefront.v1.PlaceOrderRequest"> & {
  */
 export const PlaceOrderRequestSchema: GenMessage<PlaceOrderRequest> = /*@__PURE__*/
   messageDesc(file_storefront_v1_checkout_service, 0);
+
+/**
+ * PreviewCheckoutRequest is the input of PreviewCheckout: PlaceOrder's pricing inputs.
+ *
+ * @generated from message storefront.v1.PreviewCheckoutRequest
+ */
+export type PreviewCheckoutRequest = Message<"storefront.v1.PreviewCheckoutRequest"> & {
+  /**
+   * Where to ship.
+   *
+   * @generated from field: storefront.v1.Address shipping_address = 1;
+   */
+  shippingAddress?: Address | undefined;
+
+  /**
+   * The currency to price in, e.g. "EUR".
+   *
+   * @generated from field: string currency_code = 2;
+   */
+  currencyCode: string;
+};
+
+/**
+ * Describes the message storefront.v1.PreviewCheckoutRequest.
+ * Use `create(PreviewCheckoutRequestSchema)` to create a new message.
+ */
+export const PreviewCheckoutRequestSchema: GenMessage<PreviewCheckoutRequest> = /*@__PURE__*/
+  messageDesc(file_storefront_v1_checkout_service, 1);
+
+/**
+ * PreviewCheckoutResponse is the output of PreviewCheckout: what PlaceOrder would charge now.
+ *
+ * @generated from message storefront.v1.PreviewCheckoutResponse
+ */
+export type PreviewCheckoutResponse = Message<"storefront.v1.PreviewCheckoutResponse"> & {
+  /**
+   * Every cart line, in cart order.
+   *
+   * @generated from field: repeated storefront.v1.PreviewLine lines = 1;
+   */
+  lines: PreviewLine[];
+
+  /**
+   * The sum of the lines' totals.
+   *
+   * @generated from field: storefront.v1.Money subtotal = 2;
+   */
+  subtotal?: Money | undefined;
+
+  /**
+   * Shipping for the cart's weight to the destination (0 when free).
+   *
+   * @generated from field: storefront.v1.Money shipping = 3;
+   */
+  shipping?: Money | undefined;
+
+  /**
+   * The shipping service level, e.g. "standard".
+   *
+   * @generated from field: string shipping_service_level = 4;
+   */
+  shippingServiceLevel: string;
+
+  /**
+   * The destination's tax rate as a decimal fraction, e.g. "0.19".
+   *
+   * @generated from field: string tax_rate = 5;
+   */
+  taxRate: string;
+
+  /**
+   * Tax on subtotal plus shipping.
+   *
+   * @generated from field: storefront.v1.Money tax = 6;
+   */
+  tax?: Money | undefined;
+
+  /**
+   * subtotal + shipping + tax: what PlaceOrder charges (pass it as expected_total).
+   *
+   * @generated from field: storefront.v1.Money total = 7;
+   */
+  total?: Money | undefined;
+};
+
+/**
+ * Describes the message storefront.v1.PreviewCheckoutResponse.
+ * Use `create(PreviewCheckoutResponseSchema)` to create a new message.
+ */
+export const PreviewCheckoutResponseSchema: GenMessage<PreviewCheckoutResponse> = /*@__PURE__*/
+  messageDesc(file_storefront_v1_checkout_service, 2);
+
+/**
+ * PreviewLine is one cart line as PlaceOrder would price it.
+ *
+ * @generated from message storefront.v1.PreviewLine
+ */
+export type PreviewLine = Message<"storefront.v1.PreviewLine"> & {
+  /**
+   * The cart line's id.
+   *
+   * @generated from field: string line_id = 1;
+   */
+  lineId: string;
+
+  /**
+   * The product's id.
+   *
+   * @generated from field: string product_id = 2;
+   */
+  productId: string;
+
+  /**
+   * The product's SKU.
+   *
+   * @generated from field: string sku = 3;
+   */
+  sku: string;
+
+  /**
+   * The product's name.
+   *
+   * @generated from field: string name = 4;
+   */
+  name: string;
+
+  /**
+   * Units.
+   *
+   * @generated from field: int64 quantity = 5;
+   */
+  quantity: bigint;
+
+  /**
+   * The unit price in the checkout currency (converted once, rounded half to even).
+   *
+   * @generated from field: storefront.v1.Money unit_price = 6;
+   */
+  unitPrice?: Money | undefined;
+
+  /**
+   * unit_price times quantity.
+   *
+   * @generated from field: storefront.v1.Money line_total = 7;
+   */
+  lineTotal?: Money | undefined;
+};
+
+/**
+ * Describes the message storefront.v1.PreviewLine.
+ * Use `create(PreviewLineSchema)` to create a new message.
+ */
+export const PreviewLineSchema: GenMessage<PreviewLine> = /*@__PURE__*/
+  messageDesc(file_storefront_v1_checkout_service, 3);
 
 /**
  * PlaceOrderResponse is the output of PlaceOrder.
@@ -81,7 +245,7 @@ export type PlaceOrderResponse = Message<"storefront.v1.PlaceOrderResponse"> & {
  * Use `create(PlaceOrderResponseSchema)` to create a new message.
  */
 export const PlaceOrderResponseSchema: GenMessage<PlaceOrderResponse> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_checkout_service, 1);
+  messageDesc(file_storefront_v1_checkout_service, 4);
 
 /**
  * CheckoutService turns the caller's cart into an order.
@@ -135,12 +299,32 @@ export const CheckoutService: GenService<{
    * (field currency_code), or a payment_method_token that is missing, malformed or looks like a
    * card number (which is never echoed or stored).
    *
+   * With `expected_total` (PreviewCheckout's total), any other total is FAILED_PRECONDITION with
+   * reason TOTAL_CHANGED (metadata `expected_total_minor`, `total_minor`): a price, rate or rule
+   * changed since the preview; nothing is reserved or charged, and the cart stays as it is.
+   *
    * @generated from rpc storefront.v1.CheckoutService.PlaceOrder
    */
   placeOrder: {
     methodKind: "unary";
     input: typeof PlaceOrderRequestSchema;
     output: typeof PlaceOrderResponseSchema;
+  },
+  /**
+   * Prices the caller's cart exactly as PlaceOrder would now, without placing anything: every
+   * line at its unit price in `currency_code`, the subtotal, shipping (free above the zone's
+   * threshold) and tax (the destination's rate times subtotal plus shipping), and the total that
+   * PlaceOrder would charge. The same function prices both, so pass `total` as PlaceOrder's
+   * `expected_total` to be charged exactly this or nothing. Returns FAILED_PRECONDITION with
+   * reason CART_EMPTY or PRICE_NOT_CONVERTIBLE, and INVALID_ARGUMENT for an address, country or
+   * currency PlaceOrder would refuse, like PlaceOrder.
+   *
+   * @generated from rpc storefront.v1.CheckoutService.PreviewCheckout
+   */
+  previewCheckout: {
+    methodKind: "unary";
+    input: typeof PreviewCheckoutRequestSchema;
+    output: typeof PreviewCheckoutResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_storefront_v1_checkout_service, 0);
