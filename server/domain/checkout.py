@@ -34,6 +34,7 @@ from server.domain import (
     order_payments,
     orders,
     pricing,
+    promotions,
     shipping,
     taxes,
 )
@@ -58,6 +59,7 @@ LINE_MAX_LENGTH = 200
 CITY_MAX_LENGTH = 100
 REGION_MAX_LENGTH = 100
 POSTAL_CODE_MAX_LENGTH = 20
+DISCOUNT_CODE_MAX_LENGTH = 32
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,8 @@ class PlaceOrder:
     # The total the customer agreed to (from PreviewCheckout): any other total is refused
     # (TOTAL_CHANGED) before anything is reserved or charged.
     expected_total: Money | None = None
+    # A promotion's code; "" for none.
+    discount_code: str = ""
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class PreviewCheckout:
 
     address: Address
     currency_code: str
+    discount_code: str = ""
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,7 @@ def _normalized(request: PlaceOrder) -> PlaceOrder:
             request.expected_total.currency_code.strip().upper(),
             request.expected_total.amount_minor,
         ),
+        discount_code=request.discount_code.strip(),
     )
 
 
@@ -136,7 +142,12 @@ def check(v: Validator, request: PlaceOrder) -> None:
             "must be currency_code",
         )
         v.check(expected.amount_minor >= 0, "expected_total.amount_minor", "must not be negative")
+    _check_discount_code(v, request.discount_code)
     _check_token(v, request.payment_method_token)
+
+
+def _check_discount_code(v: Validator, code: str) -> None:
+    v.text("discount_code", code, DISCOUNT_CODE_MAX_LENGTH, required=False)
 
 
 def check_destination(v: Validator, a: Address, currency_code: str) -> None:
@@ -194,6 +205,8 @@ def _fingerprint(request: PlaceOrder) -> bytes:
         # Only when given: requests stored before the field existed keep their fingerprint.
         expected = request.expected_total
         parts.append(f"expected_total={expected.currency_code}:{expected.amount_minor}")
+    if request.discount_code:
+        parts.append(f"discount_code={promotions.normalized_code(request.discount_code)}")
     return "\x00".join(parts).encode()
 
 
@@ -202,16 +215,31 @@ def _fingerprint(request: PlaceOrder) -> bytes:
 
 def preview(checkout: Checkout, customer: Principal, raw: PreviewCheckout) -> pricing.Priced:
     """Prices the customer's cart exactly as PlaceOrder would now; changes nothing."""
-    request = PreviewCheckout(_normalized_address(raw.address), raw.currency_code.strip().upper())
+    request = PreviewCheckout(
+        _normalized_address(raw.address),
+        raw.currency_code.strip().upper(),
+        raw.discount_code.strip(),
+    )
     v = Validator()
     check_destination(v, request.address, request.currency_code)
+    _check_discount_code(v, request.discount_code)
     v.raise_if_any()
+    rows = pricing.cart_lines(customer.subject)
+    offer = None
+    if request.discount_code:
+        offer = promotions.offer(
+            request.discount_code,
+            customer=customer.subject,
+            currency=request.currency_code,
+            now=utcnow(),
+        )
     return pricing.price_cart(
-        pricing.cart_lines(customer.subject),
+        rows,
         currency=request.currency_code,
         country=request.address.country_code,
         shipping_rules=checkout.shipping_rules,
         tax_rates=checkout.tax_rates,
+        offer=offer,
     )
 
 
@@ -338,12 +366,21 @@ def _create_order(checkout: Checkout, owner: str, request: PlaceOrder, digest: s
             )
     currency = request.currency_code
     country = request.address.country_code
+    offer = None
+    if request.discount_code:
+        # Checkouts redeeming the code take turns from here to their commit: uses are counted
+        # and taken in one step.
+        promotions.lock(request.discount_code)
+        offer = promotions.offer(
+            request.discount_code, customer=owner, currency=currency, now=utcnow()
+        )
     price = pricing.price_cart(
         rows,
         currency=currency,
         country=country,
         shipping_rules=checkout.shipping_rules,
         tax_rates=checkout.tax_rates,
+        offer=offer,
     )
     expected = None if request.expected_total is None else request.expected_total.amount_minor
     if expected is not None and expected != price.total_minor:
@@ -376,6 +413,8 @@ def _create_order(checkout: Checkout, owner: str, request: PlaceOrder, digest: s
         shipping_minor=shipping_minor,
         tax_minor=tax,
         total_minor=total,
+        discount_minor=price.discount_minor,
+        discount_code=price.discount_code,
         tax_rate=format(price.tax_rate.normalize(), "f"),
         shipping_quote_id=quote.quote_id,
         shipping_service_level=quote.service_level,
@@ -402,12 +441,21 @@ def _create_order(checkout: Checkout, owner: str, request: PlaceOrder, digest: s
                 "quantity": line.quantity,
                 "unit_price_minor": line.unit_price_minor,
                 "line_total_minor": line.total_minor,
+                "discount_minor": line.discount_minor,
                 "catalog_currency": line.product.price_currency,
                 "catalog_unit_price_minor": int(line.product.price_minor),
             }
             for position, line in enumerate(priced)
         ]
     ).execute()
+    if offer is not None:
+        promotions.redeem(
+            offer,
+            customer=owner,
+            order_id=order.id,
+            discount=Money(currency, price.discount_minor),
+            now=now,
+        )
     orders.record_event(
         order,
         "ORDER_PLACED",

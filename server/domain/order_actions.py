@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.db import database, utcnow
-from server.domain import idempotency, inventory, orders
+from server.domain import idempotency, inventory, orders, promotions
 from server.domain.commands import RequestKey
 from server.domain.principal import Principal
 from server.errors import FailedPrecondition
@@ -117,6 +117,7 @@ def cancel(actor: Principal, *, order_id: str, reason: str) -> str | None:
             actor=actor.subject,
             reason="order cancelled",
         )
+        promotions.release(order.id, now)
         remaining = int(order.captured_minor) - int(order.refunded_minor)
         if remaining <= 0:
             return None

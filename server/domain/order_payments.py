@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Sequence
 
 from server.db import database, lock_transaction_on, utcnow
-from server.domain import inventory, orders
+from server.domain import inventory, orders, promotions
 from server.models.cart import CartLine
 from server.models.order import Order
 from server.payments import Charge
@@ -125,6 +125,7 @@ def payment_failed(
             actor=actor,
             reason=f"payment failed: {failure_code}",
         )
+        promotions.release(current.id, now)
         orders.record_event(
             current,
             event_type,

@@ -319,6 +319,7 @@ def snapshot(order: Order) -> dict[str, Any]:
             OrderLine.quantity,
             OrderLine.unit_price_minor,
             OrderLine.line_total_minor,
+            OrderLine.discount_minor,
         )
         .where(OrderLine.order == order.id)
         .order_by(OrderLine.position)
@@ -332,6 +333,8 @@ def snapshot(order: Order) -> dict[str, Any]:
         "shipping_minor": int(order.shipping_minor),
         "tax_minor": int(order.tax_minor),
         "total_minor": int(order.total_minor),
+        "discount_minor": int(order.discount_minor),
+        "discount_code": order.discount_code,
         "captured_minor": int(order.captured_minor),
         "refunded_minor": int(order.refunded_minor),
         "shipping_address": {
@@ -354,6 +357,7 @@ def snapshot(order: Order) -> dict[str, Any]:
                 "quantity": int(line.quantity),
                 "unit_price_minor": int(line.unit_price_minor),
                 "line_total_minor": int(line.line_total_minor),
+                "discount_minor": int(line.discount_minor),
             }
             for line in lines
         ],

@@ -25,6 +25,10 @@ class Order(BaseModel):
     shipping_minor = peewee.BigIntegerField()
     tax_minor = peewee.BigIntegerField()
     total_minor = peewee.BigIntegerField()
+    # The promotion's discount (total = subtotal - discount + shipping + tax) and its code; 0
+    # and "" without one.
+    discount_minor = peewee.BigIntegerField(default=0)
+    discount_code = peewee.CharField(max_length=32, default="")
     captured_minor = peewee.BigIntegerField(default=0)
     refunded_minor = peewee.BigIntegerField(default=0)
     tax_rate = peewee.CharField(max_length=32)
@@ -69,6 +73,8 @@ class OrderLine(BaseModel):
     quantity = peewee.IntegerField()
     unit_price_minor = peewee.BigIntegerField()
     line_total_minor = peewee.BigIntegerField()
+    # This line's share of the order's discount (line_total_minor is before it).
+    discount_minor = peewee.BigIntegerField(default=0)
     catalog_currency = peewee.CharField(max_length=3)
     catalog_unit_price_minor = peewee.BigIntegerField()
     order_id: str  # the foreign key's raw value, set by peewee

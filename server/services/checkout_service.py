@@ -40,6 +40,7 @@ class CheckoutServicer(checkout_service_pb2_grpc.CheckoutServiceServicer):
                 expected_total=money_from_proto(request.expected_total)
                 if request.HasField("expected_total")
                 else None,
+                discount_code=request.discount_code,
             ),
         )
         return pb.PlaceOrderResponse(order=order_to_proto(placed))
@@ -53,6 +54,7 @@ class CheckoutServicer(checkout_service_pb2_grpc.CheckoutServiceServicer):
             checkout.PreviewCheckout(
                 address=address_from_proto(request.shipping_address),
                 currency_code=request.currency_code,
+                discount_code=request.discount_code,
             ),
         )
 
@@ -69,6 +71,7 @@ class CheckoutServicer(checkout_service_pb2_grpc.CheckoutServiceServicer):
                     quantity=line.quantity,
                     unit_price=money(line.unit_price_minor),
                     line_total=money(line.total_minor),
+                    discount=money(line.discount_minor),
                 )
                 for line in price.lines
             ],
@@ -78,4 +81,6 @@ class CheckoutServicer(checkout_service_pb2_grpc.CheckoutServiceServicer):
             tax_rate=rate_text(price.tax_rate),
             tax=money(price.tax_minor),
             total=money(price.total_minor),
+            discount=money(price.discount_minor),
+            discount_code=price.discount_code,
         )

@@ -56,6 +56,7 @@ def order_to_proto(found: OrderDetails) -> order_pb2.Order:
                 catalog_unit_price=money_to_proto(
                     Money(line.catalog_currency, int(line.catalog_unit_price_minor))
                 ),
+                discount=money(line.discount_minor),
             )
             for line in found.lines
         ],
@@ -65,6 +66,8 @@ def order_to_proto(found: OrderDetails) -> order_pb2.Order:
         total=money(order.total_minor),
         captured=money(order.captured_minor),
         refunded=money(order.refunded_minor),
+        discount=money(order.discount_minor),
+        discount_code=order.discount_code,
         tax_rate=order.tax_rate,
         shipping_quote_id=order.shipping_quote_id,
         shipping_service_level=order.shipping_service_level,

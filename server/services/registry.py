@@ -26,6 +26,8 @@ from storefront.v1 import (
     inventory_service_pb2_grpc,
     order_service_pb2,
     order_service_pb2_grpc,
+    promotion_service_pb2,
+    promotion_service_pb2_grpc,
     shipping_service_pb2,
     shipping_service_pb2_grpc,
     webhook_service_pb2,
@@ -43,6 +45,7 @@ from server.services.currency_service import CurrencyServicer
 from server.services.identity_service import IdentityServicer
 from server.services.inventory_service import InventoryServicer
 from server.services.order_service import OrderServicer
+from server.services.promotion_service import PromotionServicer
 from server.services.shipping_service import ShippingServicer
 from server.services.webhook_service import WebhookServicer
 
@@ -130,6 +133,12 @@ SERVICES: tuple[Service, ...] = (
         _described(webhook_service_pb2, "WebhookService"),
         lambda server, deps: webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server(
             WebhookServicer(deps.pages, deps.webhook_registration), server
+        ),
+    ),
+    Service(
+        _described(promotion_service_pb2, "PromotionService"),
+        lambda server, deps: promotion_service_pb2_grpc.add_PromotionServiceServicer_to_server(
+            PromotionServicer(deps.pages), server
         ),
     ),
 )

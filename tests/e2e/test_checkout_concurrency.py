@@ -19,6 +19,7 @@ from storefront.v1 import checkout_service_pb2 as pb
 from storefront.v1 import inventory_service_pb2 as inventory_pb
 from storefront.v1 import order_pb2
 from storefront.v1 import order_service_pb2 as order_pb
+from storefront.v1 import promotion_service_pb2 as promotion_pb
 from storefront_client import StorefrontClient, error_info
 
 from server.app import create_app
@@ -355,3 +356,45 @@ def test_concurrent_duplicates_of_one_request_make_one_order(crowd: Crowd) -> No
     assert stock(crowd.staff, second_product) == (7, 0, 7)
     assert stock(crowd.staff, product_id) == (8, 0, 8)
     assert len(crowd.charges()) == charges_before + 2
+
+
+def test_a_code_with_ten_uses_raced_by_a_hundred_customers_discounts_exactly_ten_orders(
+    crowd: Crowd,
+) -> None:
+    product_id = crowd.product(on_hand=1000)
+    code = f"RACE-{uuid.uuid4().hex[:8].upper()}"
+    promotion = crowd.staff.promotions.CreatePromotion(
+        promotion_pb.CreatePromotionRequest(
+            promotion=promotion_pb.Promotion(code=code, percent_basis_points=2000, max_uses=10)
+        )
+    ).promotion
+    racers = crowd.customers[:100]
+    for customer in racers:
+        fill_cart(customer, product_id, 1)
+
+    outcomes = in_parallel(
+        [partial(place, customer, order_request(discount_code=code)) for customer in racers],
+        threads=len(racers),
+    )
+
+    won = [order_id for status, order_id, _ in outcomes if status == "OK"]
+    refused = Counter((status, reason) for status, reason, _ in outcomes if status != "OK")
+    assert len(won) == 10
+    assert refused == {("FAILED_PRECONDITION", "PROMOTION_EXHAUSTED"): 90}
+    discounted = [
+        crowd.staff.orders.GetOrder(order_pb.GetOrderRequest(order_id=order_id)).order
+        for order_id in won
+    ]
+    assert all(
+        order.discount_code == code and order.discount.amount_minor == 200 for order in discounted
+    )
+    used = crowd.staff.promotions.GetPromotion(
+        promotion_pb.GetPromotionRequest(promotion_id=promotion.id)
+    ).promotion.use_count
+    assert used == 10
+    # Only the winners were charged, each the discounted total.
+    charged = {c.idempotency_key: c.amount_minor for c in crowd.charges()}
+    assert [charged[f"order:{order.id}"] for order in discounted] == [
+        order.total.amount_minor for order in discounted
+    ]
+    assert sum(1 for key in charged if key in {f"order:{o}" for o in won}) == 10

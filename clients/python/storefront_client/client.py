@@ -20,6 +20,7 @@ from storefront.v1 import (
     order_pb2,
     order_service_pb2,
     order_service_pb2_grpc,
+    promotion_service_pb2_grpc,
     shipping_service_pb2_grpc,
     webhook_service_pb2_grpc,
 )
@@ -83,6 +84,7 @@ class StorefrontClient:
     checkout = ServiceStub(checkout_service_pb2_grpc.CheckoutServiceStub)
     orders = ServiceStub(order_service_pb2_grpc.OrderServiceStub)
     webhooks = ServiceStub(webhook_service_pb2_grpc.WebhookServiceStub)
+    promotions = ServiceStub(promotion_service_pb2_grpc.PromotionServiceStub)
 
     def __init__(
         self,

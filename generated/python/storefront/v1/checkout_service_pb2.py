@@ -28,7 +28,7 @@ from storefront.v1 import common_pb2 as storefront_dot_v1_dot_common__pb2
 from storefront.v1 import order_pb2 as storefront_dot_v1_dot_order__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$storefront/v1/checkout_service.proto\x12\rstorefront.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1astorefront/v1/access.proto\x1a\x1astorefront/v1/common.proto\x1a\x19storefront/v1/order.proto\"\xd4\x01\n\x11PlaceOrderRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x36\n\x10shipping_address\x18\x02 \x01(\x0b\x32\x16.storefront.v1.AddressB\x04\xe2\x41\x01\x02\x12\x1b\n\rcurrency_code\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\"\n\x14payment_method_token\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12,\n\x0e\x65xpected_total\x18\x05 \x01(\x0b\x32\x14.storefront.v1.Money\"m\n\x16PreviewCheckoutRequest\x12\x36\n\x10shipping_address\x18\x01 \x01(\x0b\x32\x16.storefront.v1.AddressB\x04\xe2\x41\x01\x02\x12\x1b\n\rcurrency_code\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"\x8e\x02\n\x17PreviewCheckoutResponse\x12)\n\x05lines\x18\x01 \x03(\x0b\x32\x1a.storefront.v1.PreviewLine\x12&\n\x08subtotal\x18\x02 \x01(\x0b\x32\x14.storefront.v1.Money\x12&\n\x08shipping\x18\x03 \x01(\x0b\x32\x14.storefront.v1.Money\x12\x1e\n\x16shipping_service_level\x18\x04 \x01(\t\x12\x10\n\x08tax_rate\x18\x05 \x01(\t\x12!\n\x03tax\x18\x06 \x01(\x0b\x32\x14.storefront.v1.Money\x12#\n\x05total\x18\x07 \x01(\x0b\x32\x14.storefront.v1.Money\"\xb3\x01\n\x0bPreviewLine\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x0b\n\x03sku\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x10\n\x08quantity\x18\x05 \x01(\x03\x12(\n\nunit_price\x18\x06 \x01(\x0b\x32\x14.storefront.v1.Money\x12(\n\nline_total\x18\x07 \x01(\x0b\x32\x14.storefront.v1.Money\"9\n\x12PlaceOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order2\xdc\x01\n\x0f\x43heckoutService\x12\\\n\nPlaceOrder\x12 .storefront.v1.PlaceOrderRequest\x1a!.storefront.v1.PlaceOrderResponse\"\t\xa2\xbb\x18\x05\x12\x01\x01\x18\x01\x12k\n\x0fPreviewCheckout\x12%.storefront.v1.PreviewCheckoutRequest\x1a&.storefront.v1.PreviewCheckoutResponse\"\t\xa2\xbb\x18\x05\x12\x01\x01\x18\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$storefront/v1/checkout_service.proto\x12\rstorefront.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1astorefront/v1/access.proto\x1a\x1astorefront/v1/common.proto\x1a\x19storefront/v1/order.proto\"\xeb\x01\n\x11PlaceOrderRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x36\n\x10shipping_address\x18\x02 \x01(\x0b\x32\x16.storefront.v1.AddressB\x04\xe2\x41\x01\x02\x12\x1b\n\rcurrency_code\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\"\n\x14payment_method_token\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12,\n\x0e\x65xpected_total\x18\x05 \x01(\x0b\x32\x14.storefront.v1.Money\x12\x15\n\rdiscount_code\x18\x06 \x01(\t\"\x84\x01\n\x16PreviewCheckoutRequest\x12\x36\n\x10shipping_address\x18\x01 \x01(\x0b\x32\x16.storefront.v1.AddressB\x04\xe2\x41\x01\x02\x12\x1b\n\rcurrency_code\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\rdiscount_code\x18\x03 \x01(\t\"\xcd\x02\n\x17PreviewCheckoutResponse\x12)\n\x05lines\x18\x01 \x03(\x0b\x32\x1a.storefront.v1.PreviewLine\x12&\n\x08subtotal\x18\x02 \x01(\x0b\x32\x14.storefront.v1.Money\x12&\n\x08shipping\x18\x03 \x01(\x0b\x32\x14.storefront.v1.Money\x12\x1e\n\x16shipping_service_level\x18\x04 \x01(\t\x12\x10\n\x08tax_rate\x18\x05 \x01(\t\x12!\n\x03tax\x18\x06 \x01(\x0b\x32\x14.storefront.v1.Money\x12#\n\x05total\x18\x07 \x01(\x0b\x32\x14.storefront.v1.Money\x12&\n\x08\x64iscount\x18\x08 \x01(\x0b\x32\x14.storefront.v1.Money\x12\x15\n\rdiscount_code\x18\t \x01(\t\"\xdb\x01\n\x0bPreviewLine\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x0b\n\x03sku\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x10\n\x08quantity\x18\x05 \x01(\x03\x12(\n\nunit_price\x18\x06 \x01(\x0b\x32\x14.storefront.v1.Money\x12(\n\nline_total\x18\x07 \x01(\x0b\x32\x14.storefront.v1.Money\x12&\n\x08\x64iscount\x18\x08 \x01(\x0b\x32\x14.storefront.v1.Money\"9\n\x12PlaceOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.storefront.v1.Order2\xdc\x01\n\x0f\x43heckoutService\x12\\\n\nPlaceOrder\x12 .storefront.v1.PlaceOrderRequest\x1a!.storefront.v1.PlaceOrderResponse\"\t\xa2\xbb\x18\x05\x12\x01\x01\x18\x01\x12k\n\x0fPreviewCheckout\x12%.storefront.v1.PreviewCheckoutRequest\x1a&.storefront.v1.PreviewCheckoutResponse\"\t\xa2\xbb\x18\x05\x12\x01\x01\x18\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,15 +52,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKOUTSERVICE'].methods_by_name['PreviewCheckout']._loaded_options = None
   _globals['_CHECKOUTSERVICE'].methods_by_name['PreviewCheckout']._serialized_options = b'\242\273\030\005\022\001\001\030\001'
   _globals['_PLACEORDERREQUEST']._serialized_start=172
-  _globals['_PLACEORDERREQUEST']._serialized_end=384
-  _globals['_PREVIEWCHECKOUTREQUEST']._serialized_start=386
-  _globals['_PREVIEWCHECKOUTREQUEST']._serialized_end=495
-  _globals['_PREVIEWCHECKOUTRESPONSE']._serialized_start=498
-  _globals['_PREVIEWCHECKOUTRESPONSE']._serialized_end=768
-  _globals['_PREVIEWLINE']._serialized_start=771
-  _globals['_PREVIEWLINE']._serialized_end=950
-  _globals['_PLACEORDERRESPONSE']._serialized_start=952
-  _globals['_PLACEORDERRESPONSE']._serialized_end=1009
-  _globals['_CHECKOUTSERVICE']._serialized_start=1012
-  _globals['_CHECKOUTSERVICE']._serialized_end=1232
+  _globals['_PLACEORDERREQUEST']._serialized_end=407
+  _globals['_PREVIEWCHECKOUTREQUEST']._serialized_start=410
+  _globals['_PREVIEWCHECKOUTREQUEST']._serialized_end=542
+  _globals['_PREVIEWCHECKOUTRESPONSE']._serialized_start=545
+  _globals['_PREVIEWCHECKOUTRESPONSE']._serialized_end=878
+  _globals['_PREVIEWLINE']._serialized_start=881
+  _globals['_PREVIEWLINE']._serialized_end=1100
+  _globals['_PLACEORDERRESPONSE']._serialized_start=1102
+  _globals['_PLACEORDERRESPONSE']._serialized_end=1159
+  _globals['_CHECKOUTSERVICE']._serialized_start=1162
+  _globals['_CHECKOUTSERVICE']._serialized_end=1382
 # @@protoc_insertion_point(module_scope)

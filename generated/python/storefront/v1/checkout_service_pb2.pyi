@@ -31,6 +31,7 @@ class PlaceOrderRequest(_message.Message):
     CURRENCY_CODE_FIELD_NUMBER: _builtins.int
     PAYMENT_METHOD_TOKEN_FIELD_NUMBER: _builtins.int
     EXPECTED_TOTAL_FIELD_NUMBER: _builtins.int
+    DISCOUNT_CODE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """A new UUID per order attempt, reused on retries."""
     currency_code: _builtins.str
@@ -42,6 +43,8 @@ class PlaceOrderRequest(_message.Message):
     declined, tok_timeout and tok_timeout_declined lose the answer (PENDING_PAYMENT),
     tok_provider_down is UNAVAILABLE.
     """
+    discount_code: _builtins.str
+    """A promotion's code (case-insensitive); one per order. See PreviewCheckout for its refusals."""
     @_builtins.property
     def shipping_address(self) -> _order_pb2.Address:
         """Where to ship."""
@@ -60,10 +63,11 @@ class PlaceOrderRequest(_message.Message):
         currency_code: _builtins.str = ...,
         payment_method_token: _builtins.str = ...,
         expected_total: _common_pb2.Money | None = ...,
+        discount_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expected_total", b"expected_total", "shipping_address", b"shipping_address"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "expected_total", b"expected_total", "payment_method_token", b"payment_method_token", "request_id", b"request_id", "shipping_address", b"shipping_address"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "discount_code", b"discount_code", "expected_total", b"expected_total", "payment_method_token", b"payment_method_token", "request_id", b"request_id", "shipping_address", b"shipping_address"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -77,8 +81,11 @@ class PreviewCheckoutRequest(_message.Message):
 
     SHIPPING_ADDRESS_FIELD_NUMBER: _builtins.int
     CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    DISCOUNT_CODE_FIELD_NUMBER: _builtins.int
     currency_code: _builtins.str
     """The currency to price in, e.g. "EUR"."""
+    discount_code: _builtins.str
+    """A promotion's code (case-insensitive); one per order."""
     @_builtins.property
     def shipping_address(self) -> _order_pb2.Address:
         """Where to ship."""
@@ -88,10 +95,11 @@ class PreviewCheckoutRequest(_message.Message):
         *,
         shipping_address: _order_pb2.Address | None = ...,
         currency_code: _builtins.str = ...,
+        discount_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["shipping_address", b"shipping_address"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "shipping_address", b"shipping_address"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "discount_code", b"discount_code", "shipping_address", b"shipping_address"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -110,10 +118,14 @@ class PreviewCheckoutResponse(_message.Message):
     TAX_RATE_FIELD_NUMBER: _builtins.int
     TAX_FIELD_NUMBER: _builtins.int
     TOTAL_FIELD_NUMBER: _builtins.int
+    DISCOUNT_FIELD_NUMBER: _builtins.int
+    DISCOUNT_CODE_FIELD_NUMBER: _builtins.int
     shipping_service_level: _builtins.str
     """The shipping service level, e.g. "standard"."""
     tax_rate: _builtins.str
     """The destination's tax rate as a decimal fraction, e.g. "0.19"."""
+    discount_code: _builtins.str
+    """The discount code applied, upper-case; empty without one."""
     @_builtins.property
     def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___PreviewLine]:
         """Every cart line, in cart order."""
@@ -132,7 +144,11 @@ class PreviewCheckoutResponse(_message.Message):
 
     @_builtins.property
     def total(self) -> _common_pb2.Money:
-        """subtotal + shipping + tax: what PlaceOrder charges (pass it as expected_total)."""
+        """subtotal - discount + shipping + tax: what PlaceOrder charges (pass it as expected_total)."""
+
+    @_builtins.property
+    def discount(self) -> _common_pb2.Money:
+        """What the discount code takes off (zero without one): the sum of the lines' discounts."""
 
     def __init__(
         self,
@@ -144,10 +160,12 @@ class PreviewCheckoutResponse(_message.Message):
         tax_rate: _builtins.str = ...,
         tax: _common_pb2.Money | None = ...,
         total: _common_pb2.Money | None = ...,
+        discount: _common_pb2.Money | None = ...,
+        discount_code: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["shipping", b"shipping", "subtotal", b"subtotal", "tax", b"tax", "total", b"total"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["discount", b"discount", "shipping", b"shipping", "subtotal", b"subtotal", "tax", b"tax", "total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lines", b"lines", "shipping", b"shipping", "shipping_service_level", b"shipping_service_level", "subtotal", b"subtotal", "tax", b"tax", "tax_rate", b"tax_rate", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["discount", b"discount", "discount_code", b"discount_code", "lines", b"lines", "shipping", b"shipping", "shipping_service_level", b"shipping_service_level", "subtotal", b"subtotal", "tax", b"tax", "tax_rate", b"tax_rate", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -166,6 +184,7 @@ class PreviewLine(_message.Message):
     QUANTITY_FIELD_NUMBER: _builtins.int
     UNIT_PRICE_FIELD_NUMBER: _builtins.int
     LINE_TOTAL_FIELD_NUMBER: _builtins.int
+    DISCOUNT_FIELD_NUMBER: _builtins.int
     line_id: _builtins.str
     """The cart line's id."""
     product_id: _builtins.str
@@ -184,6 +203,10 @@ class PreviewLine(_message.Message):
     def line_total(self) -> _common_pb2.Money:
         """unit_price times quantity."""
 
+    @_builtins.property
+    def discount(self) -> _common_pb2.Money:
+        """This line's share of the discount."""
+
     def __init__(
         self,
         *,
@@ -194,10 +217,11 @@ class PreviewLine(_message.Message):
         quantity: _builtins.int = ...,
         unit_price: _common_pb2.Money | None = ...,
         line_total: _common_pb2.Money | None = ...,
+        discount: _common_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["line_total", b"line_total", "unit_price", b"unit_price"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["discount", b"discount", "line_total", b"line_total", "unit_price", b"unit_price"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["line_id", b"line_id", "line_total", b"line_total", "name", b"name", "product_id", b"product_id", "quantity", b"quantity", "sku", b"sku", "unit_price", b"unit_price"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["discount", b"discount", "line_id", b"line_id", "line_total", b"line_total", "name", b"name", "product_id", b"product_id", "quantity", b"quantity", "sku", b"sku", "unit_price", b"unit_price"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -86,12 +86,21 @@ class CheckoutServiceStub:
     """
     PreviewCheckout: _grpc.UnaryUnaryMultiCallable[_checkout_service_pb2.PreviewCheckoutRequest, _checkout_service_pb2.PreviewCheckoutResponse]
     """Prices the caller's cart exactly as PlaceOrder would now, without placing anything: every
-    line at its unit price in `currency_code`, the subtotal, shipping (free above the zone's
-    threshold) and tax (the destination's rate times subtotal plus shipping), and the total that
-    PlaceOrder would charge. The same function prices both, so pass `total` as PlaceOrder's
+    line at its unit price in `currency_code`, the subtotal, the discount of `discount_code`
+    (its percentage, rounded half to even, or its fixed amount, of the lines it covers, shared
+    among them in proportion to their totals), shipping for the discounted subtotal (free above
+    the zone's threshold), tax (the destination's rate times discounted subtotal plus shipping),
+    and the total that PlaceOrder would charge. The same function prices both, so pass `total` as PlaceOrder's
     `expected_total` to be charged exactly this or nothing. Returns FAILED_PRECONDITION with
     reason CART_EMPTY or PRICE_NOT_CONVERTIBLE, and INVALID_ARGUMENT for an address, country or
-    currency PlaceOrder would refuse, like PlaceOrder.
+    currency PlaceOrder would refuse, like PlaceOrder. A discount code that does not apply is
+    FAILED_PRECONDITION (metadata `field` = discount_code) with reason PROMOTION_UNKNOWN,
+    PROMOTION_NOT_STARTED, PROMOTION_ENDED (past its end, or archived), PROMOTION_EXHAUSTED
+    (all its uses taken), PROMOTION_CUSTOMER_LIMIT (this customer's uses taken),
+    PROMOTION_CURRENCY (no amount or minimum in this currency), PROMOTION_MINIMUM_NOT_MET
+    (metadata `minimum_subtotal_minor`) or PROMOTION_NOT_APPLICABLE (it covers no product in the
+    cart); PlaceOrder refuses the same way, with nothing reserved or charged. A use is taken when
+    PlaceOrder records the order, and given back when its payment fails or it is cancelled.
     """
 
 @_typing.type_check_only
@@ -152,12 +161,21 @@ class CheckoutServiceAsyncStub(CheckoutServiceStub):
     """
     PreviewCheckout: _aio.UnaryUnaryMultiCallable[_checkout_service_pb2.PreviewCheckoutRequest, _checkout_service_pb2.PreviewCheckoutResponse]  # type: ignore[assignment]
     """Prices the caller's cart exactly as PlaceOrder would now, without placing anything: every
-    line at its unit price in `currency_code`, the subtotal, shipping (free above the zone's
-    threshold) and tax (the destination's rate times subtotal plus shipping), and the total that
-    PlaceOrder would charge. The same function prices both, so pass `total` as PlaceOrder's
+    line at its unit price in `currency_code`, the subtotal, the discount of `discount_code`
+    (its percentage, rounded half to even, or its fixed amount, of the lines it covers, shared
+    among them in proportion to their totals), shipping for the discounted subtotal (free above
+    the zone's threshold), tax (the destination's rate times discounted subtotal plus shipping),
+    and the total that PlaceOrder would charge. The same function prices both, so pass `total` as PlaceOrder's
     `expected_total` to be charged exactly this or nothing. Returns FAILED_PRECONDITION with
     reason CART_EMPTY or PRICE_NOT_CONVERTIBLE, and INVALID_ARGUMENT for an address, country or
-    currency PlaceOrder would refuse, like PlaceOrder.
+    currency PlaceOrder would refuse, like PlaceOrder. A discount code that does not apply is
+    FAILED_PRECONDITION (metadata `field` = discount_code) with reason PROMOTION_UNKNOWN,
+    PROMOTION_NOT_STARTED, PROMOTION_ENDED (past its end, or archived), PROMOTION_EXHAUSTED
+    (all its uses taken), PROMOTION_CUSTOMER_LIMIT (this customer's uses taken),
+    PROMOTION_CURRENCY (no amount or minimum in this currency), PROMOTION_MINIMUM_NOT_MET
+    (metadata `minimum_subtotal_minor`) or PROMOTION_NOT_APPLICABLE (it covers no product in the
+    cart); PlaceOrder refuses the same way, with nothing reserved or charged. A use is taken when
+    PlaceOrder records the order, and given back when its payment fails or it is cancelled.
     """
 
 class CheckoutServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -227,12 +245,21 @@ class CheckoutServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_checkout_service_pb2.PreviewCheckoutResponse, _abc.Awaitable[_checkout_service_pb2.PreviewCheckoutResponse]]:
         """Prices the caller's cart exactly as PlaceOrder would now, without placing anything: every
-        line at its unit price in `currency_code`, the subtotal, shipping (free above the zone's
-        threshold) and tax (the destination's rate times subtotal plus shipping), and the total that
-        PlaceOrder would charge. The same function prices both, so pass `total` as PlaceOrder's
+        line at its unit price in `currency_code`, the subtotal, the discount of `discount_code`
+        (its percentage, rounded half to even, or its fixed amount, of the lines it covers, shared
+        among them in proportion to their totals), shipping for the discounted subtotal (free above
+        the zone's threshold), tax (the destination's rate times discounted subtotal plus shipping),
+        and the total that PlaceOrder would charge. The same function prices both, so pass `total` as PlaceOrder's
         `expected_total` to be charged exactly this or nothing. Returns FAILED_PRECONDITION with
         reason CART_EMPTY or PRICE_NOT_CONVERTIBLE, and INVALID_ARGUMENT for an address, country or
-        currency PlaceOrder would refuse, like PlaceOrder.
+        currency PlaceOrder would refuse, like PlaceOrder. A discount code that does not apply is
+        FAILED_PRECONDITION (metadata `field` = discount_code) with reason PROMOTION_UNKNOWN,
+        PROMOTION_NOT_STARTED, PROMOTION_ENDED (past its end, or archived), PROMOTION_EXHAUSTED
+        (all its uses taken), PROMOTION_CUSTOMER_LIMIT (this customer's uses taken),
+        PROMOTION_CURRENCY (no amount or minimum in this currency), PROMOTION_MINIMUM_NOT_MET
+        (metadata `minimum_subtotal_minor`) or PROMOTION_NOT_APPLICABLE (it covers no product in the
+        cart); PlaceOrder refuses the same way, with nothing reserved or charged. A use is taken when
+        PlaceOrder records the order, and given back when its payment fails or it is cancelled.
         """
 
 def add_CheckoutServiceServicer_to_server(servicer: CheckoutServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

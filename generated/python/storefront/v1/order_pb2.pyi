@@ -163,6 +163,7 @@ class OrderLine(_message.Message):
     UNIT_PRICE_FIELD_NUMBER: _builtins.int
     LINE_TOTAL_FIELD_NUMBER: _builtins.int
     CATALOG_UNIT_PRICE_FIELD_NUMBER: _builtins.int
+    DISCOUNT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-generated id of the line."""
     product_id: _builtins.str
@@ -185,6 +186,10 @@ class OrderLine(_message.Message):
     def catalog_unit_price(self) -> _common_pb2.Money:
         """The product's own price for one unit when the order was placed, before conversion."""
 
+    @_builtins.property
+    def discount(self) -> _common_pb2.Money:
+        """This line's share of the order's discount (line_total is before it)."""
+
     def __init__(
         self,
         *,
@@ -196,10 +201,11 @@ class OrderLine(_message.Message):
         unit_price: _common_pb2.Money | None = ...,
         line_total: _common_pb2.Money | None = ...,
         catalog_unit_price: _common_pb2.Money | None = ...,
+        discount: _common_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["catalog_unit_price", b"catalog_unit_price", "line_total", b"line_total", "unit_price", b"unit_price"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["catalog_unit_price", b"catalog_unit_price", "discount", b"discount", "line_total", b"line_total", "unit_price", b"unit_price"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_unit_price", b"catalog_unit_price", "id", b"id", "line_total", b"line_total", "name", b"name", "product_id", b"product_id", "quantity", b"quantity", "sku", b"sku", "unit_price", b"unit_price"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_unit_price", b"catalog_unit_price", "discount", b"discount", "id", b"id", "line_total", b"line_total", "name", b"name", "product_id", b"product_id", "quantity", b"quantity", "sku", b"sku", "unit_price", b"unit_price"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -277,6 +283,8 @@ class Order(_message.Message):
     SHIP_TIME_FIELD_NUMBER: _builtins.int
     DELIVER_TIME_FIELD_NUMBER: _builtins.int
     CANCEL_TIME_FIELD_NUMBER: _builtins.int
+    DISCOUNT_FIELD_NUMBER: _builtins.int
+    DISCOUNT_CODE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-generated id."""
     customer_id: _builtins.str
@@ -297,6 +305,8 @@ class Order(_message.Message):
     """For PAYMENT_FAILED: the provider's decline code (e.g. "card_declined"), or
     "payment_not_completed" when the provider never recorded a charge.
     """
+    discount_code: _builtins.str
+    """The discount code applied, upper-case; empty without one."""
     @_builtins.property
     def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___OrderLine]:
         """The products, in the order they were in the cart."""
@@ -311,11 +321,11 @@ class Order(_message.Message):
 
     @_builtins.property
     def tax(self) -> _common_pb2.Money:
-        """The tax: tax_rate times (subtotal + shipping), rounded half to even once."""
+        """The tax: tax_rate times (subtotal - discount + shipping), rounded half to even once."""
 
     @_builtins.property
     def total(self) -> _common_pb2.Money:
-        """subtotal + shipping + tax: what was charged."""
+        """subtotal - discount + shipping + tax: what was charged."""
 
     @_builtins.property
     def captured(self) -> _common_pb2.Money:
@@ -357,6 +367,10 @@ class Order(_message.Message):
     def cancel_time(self) -> _timestamp_pb2.Timestamp:
         """When the order was cancelled."""
 
+    @_builtins.property
+    def discount(self) -> _common_pb2.Money:
+        """What the discount code took off (zero without one): the sum of the lines' discounts."""
+
     def __init__(
         self,
         *,
@@ -384,10 +398,12 @@ class Order(_message.Message):
         ship_time: _timestamp_pb2.Timestamp | None = ...,
         deliver_time: _timestamp_pb2.Timestamp | None = ...,
         cancel_time: _timestamp_pb2.Timestamp | None = ...,
+        discount: _common_pb2.Money | None = ...,
+        discount_code: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_time", b"cancel_time", "captured", b"captured", "create_time", b"create_time", "deliver_time", b"deliver_time", "paid_time", b"paid_time", "refunded", b"refunded", "ship_time", b"ship_time", "shipping", b"shipping", "shipping_address", b"shipping_address", "subtotal", b"subtotal", "tax", b"tax", "total", b"total", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_time", b"cancel_time", "captured", b"captured", "create_time", b"create_time", "deliver_time", b"deliver_time", "discount", b"discount", "paid_time", b"paid_time", "refunded", b"refunded", "ship_time", b"ship_time", "shipping", b"shipping", "shipping_address", b"shipping_address", "subtotal", b"subtotal", "tax", b"tax", "total", b"total", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_time", b"cancel_time", "captured", b"captured", "carrier", b"carrier", "create_time", b"create_time", "customer_id", b"customer_id", "deliver_time", b"deliver_time", "id", b"id", "lines", b"lines", "paid_time", b"paid_time", "payment_failure_code", b"payment_failure_code", "refunded", b"refunded", "refunds", b"refunds", "ship_time", b"ship_time", "shipping", b"shipping", "shipping_address", b"shipping_address", "shipping_quote_id", b"shipping_quote_id", "shipping_service_level", b"shipping_service_level", "state", b"state", "subtotal", b"subtotal", "tax", b"tax", "tax_rate", b"tax_rate", "total", b"total", "tracking_number", b"tracking_number", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_time", b"cancel_time", "captured", b"captured", "carrier", b"carrier", "create_time", b"create_time", "customer_id", b"customer_id", "deliver_time", b"deliver_time", "discount", b"discount", "discount_code", b"discount_code", "id", b"id", "lines", b"lines", "paid_time", b"paid_time", "payment_failure_code", b"payment_failure_code", "refunded", b"refunded", "refunds", b"refunds", "ship_time", b"ship_time", "shipping", b"shipping", "shipping_address", b"shipping_address", "shipping_quote_id", b"shipping_quote_id", "shipping_service_level", b"shipping_service_level", "state", b"state", "subtotal", b"subtotal", "tax", b"tax", "tax_rate", b"tax_rate", "total", b"total", "tracking_number", b"tracking_number", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file storefront/v1/checkout_service.proto.
  */
 export const file_storefront_v1_checkout_service: GenFile = /*@__PURE__*/
-  fileDesc("CiRzdG9yZWZyb250L3YxL2NoZWNrb3V0X3NlcnZpY2UucHJvdG8SDXN0b3JlZnJvbnQudjEi1AEKEVBsYWNlT3JkZXJSZXF1ZXN0EhgKCnJlcXVlc3RfaWQYASABKAlCBOJBAQISNgoQc2hpcHBpbmdfYWRkcmVzcxgCIAEoCzIWLnN0b3JlZnJvbnQudjEuQWRkcmVzc0IE4kEBAhIbCg1jdXJyZW5jeV9jb2RlGAMgASgJQgTiQQECEiIKFHBheW1lbnRfbWV0aG9kX3Rva2VuGAQgASgJQgTiQQECEiwKDmV4cGVjdGVkX3RvdGFsGAUgASgLMhQuc3RvcmVmcm9udC52MS5Nb25leSJtChZQcmV2aWV3Q2hlY2tvdXRSZXF1ZXN0EjYKEHNoaXBwaW5nX2FkZHJlc3MYASABKAsyFi5zdG9yZWZyb250LnYxLkFkZHJlc3NCBOJBAQISGwoNY3VycmVuY3lfY29kZRgCIAEoCUIE4kEBAiKOAgoXUHJldmlld0NoZWNrb3V0UmVzcG9uc2USKQoFbGluZXMYASADKAsyGi5zdG9yZWZyb250LnYxLlByZXZpZXdMaW5lEiYKCHN1YnRvdGFsGAIgASgLMhQuc3RvcmVmcm9udC52MS5Nb25leRImCghzaGlwcGluZxgDIAEoCzIULnN0b3JlZnJvbnQudjEuTW9uZXkSHgoWc2hpcHBpbmdfc2VydmljZV9sZXZlbBgEIAEoCRIQCgh0YXhfcmF0ZRgFIAEoCRIhCgN0YXgYBiABKAsyFC5zdG9yZWZyb250LnYxLk1vbmV5EiMKBXRvdGFsGAcgASgLMhQuc3RvcmVmcm9udC52MS5Nb25leSKzAQoLUHJldmlld0xpbmUSDwoHbGluZV9pZBgBIAEoCRISCgpwcm9kdWN0X2lkGAIgASgJEgsKA3NrdRgDIAEoCRIMCgRuYW1lGAQgASgJEhAKCHF1YW50aXR5GAUgASgDEigKCnVuaXRfcHJpY2UYBiABKAsyFC5zdG9yZWZyb250LnYxLk1vbmV5EigKCmxpbmVfdG90YWwYByABKAsyFC5zdG9yZWZyb250LnYxLk1vbmV5IjkKElBsYWNlT3JkZXJSZXNwb25zZRIjCgVvcmRlchgBIAEoCzIULnN0b3JlZnJvbnQudjEuT3JkZXIy3AEKD0NoZWNrb3V0U2VydmljZRJcCgpQbGFjZU9yZGVyEiAuc3RvcmVmcm9udC52MS5QbGFjZU9yZGVyUmVxdWVzdBohLnN0b3JlZnJvbnQudjEuUGxhY2VPcmRlclJlc3BvbnNlIgmiuxgFEgEBGAESawoPUHJldmlld0NoZWNrb3V0EiUuc3RvcmVmcm9udC52MS5QcmV2aWV3Q2hlY2tvdXRSZXF1ZXN0GiYuc3RvcmVmcm9udC52MS5QcmV2aWV3Q2hlY2tvdXRSZXNwb25zZSIJorsYBRIBARgBYgZwcm90bzM", [file_google_api_field_behavior, file_storefront_v1_access, file_storefront_v1_common, file_storefront_v1_order]);
+  fileDesc("CiRzdG9yZWZyb250L3YxL2NoZWNrb3V0X3NlcnZpY2UucHJvdG8SDXN0b3JlZnJvbnQudjEi6wEKEVBsYWNlT3JkZXJSZXF1ZXN0EhgKCnJlcXVlc3RfaWQYASABKAlCBOJBAQISNgoQc2hpcHBpbmdfYWRkcmVzcxgCIAEoCzIWLnN0b3JlZnJvbnQudjEuQWRkcmVzc0IE4kEBAhIbCg1jdXJyZW5jeV9jb2RlGAMgASgJQgTiQQECEiIKFHBheW1lbnRfbWV0aG9kX3Rva2VuGAQgASgJQgTiQQECEiwKDmV4cGVjdGVkX3RvdGFsGAUgASgLMhQuc3RvcmVmcm9udC52MS5Nb25leRIVCg1kaXNjb3VudF9jb2RlGAYgASgJIoQBChZQcmV2aWV3Q2hlY2tvdXRSZXF1ZXN0EjYKEHNoaXBwaW5nX2FkZHJlc3MYASABKAsyFi5zdG9yZWZyb250LnYxLkFkZHJlc3NCBOJBAQISGwoNY3VycmVuY3lfY29kZRgCIAEoCUIE4kEBAhIVCg1kaXNjb3VudF9jb2RlGAMgASgJIs0CChdQcmV2aWV3Q2hlY2tvdXRSZXNwb25zZRIpCgVsaW5lcxgBIAMoCzIaLnN0b3JlZnJvbnQudjEuUHJldmlld0xpbmUSJgoIc3VidG90YWwYAiABKAsyFC5zdG9yZWZyb250LnYxLk1vbmV5EiYKCHNoaXBwaW5nGAMgASgLMhQuc3RvcmVmcm9udC52MS5Nb25leRIeChZzaGlwcGluZ19zZXJ2aWNlX2xldmVsGAQgASgJEhAKCHRheF9yYXRlGAUgASgJEiEKA3RheBgGIAEoCzIULnN0b3JlZnJvbnQudjEuTW9uZXkSIwoFdG90YWwYByABKAsyFC5zdG9yZWZyb250LnYxLk1vbmV5EiYKCGRpc2NvdW50GAggASgLMhQuc3RvcmVmcm9udC52MS5Nb25leRIVCg1kaXNjb3VudF9jb2RlGAkgASgJItsBCgtQcmV2aWV3TGluZRIPCgdsaW5lX2lkGAEgASgJEhIKCnByb2R1Y3RfaWQYAiABKAkSCwoDc2t1GAMgASgJEgwKBG5hbWUYBCABKAkSEAoIcXVhbnRpdHkYBSABKAMSKAoKdW5pdF9wcmljZRgGIAEoCzIULnN0b3JlZnJvbnQudjEuTW9uZXkSKAoKbGluZV90b3RhbBgHIAEoCzIULnN0b3JlZnJvbnQudjEuTW9uZXkSJgoIZGlzY291bnQYCCABKAsyFC5zdG9yZWZyb250LnYxLk1vbmV5IjkKElBsYWNlT3JkZXJSZXNwb25zZRIjCgVvcmRlchgBIAEoCzIULnN0b3JlZnJvbnQudjEuT3JkZXIy3AEKD0NoZWNrb3V0U2VydmljZRJcCgpQbGFjZU9yZGVyEiAuc3RvcmVmcm9udC52MS5QbGFjZU9yZGVyUmVxdWVzdBohLnN0b3JlZnJvbnQudjEuUGxhY2VPcmRlclJlc3BvbnNlIgmiuxgFEgEBGAESawoPUHJldmlld0NoZWNrb3V0EiUuc3RvcmVmcm9udC52MS5QcmV2aWV3Q2hlY2tvdXRSZXF1ZXN0GiYuc3RvcmVmcm9udC52MS5QcmV2aWV3Q2hlY2tvdXRSZXNwb25zZSIJorsYBRIBARgBYgZwcm90bzM", [file_google_api_field_behavior, file_storefront_v1_access, file_storefront_v1_common, file_storefront_v1_order]);
 
 /**
  * PlaceOrderRequest is the input of PlaceOrder.
@@ -63,6 +63,13 @@ export type PlaceOrderRequest = Message<"storefront.v1.PlaceOrderRequest"> & {
    * @generated from field: storefront.v1.Money expected_total = 5;
    */
   expectedTotal?: Money | undefined;
+
+  /**
+   * A promotion's code (case-insensitive); one per order. See PreviewCheckout for its refusals.
+   *
+   * @generated from field: string discount_code = 6;
+   */
+  discountCode: string;
 };
 
 /**
@@ -91,6 +98,13 @@ export type PreviewCheckoutRequest = Message<"storefront.v1.PreviewCheckoutReque
    * @generated from field: string currency_code = 2;
    */
   currencyCode: string;
+
+  /**
+   * A promotion's code (case-insensitive); one per order.
+   *
+   * @generated from field: string discount_code = 3;
+   */
+  discountCode: string;
 };
 
 /**
@@ -149,11 +163,25 @@ export type PreviewCheckoutResponse = Message<"storefront.v1.PreviewCheckoutResp
   tax?: Money | undefined;
 
   /**
-   * subtotal + shipping + tax: what PlaceOrder charges (pass it as expected_total).
+   * subtotal - discount + shipping + tax: what PlaceOrder charges (pass it as expected_total).
    *
    * @generated from field: storefront.v1.Money total = 7;
    */
   total?: Money | undefined;
+
+  /**
+   * What the discount code takes off (zero without one): the sum of the lines' discounts.
+   *
+   * @generated from field: storefront.v1.Money discount = 8;
+   */
+  discount?: Money | undefined;
+
+  /**
+   * The discount code applied, upper-case; empty without one.
+   *
+   * @generated from field: string discount_code = 9;
+   */
+  discountCode: string;
 };
 
 /**
@@ -217,6 +245,13 @@ export type PreviewLine = Message<"storefront.v1.PreviewLine"> & {
    * @generated from field: storefront.v1.Money line_total = 7;
    */
   lineTotal?: Money | undefined;
+
+  /**
+   * This line's share of the discount.
+   *
+   * @generated from field: storefront.v1.Money discount = 8;
+   */
+  discount?: Money | undefined;
 };
 
 /**
@@ -312,12 +347,21 @@ export const CheckoutService: GenService<{
   },
   /**
    * Prices the caller's cart exactly as PlaceOrder would now, without placing anything: every
-   * line at its unit price in `currency_code`, the subtotal, shipping (free above the zone's
-   * threshold) and tax (the destination's rate times subtotal plus shipping), and the total that
-   * PlaceOrder would charge. The same function prices both, so pass `total` as PlaceOrder's
+   * line at its unit price in `currency_code`, the subtotal, the discount of `discount_code`
+   * (its percentage, rounded half to even, or its fixed amount, of the lines it covers, shared
+   * among them in proportion to their totals), shipping for the discounted subtotal (free above
+   * the zone's threshold), tax (the destination's rate times discounted subtotal plus shipping),
+   * and the total that PlaceOrder would charge. The same function prices both, so pass `total` as PlaceOrder's
    * `expected_total` to be charged exactly this or nothing. Returns FAILED_PRECONDITION with
    * reason CART_EMPTY or PRICE_NOT_CONVERTIBLE, and INVALID_ARGUMENT for an address, country or
-   * currency PlaceOrder would refuse, like PlaceOrder.
+   * currency PlaceOrder would refuse, like PlaceOrder. A discount code that does not apply is
+   * FAILED_PRECONDITION (metadata `field` = discount_code) with reason PROMOTION_UNKNOWN,
+   * PROMOTION_NOT_STARTED, PROMOTION_ENDED (past its end, or archived), PROMOTION_EXHAUSTED
+   * (all its uses taken), PROMOTION_CUSTOMER_LIMIT (this customer's uses taken),
+   * PROMOTION_CURRENCY (no amount or minimum in this currency), PROMOTION_MINIMUM_NOT_MET
+   * (metadata `minimum_subtotal_minor`) or PROMOTION_NOT_APPLICABLE (it covers no product in the
+   * cart); PlaceOrder refuses the same way, with nothing reserved or charged. A use is taken when
+   * PlaceOrder records the order, and given back when its payment fails or it is cancelled.
    *
    * @generated from rpc storefront.v1.CheckoutService.PreviewCheckout
    */
