@@ -1,4 +1,5 @@
-"""The `storefront` command: serve, migrate, seed, reconcile, create-admin, import-products."""
+"""The `storefront` command: serve, migrate, seed, reconcile, create-admin, import-products,
+backup, restore."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import grpc
 import peewee
 
 from server import logs, migrations
-from server.cli import admin, import_products, serve
+from server.cli import admin, backup, import_products, serve
 from server.cli.admin import DEMO_CATALOG
 from server.config import ConfigError, Settings
 
@@ -44,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_commands(commands)
     admin.add_commands(commands)
     import_products.add_commands(commands)
+    backup.add_commands(commands)
     args = parser.parse_args(argv)
 
     if args.command == "import-products":
