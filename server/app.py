@@ -26,6 +26,7 @@ from server import migrations, notifications
 from server.config import ConfigError, Settings, payment_worst_case_seconds
 from server.db import init_database, utcnow
 from server.domain import (
+    account_recovery,
     checkout,
     dispatch,
     emails,
@@ -277,6 +278,7 @@ def outbox_dispatcher(
     policy: AddressPolicy,
     metrics: WebhookMetrics,
     on_fanned_out: Callable[[], None],
+    account_tokens: account_recovery.TokenKey,
 ) -> Job[int]:
     """The job that hands outbox events on to webhook endpoints and e-mail, in every worker."""
     timeout = settings.webhook_timeout_seconds
@@ -293,7 +295,11 @@ def outbox_dispatcher(
         None
         if mailer is None
         else emails.EmailSender(
-            mailer, settings.email_from, settings.delivery_retry_schedule, lease=lease
+            mailer,
+            settings.email_from,
+            settings.delivery_retry_schedule,
+            lease=lease,
+            expand=account_tokens.expand,
         )
     )
     dispatcher = dispatch.Dispatcher(sender, mail, on_fanned_out)
@@ -506,7 +512,11 @@ def create_app(settings: Settings) -> App:
         passwords=PasswordHasher(concurrency=settings.password_hash_concurrency),
         refresh_ttl=dt.timedelta(seconds=settings.refresh_token_ttl_seconds),
     )
-    pages = PageTokenSigner(load_page_token_secret(settings))
+    page_secret = load_page_token_secret(settings)
+    pages = PageTokenSigner(page_secret)
+    # Derived from the same deployment secret (every replica shares it): the dispatcher of any
+    # process writes in the tokens of account e-mails that another stored.
+    account_tokens = account_recovery.TokenKey(page_secret)
     shipping_rules = load_shipping_rules(settings, db)
     tax_rates = load_tax_rates(settings)
     payment_gateway = build_payment_gateway(settings)
@@ -539,6 +549,7 @@ def create_app(settings: Settings) -> App:
         webhook_policy,
         WebhookMetrics(metrics.registry),
         lambda: wakeups.wake(order_watch.ALL_ORDERS),
+        account_tokens,
     )
     consumers: dict[str, outbox.Consumer] = {
         "order-watchers": wakeups.on_committed,
@@ -563,6 +574,7 @@ def create_app(settings: Settings) -> App:
             checkout=checkout_config,
             webhook_registration=webhooks.Registration(webhook_policy),
             order_streams=order_streams,
+            account_tokens=account_tokens,
         ),
         access_rules=access_rules(registry.DESCRIPTORS),
         token_service=token_service,

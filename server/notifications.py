@@ -11,6 +11,7 @@ everything after the reconnect and by the streams' own slow poll.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -74,7 +75,8 @@ class Listener:
             return
         self._stopping.set()
         if self._thread is not None:
-            os.write(self._wake_write, b"x")
+            with contextlib.suppress(OSError):  # the thread is gone already
+                os.write(self._wake_write, b"x")
             self._thread.join(timeout)
             os.close(self._wake_write)
 
@@ -83,7 +85,8 @@ class Listener:
             while not self._stopping.is_set():
                 try:
                     self._listen()
-                except psycopg.Error as exc:
+                except (psycopg.Error, OSError, ValueError) as exc:
+                    # A lost connection: psycopg's error, or its socket closed under select().
                     log.warning(
                         "notification listener lost its connection; reconnecting",
                         extra={"error": {"type": type(exc).__name__}},

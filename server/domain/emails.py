@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage as MimeMessage
 from pathlib import Path
@@ -158,6 +158,31 @@ def add_messages(events: Sequence[OutboxEvent], now: dt.datetime) -> int:
     return len(rows)
 
 
+def store(
+    *,
+    message_key: str,
+    recipient: str,
+    subject: str,
+    template: str,
+    context: Mapping[str, object],
+    now: dt.datetime,
+) -> None:
+    """Renders an e-mail that no order event makes (an account's) and stores it for the
+    dispatcher, in the caller's transaction; `message_key` is unique and names its Message-ID."""
+    EmailMessage.insert(
+        id=str(uuid.uuid4()),
+        event_id=message_key,
+        recipient=recipient,
+        subject=subject,
+        text_body=_templates.get_template(f"{template}.txt").render(context),
+        html_body=_templates.get_template(f"{template}.html").render(context),
+        state=PENDING,
+        attempts=0,
+        next_attempt_time=now,
+        create_time=now,
+    ).execute()
+
+
 def message_id(event_id: str, sender: str) -> str:
     """The Message-ID of an event's e-mail: the event id at the sender's domain."""
     _, address = email.utils.parseaddr(sender)
@@ -165,16 +190,19 @@ def message_id(event_id: str, sender: str) -> str:
     return f"<{event_id}@{domain}>"
 
 
-def mime(row: EmailMessage, sender: str) -> MimeMessage:
-    """Builds the MIME message of a stored e-mail: text, with an HTML alternative."""
+def mime(
+    row: EmailMessage, sender: str, expand: Callable[[str], str] = lambda text: text
+) -> MimeMessage:
+    """Builds the MIME message of a stored e-mail: text, with an HTML alternative; `expand`
+    writes in what the stored bodies only mark (an account token)."""
     message = MimeMessage()
     message["From"] = sender
     message["To"] = row.recipient
     message["Subject"] = row.subject
     message["Message-ID"] = message_id(row.event_id, sender)
     message["Date"] = email.utils.format_datetime(row.create_time.replace(tzinfo=dt.UTC))
-    message.set_content(row.text_body)
-    message.add_alternative(row.html_body, subtype="html")
+    message.set_content(expand(row.text_body))
+    message.add_alternative(expand(row.html_body), subtype="html")
     return message
 
 
@@ -186,6 +214,8 @@ class EmailSender:
     sender: str
     retry_schedule: Sequence[float]
     lease: dt.timedelta
+    # Writes account tokens into the bodies that mark them (account_recovery.TokenKey.expand).
+    expand: Callable[[str], str] = lambda text: text
 
     def send_due(self) -> int:
         """Sends up to one batch of due messages, their outcomes written together
@@ -207,7 +237,7 @@ class EmailSender:
         error: str | None = None
         permanent = False
         try:
-            self.mailer.send(mime(row, self.sender))
+            self.mailer.send(mime(row, self.sender, self.expand))
         except PermanentFailure as exc:
             error, permanent = f"refused: {exc}", True
         except Exception as exc:  # any failure to hand it over is retried

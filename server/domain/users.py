@@ -204,6 +204,20 @@ def set_role(*, actor: Principal, user_id: str, role: Role | None) -> User:
         return get_or_raise(user_id)
 
 
+def enable(*, user_id: str) -> User:
+    """Lets a disabled user sign in again (their ended sessions stay ended)."""
+    _check_user_id(user_id)
+    with database.atomic():
+        user = get_or_raise(user_id)
+        if user.disabled:
+            (
+                User.update(disabled=False, version=User.version + 1, update_time=utcnow())
+                .where(User.id == user_id)
+                .execute()
+            )
+        return get_or_raise(user_id)
+
+
 def disable(*, actor: Principal, user_id: str) -> User:
     """Disables a user and ends all their sessions; administrators cannot disable themselves."""
     _check_user_id(user_id)

@@ -66,6 +66,9 @@ SIGN_IN_METHODS = frozenset(
         "/storefront.v1.IdentityService/RefreshSession",
         "/storefront.v1.IdentityService/IssueServiceToken",
         "/storefront.v1.IdentityService/ChangePassword",
+        "/storefront.v1.IdentityService/RequestPasswordReset",
+        "/storefront.v1.IdentityService/ResetPassword",
+        "/storefront.v1.IdentityService/VerifyEmail",
     }
 )
 CHECKOUT_SERVICE = "storefront.v1.CheckoutService"

@@ -6,7 +6,7 @@ import grpc
 from storefront.v1 import identity_service_pb2, identity_service_pb2_grpc
 
 from server import call_context
-from server.domain import service_accounts, sessions, users
+from server.domain import account_recovery, service_accounts, sessions, users
 from server.domain.page_tokens import PageTokenSigner
 from server.domain.principal import Role
 from server.domain.sessions import SessionPolicy, SessionTokens
@@ -63,9 +63,15 @@ def service_account_to_proto(account: ServiceAccount) -> identity_service_pb2.Se
 class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
     """Implements storefront.v1.IdentityService."""
 
-    def __init__(self, policy: SessionPolicy, pages: PageTokenSigner) -> None:
+    def __init__(
+        self,
+        policy: SessionPolicy,
+        pages: PageTokenSigner,
+        account_tokens: account_recovery.TokenKey,
+    ) -> None:
         self.policy = policy
         self.pages = pages
+        self.account_tokens = account_tokens
 
     def RegisterUser(
         self, request: pb.RegisterUserRequest, context: grpc.ServicerContext
@@ -151,6 +157,41 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
     ) -> pb.DisableUserResponse:
         user = users.disable(actor=call_context.principal(), user_id=request.user_id)
         return pb.DisableUserResponse(user=user_to_proto(user))
+
+    def EnableUser(
+        self, request: pb.EnableUserRequest, context: grpc.ServicerContext
+    ) -> pb.EnableUserResponse:
+        return pb.EnableUserResponse(user=user_to_proto(users.enable(user_id=request.user_id)))
+
+    def RequestPasswordReset(
+        self, request: pb.RequestPasswordResetRequest, context: grpc.ServicerContext
+    ) -> pb.RequestPasswordResetResponse:
+        account_recovery.request_password_reset(email=request.email, key=self.account_tokens)
+        return pb.RequestPasswordResetResponse()
+
+    def ResetPassword(
+        self, request: pb.ResetPasswordRequest, context: grpc.ServicerContext
+    ) -> pb.ResetPasswordResponse:
+        account_recovery.reset_password(
+            token=request.token,
+            new_password=request.new_password,
+            passwords=self.policy.passwords,
+        )
+        return pb.ResetPasswordResponse()
+
+    def SendVerificationEmail(
+        self, request: pb.SendVerificationEmailRequest, context: grpc.ServicerContext
+    ) -> pb.SendVerificationEmailResponse:
+        account_recovery.send_verification_email(
+            principal=call_context.principal(), key=self.account_tokens
+        )
+        return pb.SendVerificationEmailResponse()
+
+    def VerifyEmail(
+        self, request: pb.VerifyEmailRequest, context: grpc.ServicerContext
+    ) -> pb.VerifyEmailResponse:
+        user = account_recovery.verify_email(token=request.token)
+        return pb.VerifyEmailResponse(user=user_to_proto(user))
 
     def ClearSignInThrottle(
         self, request: pb.ClearSignInThrottleRequest, context: grpc.ServicerContext

@@ -34,7 +34,7 @@ from storefront.v1 import (
     webhook_service_pb2_grpc,
 )
 
-from server.domain import checkout, order_watch, shipping, webhooks
+from server.domain import account_recovery, checkout, order_watch, shipping, webhooks
 from server.domain.page_tokens import PageTokenSigner
 from server.domain.product_cache import ProductCache
 from server.domain.sessions import SessionPolicy
@@ -61,6 +61,7 @@ class Dependencies:
     checkout: checkout.Checkout
     webhook_registration: webhooks.Registration
     order_streams: order_watch.OrderStreams
+    account_tokens: account_recovery.TokenKey
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ SERVICES: tuple[Service, ...] = (
     Service(
         _described(identity_service_pb2, "IdentityService"),
         lambda server, deps: identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
-            IdentityServicer(deps.sessions, deps.pages), server
+            IdentityServicer(deps.sessions, deps.pages, deps.account_tokens), server
         ),
     ),
     Service(

@@ -148,6 +148,11 @@ class FakeIdentity(identity_service_pb2_grpc.IdentityServiceServicer):
     UpdateUserRole = identity_service_pb2_grpc.IdentityServiceServicer.UpdateUserRole
     DisableUser = identity_service_pb2_grpc.IdentityServiceServicer.DisableUser
     ClearSignInThrottle = identity_service_pb2_grpc.IdentityServiceServicer.ClearSignInThrottle
+    EnableUser = identity_service_pb2_grpc.IdentityServiceServicer.EnableUser
+    RequestPasswordReset = identity_service_pb2_grpc.IdentityServiceServicer.RequestPasswordReset
+    ResetPassword = identity_service_pb2_grpc.IdentityServiceServicer.ResetPassword
+    SendVerificationEmail = identity_service_pb2_grpc.IdentityServiceServicer.SendVerificationEmail
+    VerifyEmail = identity_service_pb2_grpc.IdentityServiceServicer.VerifyEmail
     CreateServiceAccount = identity_service_pb2_grpc.IdentityServiceServicer.CreateServiceAccount
     ListSigningKeys = identity_service_pb2_grpc.IdentityServiceServicer.ListSigningKeys
 

@@ -10,6 +10,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from storefront.v1 import identity_service_pb2 as pb
 
+from server.domain import account_recovery
 from server.domain.page_tokens import PageTokenSigner
 from server.domain.passwords import PasswordHasher
 from server.domain.principal import Role
@@ -30,6 +31,7 @@ def test_list_signing_keys_publishes_keys_that_verify_issued_tokens() -> None:
     servicer = IdentityServicer(
         SessionPolicy(tokens=tokens, passwords=PasswordHasher(), refresh_ttl=dt.timedelta(1)),
         pages=PageTokenSigner(b"s" * 32),
+        account_tokens=account_recovery.TokenKey(b"s" * 32),
     )
     server = grpc_testing.server_from_dictionary(
         {SERVICE: servicer}, grpc_testing.strict_real_time()

@@ -93,6 +93,31 @@ class IdentityServiceStub:
                 request_serializer=storefront_dot_v1_dot_identity__service__pb2.DisableUserRequest.SerializeToString,
                 response_deserializer=storefront_dot_v1_dot_identity__service__pb2.DisableUserResponse.FromString,
                 _registered_method=True)
+        self.EnableUser = channel.unary_unary(
+                '/storefront.v1.IdentityService/EnableUser',
+                request_serializer=storefront_dot_v1_dot_identity__service__pb2.EnableUserRequest.SerializeToString,
+                response_deserializer=storefront_dot_v1_dot_identity__service__pb2.EnableUserResponse.FromString,
+                _registered_method=True)
+        self.RequestPasswordReset = channel.unary_unary(
+                '/storefront.v1.IdentityService/RequestPasswordReset',
+                request_serializer=storefront_dot_v1_dot_identity__service__pb2.RequestPasswordResetRequest.SerializeToString,
+                response_deserializer=storefront_dot_v1_dot_identity__service__pb2.RequestPasswordResetResponse.FromString,
+                _registered_method=True)
+        self.ResetPassword = channel.unary_unary(
+                '/storefront.v1.IdentityService/ResetPassword',
+                request_serializer=storefront_dot_v1_dot_identity__service__pb2.ResetPasswordRequest.SerializeToString,
+                response_deserializer=storefront_dot_v1_dot_identity__service__pb2.ResetPasswordResponse.FromString,
+                _registered_method=True)
+        self.SendVerificationEmail = channel.unary_unary(
+                '/storefront.v1.IdentityService/SendVerificationEmail',
+                request_serializer=storefront_dot_v1_dot_identity__service__pb2.SendVerificationEmailRequest.SerializeToString,
+                response_deserializer=storefront_dot_v1_dot_identity__service__pb2.SendVerificationEmailResponse.FromString,
+                _registered_method=True)
+        self.VerifyEmail = channel.unary_unary(
+                '/storefront.v1.IdentityService/VerifyEmail',
+                request_serializer=storefront_dot_v1_dot_identity__service__pb2.VerifyEmailRequest.SerializeToString,
+                response_deserializer=storefront_dot_v1_dot_identity__service__pb2.VerifyEmailResponse.FromString,
+                _registered_method=True)
         self.ClearSignInThrottle = channel.unary_unary(
                 '/storefront.v1.IdentityService/ClearSignInThrottle',
                 request_serializer=storefront_dot_v1_dot_identity__service__pb2.ClearSignInThrottleRequest.SerializeToString,
@@ -226,6 +251,53 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EnableUser(self, request, context):
+        """Lets a disabled user sign in again (the sessions disabling ended stay ended). Enabling an
+        enabled user succeeds and changes nothing. Returns NOT_FOUND if the user does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestPasswordReset(self, request, context):
+        """Starts a password reset: e-mails the account of `email` a single-use token that
+        ResetPassword accepts for 30 minutes. Answers the same whether or not the address has an
+        account (no account enumeration); a disabled account gets nothing, and an account gets at
+        most 3 such e-mails an hour (later requests send none, silently). Counts against the sign-in
+        rate limit. INVALID_ARGUMENT for a malformed email.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetPassword(self, request, context):
+        """Sets a new password with a token from RequestPasswordReset, uses the token (and every other
+        reset token of the account) up, and ends every session of the account. Returns
+        INVALID_ARGUMENT with reason TOKEN_INVALID (field token) for a token that is unknown, used or
+        expired, alike; INVALID_ARGUMENT for a new password outside 12..128 characters. The token
+        never appears in an answer or a log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendVerificationEmail(self, request, context):
+        """E-mails the caller a single-use token that VerifyEmail accepts for 24 hours (at most 3 an
+        hour; later requests send none). Returns FAILED_PRECONDITION (reason EMAIL_ALREADY_VERIFIED)
+        when the address is verified.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyEmail(self, request, context):
+        """Marks the e-mail address of the token's account verified (User.email_verified) and uses the
+        token up. Returns INVALID_ARGUMENT with reason TOKEN_INVALID like ResetPassword.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ClearSignInThrottle(self, request, context):
         """Forgets every failed sign-in attempt recorded for an email, from every address, so that its
         owner can sign in again at once (after a guessing attack hit the per-email ceiling, say).
@@ -313,6 +385,31 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.DisableUser,
                     request_deserializer=storefront_dot_v1_dot_identity__service__pb2.DisableUserRequest.FromString,
                     response_serializer=storefront_dot_v1_dot_identity__service__pb2.DisableUserResponse.SerializeToString,
+            ),
+            'EnableUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnableUser,
+                    request_deserializer=storefront_dot_v1_dot_identity__service__pb2.EnableUserRequest.FromString,
+                    response_serializer=storefront_dot_v1_dot_identity__service__pb2.EnableUserResponse.SerializeToString,
+            ),
+            'RequestPasswordReset': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestPasswordReset,
+                    request_deserializer=storefront_dot_v1_dot_identity__service__pb2.RequestPasswordResetRequest.FromString,
+                    response_serializer=storefront_dot_v1_dot_identity__service__pb2.RequestPasswordResetResponse.SerializeToString,
+            ),
+            'ResetPassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetPassword,
+                    request_deserializer=storefront_dot_v1_dot_identity__service__pb2.ResetPasswordRequest.FromString,
+                    response_serializer=storefront_dot_v1_dot_identity__service__pb2.ResetPasswordResponse.SerializeToString,
+            ),
+            'SendVerificationEmail': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendVerificationEmail,
+                    request_deserializer=storefront_dot_v1_dot_identity__service__pb2.SendVerificationEmailRequest.FromString,
+                    response_serializer=storefront_dot_v1_dot_identity__service__pb2.SendVerificationEmailResponse.SerializeToString,
+            ),
+            'VerifyEmail': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyEmail,
+                    request_deserializer=storefront_dot_v1_dot_identity__service__pb2.VerifyEmailRequest.FromString,
+                    response_serializer=storefront_dot_v1_dot_identity__service__pb2.VerifyEmailResponse.SerializeToString,
             ),
             'ClearSignInThrottle': grpc.unary_unary_rpc_method_handler(
                     servicer.ClearSignInThrottle,
@@ -614,6 +711,141 @@ class IdentityService:
             '/storefront.v1.IdentityService/DisableUser',
             storefront_dot_v1_dot_identity__service__pb2.DisableUserRequest.SerializeToString,
             storefront_dot_v1_dot_identity__service__pb2.DisableUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnableUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/storefront.v1.IdentityService/EnableUser',
+            storefront_dot_v1_dot_identity__service__pb2.EnableUserRequest.SerializeToString,
+            storefront_dot_v1_dot_identity__service__pb2.EnableUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestPasswordReset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/storefront.v1.IdentityService/RequestPasswordReset',
+            storefront_dot_v1_dot_identity__service__pb2.RequestPasswordResetRequest.SerializeToString,
+            storefront_dot_v1_dot_identity__service__pb2.RequestPasswordResetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetPassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/storefront.v1.IdentityService/ResetPassword',
+            storefront_dot_v1_dot_identity__service__pb2.ResetPasswordRequest.SerializeToString,
+            storefront_dot_v1_dot_identity__service__pb2.ResetPasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendVerificationEmail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/storefront.v1.IdentityService/SendVerificationEmail',
+            storefront_dot_v1_dot_identity__service__pb2.SendVerificationEmailRequest.SerializeToString,
+            storefront_dot_v1_dot_identity__service__pb2.SendVerificationEmailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyEmail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/storefront.v1.IdentityService/VerifyEmail',
+            storefront_dot_v1_dot_identity__service__pb2.VerifyEmailRequest.SerializeToString,
+            storefront_dot_v1_dot_identity__service__pb2.VerifyEmailResponse.FromString,
             options,
             channel_credentials,
             insecure,

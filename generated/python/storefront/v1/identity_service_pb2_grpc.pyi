@@ -100,6 +100,33 @@ class IdentityServiceStub:
     does not exist and FAILED_PRECONDITION (reason SELF_MODIFICATION) when administrators disable
     themselves.
     """
+    EnableUser: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.EnableUserRequest, _identity_service_pb2.EnableUserResponse]
+    """Lets a disabled user sign in again (the sessions disabling ended stay ended). Enabling an
+    enabled user succeeds and changes nothing. Returns NOT_FOUND if the user does not exist.
+    """
+    RequestPasswordReset: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.RequestPasswordResetRequest, _identity_service_pb2.RequestPasswordResetResponse]
+    """Starts a password reset: e-mails the account of `email` a single-use token that
+    ResetPassword accepts for 30 minutes. Answers the same whether or not the address has an
+    account (no account enumeration); a disabled account gets nothing, and an account gets at
+    most 3 such e-mails an hour (later requests send none, silently). Counts against the sign-in
+    rate limit. INVALID_ARGUMENT for a malformed email.
+    """
+    ResetPassword: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.ResetPasswordRequest, _identity_service_pb2.ResetPasswordResponse]
+    """Sets a new password with a token from RequestPasswordReset, uses the token (and every other
+    reset token of the account) up, and ends every session of the account. Returns
+    INVALID_ARGUMENT with reason TOKEN_INVALID (field token) for a token that is unknown, used or
+    expired, alike; INVALID_ARGUMENT for a new password outside 12..128 characters. The token
+    never appears in an answer or a log.
+    """
+    SendVerificationEmail: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.SendVerificationEmailRequest, _identity_service_pb2.SendVerificationEmailResponse]
+    """E-mails the caller a single-use token that VerifyEmail accepts for 24 hours (at most 3 an
+    hour; later requests send none). Returns FAILED_PRECONDITION (reason EMAIL_ALREADY_VERIFIED)
+    when the address is verified.
+    """
+    VerifyEmail: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.VerifyEmailRequest, _identity_service_pb2.VerifyEmailResponse]
+    """Marks the e-mail address of the token's account verified (User.email_verified) and uses the
+    token up. Returns INVALID_ARGUMENT with reason TOKEN_INVALID like ResetPassword.
+    """
     ClearSignInThrottle: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.ClearSignInThrottleRequest, _identity_service_pb2.ClearSignInThrottleResponse]
     """Forgets every failed sign-in attempt recorded for an email, from every address, so that its
     owner can sign in again at once (after a guessing attack hit the per-email ceiling, say).
@@ -191,6 +218,33 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     once. Disabling a disabled user succeeds and changes nothing. Returns NOT_FOUND if the user
     does not exist and FAILED_PRECONDITION (reason SELF_MODIFICATION) when administrators disable
     themselves.
+    """
+    EnableUser: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.EnableUserRequest, _identity_service_pb2.EnableUserResponse]  # type: ignore[assignment]
+    """Lets a disabled user sign in again (the sessions disabling ended stay ended). Enabling an
+    enabled user succeeds and changes nothing. Returns NOT_FOUND if the user does not exist.
+    """
+    RequestPasswordReset: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.RequestPasswordResetRequest, _identity_service_pb2.RequestPasswordResetResponse]  # type: ignore[assignment]
+    """Starts a password reset: e-mails the account of `email` a single-use token that
+    ResetPassword accepts for 30 minutes. Answers the same whether or not the address has an
+    account (no account enumeration); a disabled account gets nothing, and an account gets at
+    most 3 such e-mails an hour (later requests send none, silently). Counts against the sign-in
+    rate limit. INVALID_ARGUMENT for a malformed email.
+    """
+    ResetPassword: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.ResetPasswordRequest, _identity_service_pb2.ResetPasswordResponse]  # type: ignore[assignment]
+    """Sets a new password with a token from RequestPasswordReset, uses the token (and every other
+    reset token of the account) up, and ends every session of the account. Returns
+    INVALID_ARGUMENT with reason TOKEN_INVALID (field token) for a token that is unknown, used or
+    expired, alike; INVALID_ARGUMENT for a new password outside 12..128 characters. The token
+    never appears in an answer or a log.
+    """
+    SendVerificationEmail: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.SendVerificationEmailRequest, _identity_service_pb2.SendVerificationEmailResponse]  # type: ignore[assignment]
+    """E-mails the caller a single-use token that VerifyEmail accepts for 24 hours (at most 3 an
+    hour; later requests send none). Returns FAILED_PRECONDITION (reason EMAIL_ALREADY_VERIFIED)
+    when the address is verified.
+    """
+    VerifyEmail: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.VerifyEmailRequest, _identity_service_pb2.VerifyEmailResponse]  # type: ignore[assignment]
+    """Marks the e-mail address of the token's account verified (User.email_verified) and uses the
+    token up. Returns INVALID_ARGUMENT with reason TOKEN_INVALID like ResetPassword.
     """
     ClearSignInThrottle: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.ClearSignInThrottleRequest, _identity_service_pb2.ClearSignInThrottleResponse]  # type: ignore[assignment]
     """Forgets every failed sign-in attempt recorded for an email, from every address, so that its
@@ -340,6 +394,63 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         once. Disabling a disabled user succeeds and changes nothing. Returns NOT_FOUND if the user
         does not exist and FAILED_PRECONDITION (reason SELF_MODIFICATION) when administrators disable
         themselves.
+        """
+
+    @_abc_1.abstractmethod
+    def EnableUser(
+        self,
+        request: _identity_service_pb2.EnableUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_service_pb2.EnableUserResponse, _abc.Awaitable[_identity_service_pb2.EnableUserResponse]]:
+        """Lets a disabled user sign in again (the sessions disabling ended stay ended). Enabling an
+        enabled user succeeds and changes nothing. Returns NOT_FOUND if the user does not exist.
+        """
+
+    @_abc_1.abstractmethod
+    def RequestPasswordReset(
+        self,
+        request: _identity_service_pb2.RequestPasswordResetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_service_pb2.RequestPasswordResetResponse, _abc.Awaitable[_identity_service_pb2.RequestPasswordResetResponse]]:
+        """Starts a password reset: e-mails the account of `email` a single-use token that
+        ResetPassword accepts for 30 minutes. Answers the same whether or not the address has an
+        account (no account enumeration); a disabled account gets nothing, and an account gets at
+        most 3 such e-mails an hour (later requests send none, silently). Counts against the sign-in
+        rate limit. INVALID_ARGUMENT for a malformed email.
+        """
+
+    @_abc_1.abstractmethod
+    def ResetPassword(
+        self,
+        request: _identity_service_pb2.ResetPasswordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_service_pb2.ResetPasswordResponse, _abc.Awaitable[_identity_service_pb2.ResetPasswordResponse]]:
+        """Sets a new password with a token from RequestPasswordReset, uses the token (and every other
+        reset token of the account) up, and ends every session of the account. Returns
+        INVALID_ARGUMENT with reason TOKEN_INVALID (field token) for a token that is unknown, used or
+        expired, alike; INVALID_ARGUMENT for a new password outside 12..128 characters. The token
+        never appears in an answer or a log.
+        """
+
+    @_abc_1.abstractmethod
+    def SendVerificationEmail(
+        self,
+        request: _identity_service_pb2.SendVerificationEmailRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_service_pb2.SendVerificationEmailResponse, _abc.Awaitable[_identity_service_pb2.SendVerificationEmailResponse]]:
+        """E-mails the caller a single-use token that VerifyEmail accepts for 24 hours (at most 3 an
+        hour; later requests send none). Returns FAILED_PRECONDITION (reason EMAIL_ALREADY_VERIFIED)
+        when the address is verified.
+        """
+
+    @_abc_1.abstractmethod
+    def VerifyEmail(
+        self,
+        request: _identity_service_pb2.VerifyEmailRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_service_pb2.VerifyEmailResponse, _abc.Awaitable[_identity_service_pb2.VerifyEmailResponse]]:
+        """Marks the e-mail address of the token's account verified (User.email_verified) and uses the
+        token up. Returns INVALID_ARGUMENT with reason TOKEN_INVALID like ResetPassword.
         """
 
     @_abc_1.abstractmethod

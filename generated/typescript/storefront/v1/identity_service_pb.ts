@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file storefront/v1/identity_service.proto.
  */
 export const file_storefront_v1_identity_service: GenFile = /*@__PURE__*/
-  fileDesc("CiRzdG9yZWZyb250L3YxL2lkZW50aXR5X3NlcnZpY2UucHJvdG8SDXN0b3JlZnJvbnQudjEipAIKBFVzZXISEAoCaWQYASABKAlCBOJBAQMSEwoFZW1haWwYAiABKAlCBOJBAQMSFAoMZGlzcGxheV9uYW1lGAMgASgJEicKBHJvbGUYBCABKA4yEy5zdG9yZWZyb250LnYxLlJvbGVCBOJBAQMSFgoIZGlzYWJsZWQYBSABKAhCBOJBAQMSHAoOZW1haWxfdmVyaWZpZWQYBiABKAhCBOJBAQMSNQoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjUKC3VwZGF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxISCgRldGFnGAkgASgJQgTiQQEDIrMBCgdTZXNzaW9uEhQKDGFjY2Vzc190b2tlbhgBIAEoCRI8ChhhY2Nlc3NfdG9rZW5fZXhwaXJlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDXJlZnJlc2hfdG9rZW4YAyABKAkSPQoZcmVmcmVzaF90b2tlbl9leHBpcmVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiWAoTUmVnaXN0ZXJVc2VyUmVxdWVzdBITCgVlbWFpbBgBIAEoCUIE4kEBAhIWCghwYXNzd29yZBgCIAEoCUIE4kEBAhIUCgxkaXNwbGF5X25hbWUYAyABKAkiOQoUUmVnaXN0ZXJVc2VyUmVzcG9uc2USIQoEdXNlchgBIAEoCzITLnN0b3JlZnJvbnQudjEuVXNlciI7CgxMb2dpblJlcXVlc3QSEwoFZW1haWwYASABKAlCBOJBAQISFgoIcGFzc3dvcmQYAiABKAlCBOJBAQIiWwoNTG9naW5SZXNwb25zZRInCgdzZXNzaW9uGAEgASgLMhYuc3RvcmVmcm9udC52MS5TZXNzaW9uEiEKBHVzZXIYAiABKAsyEy5zdG9yZWZyb250LnYxLlVzZXIiNAoVUmVmcmVzaFNlc3Npb25SZXF1ZXN0EhsKDXJlZnJlc2hfdG9rZW4YASABKAlCBOJBAQIiQQoWUmVmcmVzaFNlc3Npb25SZXNwb25zZRInCgdzZXNzaW9uGAEgASgLMhYuc3RvcmVmcm9udC52MS5TZXNzaW9uIiUKDUxvZ291dFJlcXVlc3QSFAoMYWxsX3Nlc3Npb25zGAEgASgIIi0KDkxvZ291dFJlc3BvbnNlEhsKE2VuZGVkX3Nlc3Npb25fY291bnQYASABKAUiFwoVR2V0Q3VycmVudFVzZXJSZXF1ZXN0IjsKFkdldEN1cnJlbnRVc2VyUmVzcG9uc2USIQoEdXNlchgBIAEoCzITLnN0b3JlZnJvbnQudjEuVXNlciKIAQoYVXBkYXRlQ3VycmVudFVzZXJSZXF1ZXN0EicKBHVzZXIYASABKAsyEy5zdG9yZWZyb250LnYxLlVzZXJCBOJBAQISNQoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrQgTiQQECEgwKBGV0YWcYAyABKAkiPgoZVXBkYXRlQ3VycmVudFVzZXJSZXNwb25zZRIhCgR1c2VyGAEgASgLMhMuc3RvcmVmcm9udC52MS5Vc2VyIlMKFUNoYW5nZVBhc3N3b3JkUmVxdWVzdBIeChBjdXJyZW50X3Bhc3N3b3JkGAEgASgJQgTiQQECEhoKDG5ld19wYXNzd29yZBgCIAEoCUIE4kEBAiJBChZDaGFuZ2VQYXNzd29yZFJlc3BvbnNlEicKB3Nlc3Npb24YASABKAsyFi5zdG9yZWZyb250LnYxLlNlc3Npb24iWwoQTGlzdFVzZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZmaWx0ZXIYAyABKAkSEAoIb3JkZXJfYnkYBCABKAkiUAoRTGlzdFVzZXJzUmVzcG9uc2USIgoFdXNlcnMYASADKAsyEy5zdG9yZWZyb250LnYxLlVzZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlcKFVVwZGF0ZVVzZXJSb2xlUmVxdWVzdBIVCgd1c2VyX2lkGAEgASgJQgTiQQECEicKBHJvbGUYAiABKA4yEy5zdG9yZWZyb250LnYxLlJvbGVCBOJBAQIiOwoWVXBkYXRlVXNlclJvbGVSZXNwb25zZRIhCgR1c2VyGAEgASgLMhMuc3RvcmVmcm9udC52MS5Vc2VyIisKEkRpc2FibGVVc2VyUmVxdWVzdBIVCgd1c2VyX2lkGAEgASgJQgTiQQECIjgKE0Rpc2FibGVVc2VyUmVzcG9uc2USIQoEdXNlchgBIAEoCzITLnN0b3JlZnJvbnQudjEuVXNlciIxChpDbGVhclNpZ25JblRocm90dGxlUmVxdWVzdBITCgVlbWFpbBgBIAEoCUIE4kEBAiI8ChtDbGVhclNpZ25JblRocm90dGxlUmVzcG9uc2USHQoVY2xlYXJlZF9mYWlsdXJlX2NvdW50GAEgASgFIogBCg5TZXJ2aWNlQWNjb3VudBIQCgJpZBgBIAEoCUIE4kEBAxIXCgljbGllbnRfaWQYAiABKAlCBOJBAQMSFAoMZGlzcGxheV9uYW1lGAMgASgJEjUKC2NyZWF0ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAyI5ChtDcmVhdGVTZXJ2aWNlQWNjb3VudFJlcXVlc3QSGgoMZGlzcGxheV9uYW1lGAEgASgJQgTiQQECIm0KHENyZWF0ZVNlcnZpY2VBY2NvdW50UmVzcG9uc2USNgoPc2VydmljZV9hY2NvdW50GAEgASgLMh0uc3RvcmVmcm9udC52MS5TZXJ2aWNlQWNjb3VudBIVCg1jbGllbnRfc2VjcmV0GAIgASgJIlAKGElzc3VlU2VydmljZVRva2VuUmVxdWVzdBIXCgljbGllbnRfaWQYASABKAlCBOJBAQISGwoNY2xpZW50X3NlY3JldBgCIAEoCUIE4kEBAiJEChlJc3N1ZVNlcnZpY2VUb2tlblJlc3BvbnNlEicKB3Nlc3Npb24YASABKAsyFi5zdG9yZWZyb250LnYxLlNlc3Npb24iGAoWTGlzdFNpZ25pbmdLZXlzUmVxdWVzdCJkChdMaXN0U2lnbmluZ0tleXNSZXNwb25zZRInCgRrZXlzGAEgAygLMhkuc3RvcmVmcm9udC52MS5Kc29uV2ViS2V5Eg4KBmlzc3VlchgCIAEoCRIQCghhdWRpZW5jZRgDIAEoCSJYCgpKc29uV2ViS2V5EgsKA2t0eRgBIAEoCRILCgNjcnYYAiABKAkSCQoBeBgDIAEoCRILCgNraWQYBCABKAkSCwoDYWxnGAUgASgJEgsKA3VzZRgGIAEoCTKxCwoPSWRlbnRpdHlTZXJ2aWNlEl8KDFJlZ2lzdGVyVXNlchIiLnN0b3JlZnJvbnQudjEuUmVnaXN0ZXJVc2VyUmVxdWVzdBojLnN0b3JlZnJvbnQudjEuUmVnaXN0ZXJVc2VyUmVzcG9uc2UiBqK7GAIIARJKCgVMb2dpbhIbLnN0b3JlZnJvbnQudjEuTG9naW5SZXF1ZXN0Ghwuc3RvcmVmcm9udC52MS5Mb2dpblJlc3BvbnNlIgaiuxgCCAESZQoOUmVmcmVzaFNlc3Npb24SJC5zdG9yZWZyb250LnYxLlJlZnJlc2hTZXNzaW9uUmVxdWVzdBolLnN0b3JlZnJvbnQudjEuUmVmcmVzaFNlc3Npb25SZXNwb25zZSIGorsYAggBElIKBkxvZ291dBIcLnN0b3JlZnJvbnQudjEuTG9nb3V0UmVxdWVzdBodLnN0b3JlZnJvbnQudjEuTG9nb3V0UmVzcG9uc2UiC6K7GAcSAwECAxgBEmoKDkdldEN1cnJlbnRVc2VyEiQuc3RvcmVmcm9udC52MS5HZXRDdXJyZW50VXNlclJlcXVlc3QaJS5zdG9yZWZyb250LnYxLkdldEN1cnJlbnRVc2VyUmVzcG9uc2UiC6K7GAcSAwECAxgBEnMKEVVwZGF0ZUN1cnJlbnRVc2VyEicuc3RvcmVmcm9udC52MS5VcGRhdGVDdXJyZW50VXNlclJlcXVlc3QaKC5zdG9yZWZyb250LnYxLlVwZGF0ZUN1cnJlbnRVc2VyUmVzcG9uc2UiC6K7GAcSAwECAxgBEmoKDkNoYW5nZVBhc3N3b3JkEiQuc3RvcmVmcm9udC52MS5DaGFuZ2VQYXNzd29yZFJlcXVlc3QaJS5zdG9yZWZyb250LnYxLkNoYW5nZVBhc3N3b3JkUmVzcG9uc2UiC6K7GAcSAwECAxgBElcKCUxpc3RVc2VycxIfLnN0b3JlZnJvbnQudjEuTGlzdFVzZXJzUmVxdWVzdBogLnN0b3JlZnJvbnQudjEuTGlzdFVzZXJzUmVzcG9uc2UiB6K7GAMSAQMSZgoOVXBkYXRlVXNlclJvbGUSJC5zdG9yZWZyb250LnYxLlVwZGF0ZVVzZXJSb2xlUmVxdWVzdBolLnN0b3JlZnJvbnQudjEuVXBkYXRlVXNlclJvbGVSZXNwb25zZSIHorsYAxIBAxJdCgtEaXNhYmxlVXNlchIhLnN0b3JlZnJvbnQudjEuRGlzYWJsZVVzZXJSZXF1ZXN0GiIuc3RvcmVmcm9udC52MS5EaXNhYmxlVXNlclJlc3BvbnNlIgeiuxgDEgEDEnUKE0NsZWFyU2lnbkluVGhyb3R0bGUSKS5zdG9yZWZyb250LnYxLkNsZWFyU2lnbkluVGhyb3R0bGVSZXF1ZXN0Giouc3RvcmVmcm9udC52MS5DbGVhclNpZ25JblRocm90dGxlUmVzcG9uc2UiB6K7GAMSAQMSeAoUQ3JlYXRlU2VydmljZUFjY291bnQSKi5zdG9yZWZyb250LnYxLkNyZWF0ZVNlcnZpY2VBY2NvdW50UmVxdWVzdBorLnN0b3JlZnJvbnQudjEuQ3JlYXRlU2VydmljZUFjY291bnRSZXNwb25zZSIHorsYAxIBAxJuChFJc3N1ZVNlcnZpY2VUb2tlbhInLnN0b3JlZnJvbnQudjEuSXNzdWVTZXJ2aWNlVG9rZW5SZXF1ZXN0Giguc3RvcmVmcm9udC52MS5Jc3N1ZVNlcnZpY2VUb2tlblJlc3BvbnNlIgaiuxgCCAESaAoPTGlzdFNpZ25pbmdLZXlzEiUuc3RvcmVmcm9udC52MS5MaXN0U2lnbmluZ0tleXNSZXF1ZXN0GiYuc3RvcmVmcm9udC52MS5MaXN0U2lnbmluZ0tleXNSZXNwb25zZSIGorsYAggBYgZwcm90bzM", [file_google_api_field_behavior, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_storefront_v1_access]);
+  fileDesc("CiRzdG9yZWZyb250L3YxL2lkZW50aXR5X3NlcnZpY2UucHJvdG8SDXN0b3JlZnJvbnQudjEipAIKBFVzZXISEAoCaWQYASABKAlCBOJBAQMSEwoFZW1haWwYAiABKAlCBOJBAQMSFAoMZGlzcGxheV9uYW1lGAMgASgJEicKBHJvbGUYBCABKA4yEy5zdG9yZWZyb250LnYxLlJvbGVCBOJBAQMSFgoIZGlzYWJsZWQYBSABKAhCBOJBAQMSHAoOZW1haWxfdmVyaWZpZWQYBiABKAhCBOJBAQMSNQoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjUKC3VwZGF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxISCgRldGFnGAkgASgJQgTiQQEDIrMBCgdTZXNzaW9uEhQKDGFjY2Vzc190b2tlbhgBIAEoCRI8ChhhY2Nlc3NfdG9rZW5fZXhwaXJlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDXJlZnJlc2hfdG9rZW4YAyABKAkSPQoZcmVmcmVzaF90b2tlbl9leHBpcmVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiWAoTUmVnaXN0ZXJVc2VyUmVxdWVzdBITCgVlbWFpbBgBIAEoCUIE4kEBAhIWCghwYXNzd29yZBgCIAEoCUIE4kEBAhIUCgxkaXNwbGF5X25hbWUYAyABKAkiOQoUUmVnaXN0ZXJVc2VyUmVzcG9uc2USIQoEdXNlchgBIAEoCzITLnN0b3JlZnJvbnQudjEuVXNlciI7CgxMb2dpblJlcXVlc3QSEwoFZW1haWwYASABKAlCBOJBAQISFgoIcGFzc3dvcmQYAiABKAlCBOJBAQIiWwoNTG9naW5SZXNwb25zZRInCgdzZXNzaW9uGAEgASgLMhYuc3RvcmVmcm9udC52MS5TZXNzaW9uEiEKBHVzZXIYAiABKAsyEy5zdG9yZWZyb250LnYxLlVzZXIiNAoVUmVmcmVzaFNlc3Npb25SZXF1ZXN0EhsKDXJlZnJlc2hfdG9rZW4YASABKAlCBOJBAQIiQQoWUmVmcmVzaFNlc3Npb25SZXNwb25zZRInCgdzZXNzaW9uGAEgASgLMhYuc3RvcmVmcm9udC52MS5TZXNzaW9uIiUKDUxvZ291dFJlcXVlc3QSFAoMYWxsX3Nlc3Npb25zGAEgASgIIi0KDkxvZ291dFJlc3BvbnNlEhsKE2VuZGVkX3Nlc3Npb25fY291bnQYASABKAUiFwoVR2V0Q3VycmVudFVzZXJSZXF1ZXN0IjsKFkdldEN1cnJlbnRVc2VyUmVzcG9uc2USIQoEdXNlchgBIAEoCzITLnN0b3JlZnJvbnQudjEuVXNlciKIAQoYVXBkYXRlQ3VycmVudFVzZXJSZXF1ZXN0EicKBHVzZXIYASABKAsyEy5zdG9yZWZyb250LnYxLlVzZXJCBOJBAQISNQoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrQgTiQQECEgwKBGV0YWcYAyABKAkiPgoZVXBkYXRlQ3VycmVudFVzZXJSZXNwb25zZRIhCgR1c2VyGAEgASgLMhMuc3RvcmVmcm9udC52MS5Vc2VyIlMKFUNoYW5nZVBhc3N3b3JkUmVxdWVzdBIeChBjdXJyZW50X3Bhc3N3b3JkGAEgASgJQgTiQQECEhoKDG5ld19wYXNzd29yZBgCIAEoCUIE4kEBAiJBChZDaGFuZ2VQYXNzd29yZFJlc3BvbnNlEicKB3Nlc3Npb24YASABKAsyFi5zdG9yZWZyb250LnYxLlNlc3Npb24iWwoQTGlzdFVzZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZmaWx0ZXIYAyABKAkSEAoIb3JkZXJfYnkYBCABKAkiUAoRTGlzdFVzZXJzUmVzcG9uc2USIgoFdXNlcnMYASADKAsyEy5zdG9yZWZyb250LnYxLlVzZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlcKFVVwZGF0ZVVzZXJSb2xlUmVxdWVzdBIVCgd1c2VyX2lkGAEgASgJQgTiQQECEicKBHJvbGUYAiABKA4yEy5zdG9yZWZyb250LnYxLlJvbGVCBOJBAQIiOwoWVXBkYXRlVXNlclJvbGVSZXNwb25zZRIhCgR1c2VyGAEgASgLMhMuc3RvcmVmcm9udC52MS5Vc2VyIisKEkRpc2FibGVVc2VyUmVxdWVzdBIVCgd1c2VyX2lkGAEgASgJQgTiQQECIjgKE0Rpc2FibGVVc2VyUmVzcG9uc2USIQoEdXNlchgBIAEoCzITLnN0b3JlZnJvbnQudjEuVXNlciIqChFFbmFibGVVc2VyUmVxdWVzdBIVCgd1c2VyX2lkGAEgASgJQgTiQQECIjcKEkVuYWJsZVVzZXJSZXNwb25zZRIhCgR1c2VyGAEgASgLMhMuc3RvcmVmcm9udC52MS5Vc2VyIjIKG1JlcXVlc3RQYXNzd29yZFJlc2V0UmVxdWVzdBITCgVlbWFpbBgBIAEoCUIE4kEBAiIeChxSZXF1ZXN0UGFzc3dvcmRSZXNldFJlc3BvbnNlIkcKFFJlc2V0UGFzc3dvcmRSZXF1ZXN0EhMKBXRva2VuGAEgASgJQgTiQQECEhoKDG5ld19wYXNzd29yZBgCIAEoCUIE4kEBAiIXChVSZXNldFBhc3N3b3JkUmVzcG9uc2UiHgocU2VuZFZlcmlmaWNhdGlvbkVtYWlsUmVxdWVzdCIfCh1TZW5kVmVyaWZpY2F0aW9uRW1haWxSZXNwb25zZSIpChJWZXJpZnlFbWFpbFJlcXVlc3QSEwoFdG9rZW4YASABKAlCBOJBAQIiOAoTVmVyaWZ5RW1haWxSZXNwb25zZRIhCgR1c2VyGAEgASgLMhMuc3RvcmVmcm9udC52MS5Vc2VyIjEKGkNsZWFyU2lnbkluVGhyb3R0bGVSZXF1ZXN0EhMKBWVtYWlsGAEgASgJQgTiQQECIjwKG0NsZWFyU2lnbkluVGhyb3R0bGVSZXNwb25zZRIdChVjbGVhcmVkX2ZhaWx1cmVfY291bnQYASABKAUiiAEKDlNlcnZpY2VBY2NvdW50EhAKAmlkGAEgASgJQgTiQQEDEhcKCWNsaWVudF9pZBgCIAEoCUIE4kEBAxIUCgxkaXNwbGF5X25hbWUYAyABKAkSNQoLY3JlYXRlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDIjkKG0NyZWF0ZVNlcnZpY2VBY2NvdW50UmVxdWVzdBIaCgxkaXNwbGF5X25hbWUYASABKAlCBOJBAQIibQocQ3JlYXRlU2VydmljZUFjY291bnRSZXNwb25zZRI2Cg9zZXJ2aWNlX2FjY291bnQYASABKAsyHS5zdG9yZWZyb250LnYxLlNlcnZpY2VBY2NvdW50EhUKDWNsaWVudF9zZWNyZXQYAiABKAkiUAoYSXNzdWVTZXJ2aWNlVG9rZW5SZXF1ZXN0EhcKCWNsaWVudF9pZBgBIAEoCUIE4kEBAhIbCg1jbGllbnRfc2VjcmV0GAIgASgJQgTiQQECIkQKGUlzc3VlU2VydmljZVRva2VuUmVzcG9uc2USJwoHc2Vzc2lvbhgBIAEoCzIWLnN0b3JlZnJvbnQudjEuU2Vzc2lvbiIYChZMaXN0U2lnbmluZ0tleXNSZXF1ZXN0ImQKF0xpc3RTaWduaW5nS2V5c1Jlc3BvbnNlEicKBGtleXMYASADKAsyGS5zdG9yZWZyb250LnYxLkpzb25XZWJLZXkSDgoGaXNzdWVyGAIgASgJEhAKCGF1ZGllbmNlGAMgASgJIlgKCkpzb25XZWJLZXkSCwoDa3R5GAEgASgJEgsKA2NydhgCIAEoCRIJCgF4GAMgASgJEgsKA2tpZBgEIAEoCRILCgNhbGcYBSABKAkSCwoDdXNlGAYgASgJMskPCg9JZGVudGl0eVNlcnZpY2USXwoMUmVnaXN0ZXJVc2VyEiIuc3RvcmVmcm9udC52MS5SZWdpc3RlclVzZXJSZXF1ZXN0GiMuc3RvcmVmcm9udC52MS5SZWdpc3RlclVzZXJSZXNwb25zZSIGorsYAggBEkoKBUxvZ2luEhsuc3RvcmVmcm9udC52MS5Mb2dpblJlcXVlc3QaHC5zdG9yZWZyb250LnYxLkxvZ2luUmVzcG9uc2UiBqK7GAIIARJlCg5SZWZyZXNoU2Vzc2lvbhIkLnN0b3JlZnJvbnQudjEuUmVmcmVzaFNlc3Npb25SZXF1ZXN0GiUuc3RvcmVmcm9udC52MS5SZWZyZXNoU2Vzc2lvblJlc3BvbnNlIgaiuxgCCAESUgoGTG9nb3V0Ehwuc3RvcmVmcm9udC52MS5Mb2dvdXRSZXF1ZXN0Gh0uc3RvcmVmcm9udC52MS5Mb2dvdXRSZXNwb25zZSILorsYBxIDAQIDGAESagoOR2V0Q3VycmVudFVzZXISJC5zdG9yZWZyb250LnYxLkdldEN1cnJlbnRVc2VyUmVxdWVzdBolLnN0b3JlZnJvbnQudjEuR2V0Q3VycmVudFVzZXJSZXNwb25zZSILorsYBxIDAQIDGAEScwoRVXBkYXRlQ3VycmVudFVzZXISJy5zdG9yZWZyb250LnYxLlVwZGF0ZUN1cnJlbnRVc2VyUmVxdWVzdBooLnN0b3JlZnJvbnQudjEuVXBkYXRlQ3VycmVudFVzZXJSZXNwb25zZSILorsYBxIDAQIDGAESagoOQ2hhbmdlUGFzc3dvcmQSJC5zdG9yZWZyb250LnYxLkNoYW5nZVBhc3N3b3JkUmVxdWVzdBolLnN0b3JlZnJvbnQudjEuQ2hhbmdlUGFzc3dvcmRSZXNwb25zZSILorsYBxIDAQIDGAESVwoJTGlzdFVzZXJzEh8uc3RvcmVmcm9udC52MS5MaXN0VXNlcnNSZXF1ZXN0GiAuc3RvcmVmcm9udC52MS5MaXN0VXNlcnNSZXNwb25zZSIHorsYAxIBAxJmCg5VcGRhdGVVc2VyUm9sZRIkLnN0b3JlZnJvbnQudjEuVXBkYXRlVXNlclJvbGVSZXF1ZXN0GiUuc3RvcmVmcm9udC52MS5VcGRhdGVVc2VyUm9sZVJlc3BvbnNlIgeiuxgDEgEDEl0KC0Rpc2FibGVVc2VyEiEuc3RvcmVmcm9udC52MS5EaXNhYmxlVXNlclJlcXVlc3QaIi5zdG9yZWZyb250LnYxLkRpc2FibGVVc2VyUmVzcG9uc2UiB6K7GAMSAQMSWgoKRW5hYmxlVXNlchIgLnN0b3JlZnJvbnQudjEuRW5hYmxlVXNlclJlcXVlc3QaIS5zdG9yZWZyb250LnYxLkVuYWJsZVVzZXJSZXNwb25zZSIHorsYAxIBAxJ3ChRSZXF1ZXN0UGFzc3dvcmRSZXNldBIqLnN0b3JlZnJvbnQudjEuUmVxdWVzdFBhc3N3b3JkUmVzZXRSZXF1ZXN0Gisuc3RvcmVmcm9udC52MS5SZXF1ZXN0UGFzc3dvcmRSZXNldFJlc3BvbnNlIgaiuxgCCAESYgoNUmVzZXRQYXNzd29yZBIjLnN0b3JlZnJvbnQudjEuUmVzZXRQYXNzd29yZFJlcXVlc3QaJC5zdG9yZWZyb250LnYxLlJlc2V0UGFzc3dvcmRSZXNwb25zZSIGorsYAggBEn8KFVNlbmRWZXJpZmljYXRpb25FbWFpbBIrLnN0b3JlZnJvbnQudjEuU2VuZFZlcmlmaWNhdGlvbkVtYWlsUmVxdWVzdBosLnN0b3JlZnJvbnQudjEuU2VuZFZlcmlmaWNhdGlvbkVtYWlsUmVzcG9uc2UiC6K7GAcSAwECAxgBElwKC1ZlcmlmeUVtYWlsEiEuc3RvcmVmcm9udC52MS5WZXJpZnlFbWFpbFJlcXVlc3QaIi5zdG9yZWZyb250LnYxLlZlcmlmeUVtYWlsUmVzcG9uc2UiBqK7GAIIARJ1ChNDbGVhclNpZ25JblRocm90dGxlEikuc3RvcmVmcm9udC52MS5DbGVhclNpZ25JblRocm90dGxlUmVxdWVzdBoqLnN0b3JlZnJvbnQudjEuQ2xlYXJTaWduSW5UaHJvdHRsZVJlc3BvbnNlIgeiuxgDEgEDEngKFENyZWF0ZVNlcnZpY2VBY2NvdW50Eiouc3RvcmVmcm9udC52MS5DcmVhdGVTZXJ2aWNlQWNjb3VudFJlcXVlc3QaKy5zdG9yZWZyb250LnYxLkNyZWF0ZVNlcnZpY2VBY2NvdW50UmVzcG9uc2UiB6K7GAMSAQMSbgoRSXNzdWVTZXJ2aWNlVG9rZW4SJy5zdG9yZWZyb250LnYxLklzc3VlU2VydmljZVRva2VuUmVxdWVzdBooLnN0b3JlZnJvbnQudjEuSXNzdWVTZXJ2aWNlVG9rZW5SZXNwb25zZSIGorsYAggBEmgKD0xpc3RTaWduaW5nS2V5cxIlLnN0b3JlZnJvbnQudjEuTGlzdFNpZ25pbmdLZXlzUmVxdWVzdBomLnN0b3JlZnJvbnQudjEuTGlzdFNpZ25pbmdLZXlzUmVzcG9uc2UiBqK7GAIIAWIGcHJvdG8z", [file_google_api_field_behavior, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_storefront_v1_access]);
 
 /**
  * User is a person with an account: a customer, a member of staff or an administrator.
@@ -637,6 +637,199 @@ export const DisableUserResponseSchema: GenMessage<DisableUserResponse> = /*@__P
   messageDesc(file_storefront_v1_identity_service, 21);
 
 /**
+ * EnableUserRequest is the input of EnableUser.
+ *
+ * @generated from message storefront.v1.EnableUserRequest
+ */
+export type EnableUserRequest = Message<"storefront.v1.EnableUserRequest"> & {
+  /**
+   * The user's id.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message storefront.v1.EnableUserRequest.
+ * Use `create(EnableUserRequestSchema)` to create a new message.
+ */
+export const EnableUserRequestSchema: GenMessage<EnableUserRequest> = /*@__PURE__*/
+  messageDesc(file_storefront_v1_identity_service, 22);
+
+/**
+ * EnableUserResponse is the output of EnableUser.
+ *
+ * @generated from message storefront.v1.EnableUserResponse
+ */
+export type EnableUserResponse = Message<"storefront.v1.EnableUserResponse"> & {
+  /**
+   * The enabled user.
+   *
+   * @generated from field: storefront.v1.User user = 1;
+   */
+  user?: User | undefined;
+};
+
+/**
+ * Describes the message storefront.v1.EnableUserResponse.
+ * Use `create(EnableUserResponseSchema)` to create a new message.
+ */
+export const EnableUserResponseSchema: GenMessage<EnableUserResponse> = /*@__PURE__*/
+  messageDesc(file_storefront_v1_identity_service, 23);
+
+/**
+ * RequestPasswordResetRequest is the input of RequestPasswordReset.
+ *
+ * @generated from message storefront.v1.RequestPasswordResetRequest
+ */
+export type RequestPasswordResetRequest = Message<"storefront.v1.RequestPasswordResetRequest"> & {
+  /**
+   * The account's e-mail address.
+   *
+   * @generated from field: string email = 1;
+   */
+  email: string;
+};
+
+/**
+ * Describes the message storefront.v1.RequestPasswordResetRequest.
+ * Use `create(RequestPasswordResetRequestSchema)` to create a new message.
+ */
+export const RequestPasswordResetRequestSchema: GenMessage<RequestPasswordResetRequest> = /*@__PURE__*/
+  messageDesc(file_storefront_v1_identity_service, 24);
+
+/**
+ * RequestPasswordResetResponse is the output of RequestPasswordReset: always empty.
+ *
+ * @generated from message storefront.v1.RequestPasswordResetResponse
+ */
+export type RequestPasswordResetResponse = Message<"storefront.v1.RequestPasswordResetResponse"> & {
+};
+
+/**
+ * Describes the message storefront.v1.RequestPasswordResetResponse.
+ * Use `create(RequestPasswordResetResponseSchema)` to create a new message.
+ */
+export const RequestPasswordResetResponseSchema: GenMessage<RequestPasswordResetResponse> = /*@__PURE__*/
+  messageDesc(file_storefront_v1_identity_service, 25);
+
+/**
+ * ResetPasswordRequest is the input of ResetPassword.
+ *
+ * @generated from message storefront.v1.ResetPasswordRequest
+ */
+export type ResetPasswordRequest = Message<"storefront.v1.ResetPasswordRequest"> & {
+  /**
+   * The token from the e-mail.
+   *
+   * @generated from field: string token = 1;
+   */
+  token: string;
+
+  /**
+   * The new password, 12 to 128 characters.
+   *
+   * @generated from field: string new_password = 2;
+   */
+  newPassword: string;
+};
+
+/**
+ * Describes the message storefront.v1.ResetPasswordRequest.
+ * Use `create(ResetPasswordRequestSchema)` to create a new message.
+ */
+export const ResetPasswordRequestSchema: GenMessage<ResetPasswordRequest> = /*@__PURE__*/
+  messageDesc(file_storefront_v1_identity_service, 26);
+
+/**
+ * ResetPasswordResponse is the output of ResetPassword: empty (sign in with the new password).
+ *
+ * @generated from message storefront.v1.ResetPasswordResponse
+ */
+export type ResetPasswordResponse = Message<"storefront.v1.ResetPasswordResponse"> & {
+};
+
+/**
+ * Describes the message storefront.v1.ResetPasswordResponse.
+ * Use `create(ResetPasswordResponseSchema)` to create a new message.
+ */
+export const ResetPasswordResponseSchema: GenMessage<ResetPasswordResponse> = /*@__PURE__*/
+  messageDesc(file_storefront_v1_identity_service, 27);
+
+/**
+ * SendVerificationEmailRequest is the input of SendVerificationEmail.
+ *
+ * @generated from message storefront.v1.SendVerificationEmailRequest
+ */
+export type SendVerificationEmailRequest = Message<"storefront.v1.SendVerificationEmailRequest"> & {
+};
+
+/**
+ * Describes the message storefront.v1.SendVerificationEmailRequest.
+ * Use `create(SendVerificationEmailRequestSchema)` to create a new message.
+ */
+export const SendVerificationEmailRequestSchema: GenMessage<SendVerificationEmailRequest> = /*@__PURE__*/
+  messageDesc(file_storefront_v1_identity_service, 28);
+
+/**
+ * SendVerificationEmailResponse is the output of SendVerificationEmail.
+ *
+ * @generated from message storefront.v1.SendVerificationEmailResponse
+ */
+export type SendVerificationEmailResponse = Message<"storefront.v1.SendVerificationEmailResponse"> & {
+};
+
+/**
+ * Describes the message storefront.v1.SendVerificationEmailResponse.
+ * Use `create(SendVerificationEmailResponseSchema)` to create a new message.
+ */
+export const SendVerificationEmailResponseSchema: GenMessage<SendVerificationEmailResponse> = /*@__PURE__*/
+  messageDesc(file_storefront_v1_identity_service, 29);
+
+/**
+ * VerifyEmailRequest is the input of VerifyEmail.
+ *
+ * @generated from message storefront.v1.VerifyEmailRequest
+ */
+export type VerifyEmailRequest = Message<"storefront.v1.VerifyEmailRequest"> & {
+  /**
+   * The token from the e-mail.
+   *
+   * @generated from field: string token = 1;
+   */
+  token: string;
+};
+
+/**
+ * Describes the message storefront.v1.VerifyEmailRequest.
+ * Use `create(VerifyEmailRequestSchema)` to create a new message.
+ */
+export const VerifyEmailRequestSchema: GenMessage<VerifyEmailRequest> = /*@__PURE__*/
+  messageDesc(file_storefront_v1_identity_service, 30);
+
+/**
+ * VerifyEmailResponse is the output of VerifyEmail.
+ *
+ * @generated from message storefront.v1.VerifyEmailResponse
+ */
+export type VerifyEmailResponse = Message<"storefront.v1.VerifyEmailResponse"> & {
+  /**
+   * The user, with email_verified set.
+   *
+   * @generated from field: storefront.v1.User user = 1;
+   */
+  user?: User | undefined;
+};
+
+/**
+ * Describes the message storefront.v1.VerifyEmailResponse.
+ * Use `create(VerifyEmailResponseSchema)` to create a new message.
+ */
+export const VerifyEmailResponseSchema: GenMessage<VerifyEmailResponse> = /*@__PURE__*/
+  messageDesc(file_storefront_v1_identity_service, 31);
+
+/**
  * ClearSignInThrottleRequest is the input of ClearSignInThrottle.
  *
  * @generated from message storefront.v1.ClearSignInThrottleRequest
@@ -655,7 +848,7 @@ export type ClearSignInThrottleRequest = Message<"storefront.v1.ClearSignInThrot
  * Use `create(ClearSignInThrottleRequestSchema)` to create a new message.
  */
 export const ClearSignInThrottleRequestSchema: GenMessage<ClearSignInThrottleRequest> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_identity_service, 22);
+  messageDesc(file_storefront_v1_identity_service, 32);
 
 /**
  * ClearSignInThrottleResponse is the output of ClearSignInThrottle.
@@ -676,7 +869,7 @@ export type ClearSignInThrottleResponse = Message<"storefront.v1.ClearSignInThro
  * Use `create(ClearSignInThrottleResponseSchema)` to create a new message.
  */
 export const ClearSignInThrottleResponseSchema: GenMessage<ClearSignInThrottleResponse> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_identity_service, 23);
+  messageDesc(file_storefront_v1_identity_service, 33);
 
 /**
  * ServiceAccount is the identity of an internal service.
@@ -718,7 +911,7 @@ export type ServiceAccount = Message<"storefront.v1.ServiceAccount"> & {
  * Use `create(ServiceAccountSchema)` to create a new message.
  */
 export const ServiceAccountSchema: GenMessage<ServiceAccount> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_identity_service, 24);
+  messageDesc(file_storefront_v1_identity_service, 34);
 
 /**
  * CreateServiceAccountRequest is the input of CreateServiceAccount.
@@ -739,7 +932,7 @@ export type CreateServiceAccountRequest = Message<"storefront.v1.CreateServiceAc
  * Use `create(CreateServiceAccountRequestSchema)` to create a new message.
  */
 export const CreateServiceAccountRequestSchema: GenMessage<CreateServiceAccountRequest> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_identity_service, 25);
+  messageDesc(file_storefront_v1_identity_service, 35);
 
 /**
  * CreateServiceAccountResponse is the output of CreateServiceAccount.
@@ -767,7 +960,7 @@ export type CreateServiceAccountResponse = Message<"storefront.v1.CreateServiceA
  * Use `create(CreateServiceAccountResponseSchema)` to create a new message.
  */
 export const CreateServiceAccountResponseSchema: GenMessage<CreateServiceAccountResponse> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_identity_service, 26);
+  messageDesc(file_storefront_v1_identity_service, 36);
 
 /**
  * IssueServiceTokenRequest is the input of IssueServiceToken.
@@ -795,7 +988,7 @@ export type IssueServiceTokenRequest = Message<"storefront.v1.IssueServiceTokenR
  * Use `create(IssueServiceTokenRequestSchema)` to create a new message.
  */
 export const IssueServiceTokenRequestSchema: GenMessage<IssueServiceTokenRequest> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_identity_service, 27);
+  messageDesc(file_storefront_v1_identity_service, 37);
 
 /**
  * IssueServiceTokenResponse is the output of IssueServiceToken.
@@ -816,7 +1009,7 @@ export type IssueServiceTokenResponse = Message<"storefront.v1.IssueServiceToken
  * Use `create(IssueServiceTokenResponseSchema)` to create a new message.
  */
 export const IssueServiceTokenResponseSchema: GenMessage<IssueServiceTokenResponse> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_identity_service, 28);
+  messageDesc(file_storefront_v1_identity_service, 38);
 
 /**
  * ListSigningKeysRequest is the input of ListSigningKeys.
@@ -831,7 +1024,7 @@ export type ListSigningKeysRequest = Message<"storefront.v1.ListSigningKeysReque
  * Use `create(ListSigningKeysRequestSchema)` to create a new message.
  */
 export const ListSigningKeysRequestSchema: GenMessage<ListSigningKeysRequest> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_identity_service, 29);
+  messageDesc(file_storefront_v1_identity_service, 39);
 
 /**
  * ListSigningKeysResponse is the output of ListSigningKeys.
@@ -866,7 +1059,7 @@ export type ListSigningKeysResponse = Message<"storefront.v1.ListSigningKeysResp
  * Use `create(ListSigningKeysResponseSchema)` to create a new message.
  */
 export const ListSigningKeysResponseSchema: GenMessage<ListSigningKeysResponse> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_identity_service, 30);
+  messageDesc(file_storefront_v1_identity_service, 40);
 
 /**
  * JsonWebKey is one public key in JWK form (RFC 7517 / RFC 8037).
@@ -922,7 +1115,7 @@ export type JsonWebKey = Message<"storefront.v1.JsonWebKey"> & {
  * Use `create(JsonWebKeySchema)` to create a new message.
  */
 export const JsonWebKeySchema: GenMessage<JsonWebKey> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_identity_service, 31);
+  messageDesc(file_storefront_v1_identity_service, 41);
 
 /**
  * IdentityService registers users, signs them in and out, manages roles and service accounts, and
@@ -1066,6 +1259,68 @@ export const IdentityService: GenService<{
     methodKind: "unary";
     input: typeof DisableUserRequestSchema;
     output: typeof DisableUserResponseSchema;
+  },
+  /**
+   * Lets a disabled user sign in again (the sessions disabling ended stay ended). Enabling an
+   * enabled user succeeds and changes nothing. Returns NOT_FOUND if the user does not exist.
+   *
+   * @generated from rpc storefront.v1.IdentityService.EnableUser
+   */
+  enableUser: {
+    methodKind: "unary";
+    input: typeof EnableUserRequestSchema;
+    output: typeof EnableUserResponseSchema;
+  },
+  /**
+   * Starts a password reset: e-mails the account of `email` a single-use token that
+   * ResetPassword accepts for 30 minutes. Answers the same whether or not the address has an
+   * account (no account enumeration); a disabled account gets nothing, and an account gets at
+   * most 3 such e-mails an hour (later requests send none, silently). Counts against the sign-in
+   * rate limit. INVALID_ARGUMENT for a malformed email.
+   *
+   * @generated from rpc storefront.v1.IdentityService.RequestPasswordReset
+   */
+  requestPasswordReset: {
+    methodKind: "unary";
+    input: typeof RequestPasswordResetRequestSchema;
+    output: typeof RequestPasswordResetResponseSchema;
+  },
+  /**
+   * Sets a new password with a token from RequestPasswordReset, uses the token (and every other
+   * reset token of the account) up, and ends every session of the account. Returns
+   * INVALID_ARGUMENT with reason TOKEN_INVALID (field token) for a token that is unknown, used or
+   * expired, alike; INVALID_ARGUMENT for a new password outside 12..128 characters. The token
+   * never appears in an answer or a log.
+   *
+   * @generated from rpc storefront.v1.IdentityService.ResetPassword
+   */
+  resetPassword: {
+    methodKind: "unary";
+    input: typeof ResetPasswordRequestSchema;
+    output: typeof ResetPasswordResponseSchema;
+  },
+  /**
+   * E-mails the caller a single-use token that VerifyEmail accepts for 24 hours (at most 3 an
+   * hour; later requests send none). Returns FAILED_PRECONDITION (reason EMAIL_ALREADY_VERIFIED)
+   * when the address is verified.
+   *
+   * @generated from rpc storefront.v1.IdentityService.SendVerificationEmail
+   */
+  sendVerificationEmail: {
+    methodKind: "unary";
+    input: typeof SendVerificationEmailRequestSchema;
+    output: typeof SendVerificationEmailResponseSchema;
+  },
+  /**
+   * Marks the e-mail address of the token's account verified (User.email_verified) and uses the
+   * token up. Returns INVALID_ARGUMENT with reason TOKEN_INVALID like ResetPassword.
+   *
+   * @generated from rpc storefront.v1.IdentityService.VerifyEmail
+   */
+  verifyEmail: {
+    methodKind: "unary";
+    input: typeof VerifyEmailRequestSchema;
+    output: typeof VerifyEmailResponseSchema;
   },
   /**
    * Forgets every failed sign-in attempt recorded for an email, from every address, so that its
