@@ -1,7 +1,8 @@
 """The outbox dispatcher: hands committed events on to webhooks and e-mails, at least once.
 
 A pass, in any worker of any replica: fan out (in one transaction, take undelivered outbox events,
-number them shop-wide, write their webhook deliveries and e-mails, and mark them handed on), then
+number them shop-wide, write their webhook deliveries and e-mails, move the recommendation counts,
+and mark them handed on), then
 send what is due, outside any transaction, until nothing is due or the pass's time budget is spent.
 Fan-outs take turns on a lock (a dispatcher that finds it taken goes on to sending), so positions
 are given in commit order: a reader that sees position N has seen every position before it. Each
@@ -19,7 +20,7 @@ import peewee
 
 from server import notifications
 from server.db import database, try_lock_transaction_on, utcnow
-from server.domain import emails, outbox, webhooks
+from server.domain import emails, outbox, recommendations, webhooks
 from server.models.outbox_event import OutboxEvent
 
 FAN_OUT_BATCH = 500
@@ -45,6 +46,8 @@ def fan_out(limit: int = FAN_OUT_BATCH, *, mail: bool = True) -> int:
         webhooks.add_deliveries(events, now)
         if mail:
             emails.add_messages(events, now)
+        # Here, where each event is taken exactly once: the counts move once per event.
+        recommendations.record(events)
         positions = numbered(events, outbox.last_position())
         OutboxEvent.update(
             delivered_time=now,

@@ -10,7 +10,7 @@ from google.protobuf import struct_pb2
 from storefront.v1 import catalog_service_pb2, catalog_service_pb2_grpc, product_pb2
 
 from server import call_context
-from server.domain import product_fields, product_search, products
+from server.domain import product_fields, product_search, products, recommendations
 from server.domain.memo import BoundedMemo
 from server.domain.money import Money
 from server.domain.page_tokens import PageTokenSigner
@@ -155,6 +155,18 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             products=[self.messages.of(p) for p in result.products],
             missing_ids=result.missing_ids,
         )
+
+    def ListRelatedProducts(
+        self, request: pb.ListRelatedProductsRequest, context: grpc.ServicerContext
+    ) -> pb.ListRelatedProductsResponse:
+        found = recommendations.related(request.product_id, request.page_size)
+        return pb.ListRelatedProductsResponse(products=[self.messages.of(p) for p in found])
+
+    def ListRecommendedProducts(
+        self, request: pb.ListRecommendedProductsRequest, context: grpc.ServicerContext
+    ) -> pb.ListRecommendedProductsResponse:
+        found = recommendations.recommended(call_context.principal(), request.page_size)
+        return pb.ListRecommendedProductsResponse(products=[self.messages.of(p) for p in found])
 
     def ListProducts(
         self, request: pb.ListProductsRequest, context: grpc.ServicerContext

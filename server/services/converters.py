@@ -17,6 +17,7 @@ from server.domain.orders import Address
 from server.domain.page_tokens import PageTokenSigner
 from server.domain.principal import Role
 from server.domain.products import ACTIVE, ARCHIVED
+from server.errors import FieldViolation, InvalidArgument
 
 # What a List or Search request may carry for paging; SearchProducts, for one, has no filter.
 _PAGE_REQUEST_FIELDS = ("page_size", "page_token", "filter", "order_by")
@@ -73,6 +74,18 @@ def timestamp(value: dt.datetime | None) -> Timestamp | None:
     result = Timestamp()
     result.FromDatetime(value)
     return result
+
+
+def datetime_from_proto(message: Timestamp, field_path: str) -> dt.datetime:
+    """Returns a Timestamp as a naive-UTC datetime; INVALID_ARGUMENT naming `field_path` for one
+    outside years 1..9999 or with invalid nanos."""
+    try:
+        return message.ToDatetime()
+    except (ValueError, OverflowError):
+        raise InvalidArgument(
+            f"{field_path} is not a valid timestamp.",
+            violations=[FieldViolation(field_path, "must be a timestamp in years 1 to 9999")],
+        ) from None
 
 
 def money_to_proto(value: Money) -> common_pb2.Money:

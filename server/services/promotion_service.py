@@ -10,7 +10,13 @@ from storefront.v1 import promotion_service_pb2, promotion_service_pb2_grpc
 from server.domain import promotions
 from server.domain.money import Money
 from server.domain.page_tokens import PageTokenSigner
-from server.services.converters import money_from_proto, money_to_proto, page_request, timestamp
+from server.services.converters import (
+    datetime_from_proto,
+    money_from_proto,
+    money_to_proto,
+    page_request,
+    timestamp,
+)
 
 pb = promotion_service_pb2
 
@@ -51,8 +57,12 @@ def fields_from_proto(message: pb.Promotion) -> promotions.PromotionFields:
         minimum_subtotals=[money_from_proto(m) for m in message.minimum_subtotals],
         product_ids=list(message.product_ids),
         category_slugs=list(message.category_slugs),
-        start_time=message.start_time.ToDatetime() if message.HasField("start_time") else None,
-        end_time=message.end_time.ToDatetime() if message.HasField("end_time") else None,
+        start_time=datetime_from_proto(message.start_time, "promotion.start_time")
+        if message.HasField("start_time")
+        else None,
+        end_time=datetime_from_proto(message.end_time, "promotion.end_time")
+        if message.HasField("end_time")
+        else None,
         max_uses=message.max_uses,
         max_uses_per_customer=message.max_uses_per_customer,
     )

@@ -84,6 +84,8 @@ EXPECTED: dict[str, str | frozenset[Role]] = {
     "/storefront.v1.IdentityService/ResetPassword": PUBLIC,
     "/storefront.v1.IdentityService/SendVerificationEmail": USERS,
     "/storefront.v1.IdentityService/VerifyEmail": PUBLIC,
+    "/storefront.v1.CatalogService/ListRelatedProducts": PUBLIC,
+    "/storefront.v1.CatalogService/ListRecommendedProducts": CUSTOMERS,
     "/storefront.v1.OrderService/GetOrder": USERS,
     "/storefront.v1.OrderService/ListOrders": USERS,
     "/storefront.v1.OrderService/CancelOrder": USERS,

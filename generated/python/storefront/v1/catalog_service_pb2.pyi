@@ -464,6 +464,102 @@ class RestoreProductResponse(_message.Message):
 Global___RestoreProductResponse: _TypeAlias = RestoreProductResponse  # noqa: Y015
 
 @_typing.final
+class ListRelatedProductsRequest(_message.Message):
+    """ListRelatedProductsRequest is the input of ListRelatedProducts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRODUCT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    product_id: _builtins.str
+    """The product's id."""
+    page_size: _builtins.int
+    """At most this many: 0 means 10, above 50 means 50."""
+    def __init__(
+        self,
+        *,
+        product_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "product_id", b"product_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRelatedProductsRequest: _TypeAlias = ListRelatedProductsRequest  # noqa: Y015
+
+@_typing.final
+class ListRelatedProductsResponse(_message.Message):
+    """ListRelatedProductsResponse is the output of ListRelatedProducts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRODUCTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def products(self) -> _containers.RepeatedCompositeFieldContainer[_product_pb2.Product]:
+        """The products, best first."""
+
+    def __init__(
+        self,
+        *,
+        products: _abc.Iterable[_product_pb2.Product] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["products", b"products"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRelatedProductsResponse: _TypeAlias = ListRelatedProductsResponse  # noqa: Y015
+
+@_typing.final
+class ListRecommendedProductsRequest(_message.Message):
+    """ListRecommendedProductsRequest is the input of ListRecommendedProducts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many: 0 means 10, above 50 means 50."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRecommendedProductsRequest: _TypeAlias = ListRecommendedProductsRequest  # noqa: Y015
+
+@_typing.final
+class ListRecommendedProductsResponse(_message.Message):
+    """ListRecommendedProductsResponse is the output of ListRecommendedProducts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRODUCTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def products(self) -> _containers.RepeatedCompositeFieldContainer[_product_pb2.Product]:
+        """The products, best first."""
+
+    def __init__(
+        self,
+        *,
+        products: _abc.Iterable[_product_pb2.Product] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["products", b"products"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRecommendedProductsResponse: _TypeAlias = ListRecommendedProductsResponse  # noqa: Y015
+
+@_typing.final
 class ListCategoriesRequest(_message.Message):
     """ListCategoriesRequest is the input of ListCategories."""
 

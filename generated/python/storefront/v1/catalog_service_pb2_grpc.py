@@ -82,6 +82,16 @@ class CatalogServiceStub:
                 request_serializer=storefront_dot_v1_dot_catalog__service__pb2.RestoreProductRequest.SerializeToString,
                 response_deserializer=storefront_dot_v1_dot_catalog__service__pb2.RestoreProductResponse.FromString,
                 _registered_method=True)
+        self.ListRelatedProducts = channel.unary_unary(
+                '/storefront.v1.CatalogService/ListRelatedProducts',
+                request_serializer=storefront_dot_v1_dot_catalog__service__pb2.ListRelatedProductsRequest.SerializeToString,
+                response_deserializer=storefront_dot_v1_dot_catalog__service__pb2.ListRelatedProductsResponse.FromString,
+                _registered_method=True)
+        self.ListRecommendedProducts = channel.unary_unary(
+                '/storefront.v1.CatalogService/ListRecommendedProducts',
+                request_serializer=storefront_dot_v1_dot_catalog__service__pb2.ListRecommendedProductsRequest.SerializeToString,
+                response_deserializer=storefront_dot_v1_dot_catalog__service__pb2.ListRecommendedProductsResponse.FromString,
+                _registered_method=True)
         self.ListCategories = channel.unary_unary(
                 '/storefront.v1.CatalogService/ListCategories',
                 request_serializer=storefront_dot_v1_dot_catalog__service__pb2.ListCategoriesRequest.SerializeToString,
@@ -175,6 +185,28 @@ class CatalogServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRelatedProducts(self, request, context):
+        """Lists the ACTIVE products most often bought together with a product (counted from paid
+        orders as the outbox dispatcher hands their events on; a cancelled order's purchases are
+        taken back out), most often first, ties by product id; then, to fill the page, the best
+        sellers (most units sold, then by id) of the product's categories. Returns NOT_FOUND
+        (PRODUCT_NOT_FOUND) for an unknown product; INVALID_ARGUMENT for a malformed id or a negative
+        page size.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRecommendedProducts(self, request, context):
+        """Lists ACTIVE products for the caller from their order history: those most often bought
+        together with what they bought (summed over their purchases; not what they bought), then
+        the shop's best sellers, in a fixed order like ListRelatedProducts. INVALID_ARGUMENT for a
+        negative page size.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListCategories(self, request, context):
         """Lists every category with its number of ACTIVE products, by name.
         """
@@ -233,6 +265,16 @@ def add_CatalogServiceServicer_to_server(servicer, server):
                     servicer.RestoreProduct,
                     request_deserializer=storefront_dot_v1_dot_catalog__service__pb2.RestoreProductRequest.FromString,
                     response_serializer=storefront_dot_v1_dot_catalog__service__pb2.RestoreProductResponse.SerializeToString,
+            ),
+            'ListRelatedProducts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRelatedProducts,
+                    request_deserializer=storefront_dot_v1_dot_catalog__service__pb2.ListRelatedProductsRequest.FromString,
+                    response_serializer=storefront_dot_v1_dot_catalog__service__pb2.ListRelatedProductsResponse.SerializeToString,
+            ),
+            'ListRecommendedProducts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRecommendedProducts,
+                    request_deserializer=storefront_dot_v1_dot_catalog__service__pb2.ListRecommendedProductsRequest.FromString,
+                    response_serializer=storefront_dot_v1_dot_catalog__service__pb2.ListRecommendedProductsResponse.SerializeToString,
             ),
             'ListCategories': grpc.unary_unary_rpc_method_handler(
                     servicer.ListCategories,
@@ -469,6 +511,60 @@ class CatalogService:
             '/storefront.v1.CatalogService/RestoreProduct',
             storefront_dot_v1_dot_catalog__service__pb2.RestoreProductRequest.SerializeToString,
             storefront_dot_v1_dot_catalog__service__pb2.RestoreProductResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRelatedProducts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/storefront.v1.CatalogService/ListRelatedProducts',
+            storefront_dot_v1_dot_catalog__service__pb2.ListRelatedProductsRequest.SerializeToString,
+            storefront_dot_v1_dot_catalog__service__pb2.ListRelatedProductsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRecommendedProducts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/storefront.v1.CatalogService/ListRecommendedProducts',
+            storefront_dot_v1_dot_catalog__service__pb2.ListRecommendedProductsRequest.SerializeToString,
+            storefront_dot_v1_dot_catalog__service__pb2.ListRecommendedProductsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -78,6 +78,20 @@ class CatalogServiceStub:
     """Restores an archived product to ACTIVE. Restoring an active product succeeds and changes
     nothing. Returns NOT_FOUND if the product does not exist and ABORTED if etag is set and stale.
     """
+    ListRelatedProducts: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.ListRelatedProductsRequest, _catalog_service_pb2.ListRelatedProductsResponse]
+    """Lists the ACTIVE products most often bought together with a product (counted from paid
+    orders as the outbox dispatcher hands their events on; a cancelled order's purchases are
+    taken back out), most often first, ties by product id; then, to fill the page, the best
+    sellers (most units sold, then by id) of the product's categories. Returns NOT_FOUND
+    (PRODUCT_NOT_FOUND) for an unknown product; INVALID_ARGUMENT for a malformed id or a negative
+    page size.
+    """
+    ListRecommendedProducts: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.ListRecommendedProductsRequest, _catalog_service_pb2.ListRecommendedProductsResponse]
+    """Lists ACTIVE products for the caller from their order history: those most often bought
+    together with what they bought (summed over their purchases; not what they bought), then
+    the shop's best sellers, in a fixed order like ListRelatedProducts. INVALID_ARGUMENT for a
+    negative page size.
+    """
     ListCategories: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.ListCategoriesRequest, _catalog_service_pb2.ListCategoriesResponse]
     """Lists every category with its number of ACTIVE products, by name."""
     ImportProducts: _grpc.StreamUnaryMultiCallable[_catalog_service_pb2.ImportProductsRequest, _catalog_service_pb2.ImportProductsResponse]
@@ -135,6 +149,20 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     RestoreProduct: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.RestoreProductRequest, _catalog_service_pb2.RestoreProductResponse]  # type: ignore[assignment]
     """Restores an archived product to ACTIVE. Restoring an active product succeeds and changes
     nothing. Returns NOT_FOUND if the product does not exist and ABORTED if etag is set and stale.
+    """
+    ListRelatedProducts: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.ListRelatedProductsRequest, _catalog_service_pb2.ListRelatedProductsResponse]  # type: ignore[assignment]
+    """Lists the ACTIVE products most often bought together with a product (counted from paid
+    orders as the outbox dispatcher hands their events on; a cancelled order's purchases are
+    taken back out), most often first, ties by product id; then, to fill the page, the best
+    sellers (most units sold, then by id) of the product's categories. Returns NOT_FOUND
+    (PRODUCT_NOT_FOUND) for an unknown product; INVALID_ARGUMENT for a malformed id or a negative
+    page size.
+    """
+    ListRecommendedProducts: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.ListRecommendedProductsRequest, _catalog_service_pb2.ListRecommendedProductsResponse]  # type: ignore[assignment]
+    """Lists ACTIVE products for the caller from their order history: those most often bought
+    together with what they bought (summed over their purchases; not what they bought), then
+    the shop's best sellers, in a fixed order like ListRelatedProducts. INVALID_ARGUMENT for a
+    negative page size.
     """
     ListCategories: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.ListCategoriesRequest, _catalog_service_pb2.ListCategoriesResponse]  # type: ignore[assignment]
     """Lists every category with its number of ACTIVE products, by name."""
@@ -238,6 +266,32 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_catalog_service_pb2.RestoreProductResponse, _abc.Awaitable[_catalog_service_pb2.RestoreProductResponse]]:
         """Restores an archived product to ACTIVE. Restoring an active product succeeds and changes
         nothing. Returns NOT_FOUND if the product does not exist and ABORTED if etag is set and stale.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRelatedProducts(
+        self,
+        request: _catalog_service_pb2.ListRelatedProductsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_service_pb2.ListRelatedProductsResponse, _abc.Awaitable[_catalog_service_pb2.ListRelatedProductsResponse]]:
+        """Lists the ACTIVE products most often bought together with a product (counted from paid
+        orders as the outbox dispatcher hands their events on; a cancelled order's purchases are
+        taken back out), most often first, ties by product id; then, to fill the page, the best
+        sellers (most units sold, then by id) of the product's categories. Returns NOT_FOUND
+        (PRODUCT_NOT_FOUND) for an unknown product; INVALID_ARGUMENT for a malformed id or a negative
+        page size.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRecommendedProducts(
+        self,
+        request: _catalog_service_pb2.ListRecommendedProductsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_service_pb2.ListRecommendedProductsResponse, _abc.Awaitable[_catalog_service_pb2.ListRecommendedProductsResponse]]:
+        """Lists ACTIVE products for the caller from their order history: those most often bought
+        together with what they bought (summed over their purchases; not what they bought), then
+        the shop's best sellers, in a fixed order like ListRelatedProducts. INVALID_ARGUMENT for a
+        negative page size.
         """
 
     @_abc_1.abstractmethod

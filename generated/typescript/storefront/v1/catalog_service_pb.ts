@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file storefront/v1/catalog_service.proto.
  */
 export const file_storefront_v1_catalog_service: GenFile = /*@__PURE__*/
-  fileDesc("CiNzdG9yZWZyb250L3YxL2NhdGFsb2dfc2VydmljZS5wcm90bxINc3RvcmVmcm9udC52MSJFChRDcmVhdGVQcm9kdWN0UmVxdWVzdBItCgdwcm9kdWN0GAEgASgLMhYuc3RvcmVmcm9udC52MS5Qcm9kdWN0QgTiQQECIkAKFUNyZWF0ZVByb2R1Y3RSZXNwb25zZRInCgdwcm9kdWN0GAEgASgLMhYuc3RvcmVmcm9udC52MS5Qcm9kdWN0Ii0KEUdldFByb2R1Y3RSZXF1ZXN0EhgKCnByb2R1Y3RfaWQYASABKAlCBOJBAQIiPQoSR2V0UHJvZHVjdFJlc3BvbnNlEicKB3Byb2R1Y3QYASABKAsyFi5zdG9yZWZyb250LnYxLlByb2R1Y3QiNAoXQmF0Y2hHZXRQcm9kdWN0c1JlcXVlc3QSGQoLcHJvZHVjdF9pZHMYASADKAlCBOJBAQIiWQoYQmF0Y2hHZXRQcm9kdWN0c1Jlc3BvbnNlEigKCHByb2R1Y3RzGAEgAygLMhYuc3RvcmVmcm9udC52MS5Qcm9kdWN0EhMKC21pc3NpbmdfaWRzGAIgAygJInUKE0xpc3RQcm9kdWN0c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGZmlsdGVyGAMgASgJEhAKCG9yZGVyX2J5GAQgASgJEhUKDXNob3dfYXJjaGl2ZWQYBSABKAgiWQoUTGlzdFByb2R1Y3RzUmVzcG9uc2USKAoIcHJvZHVjdHMYASADKAsyFi5zdG9yZWZyb250LnYxLlByb2R1Y3QSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImoKFVNlYXJjaFByb2R1Y3RzUmVxdWVzdBITCgVxdWVyeRgBIAEoCUIE4kEBAhIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIVCg1zaG93X2FyY2hpdmVkGAQgASgIIlsKFlNlYXJjaFByb2R1Y3RzUmVzcG9uc2USKAoIcHJvZHVjdHMYASADKAsyFi5zdG9yZWZyb250LnYxLlByb2R1Y3QSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIooBChRVcGRhdGVQcm9kdWN0UmVxdWVzdBItCgdwcm9kdWN0GAEgASgLMhYuc3RvcmVmcm9udC52MS5Qcm9kdWN0QgTiQQECEjUKC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFza0IE4kEBAhIMCgRldGFnGAMgASgJIkAKFVVwZGF0ZVByb2R1Y3RSZXNwb25zZRInCgdwcm9kdWN0GAEgASgLMhYuc3RvcmVmcm9udC52MS5Qcm9kdWN0Ij8KFUFyY2hpdmVQcm9kdWN0UmVxdWVzdBIYCgpwcm9kdWN0X2lkGAEgASgJQgTiQQECEgwKBGV0YWcYAiABKAkiQQoWQXJjaGl2ZVByb2R1Y3RSZXNwb25zZRInCgdwcm9kdWN0GAEgASgLMhYuc3RvcmVmcm9udC52MS5Qcm9kdWN0Ij8KFVJlc3RvcmVQcm9kdWN0UmVxdWVzdBIYCgpwcm9kdWN0X2lkGAEgASgJQgTiQQECEgwKBGV0YWcYAiABKAkiQQoWUmVzdG9yZVByb2R1Y3RSZXNwb25zZRInCgdwcm9kdWN0GAEgASgLMhYuc3RvcmVmcm9udC52MS5Qcm9kdWN0IhcKFUxpc3RDYXRlZ29yaWVzUmVxdWVzdCJFChZMaXN0Q2F0ZWdvcmllc1Jlc3BvbnNlEisKCmNhdGVnb3JpZXMYASADKAsyFy5zdG9yZWZyb250LnYxLkNhdGVnb3J5IkYKFUltcG9ydFByb2R1Y3RzUmVxdWVzdBItCgdwcm9kdWN0GAEgASgLMhYuc3RvcmVmcm9udC52MS5Qcm9kdWN0QgTiQQECIjsKDkltcG9ydFJvd0Vycm9yEgsKA3JvdxgBIAEoBRILCgNza3UYAiABKAkSDwoHbWVzc2FnZRgDIAEoCSKLAQoWSW1wb3J0UHJvZHVjdHNSZXNwb25zZRIVCg1jcmVhdGVkX2NvdW50GAEgASgFEhUKDXVwZGF0ZWRfY291bnQYAiABKAUSFAoMZmFpbGVkX2NvdW50GAMgASgFEi0KBmVycm9ycxgEIAMoCzIdLnN0b3JlZnJvbnQudjEuSW1wb3J0Um93RXJyb3IykAgKDkNhdGFsb2dTZXJ2aWNlEmQKDUNyZWF0ZVByb2R1Y3QSIy5zdG9yZWZyb250LnYxLkNyZWF0ZVByb2R1Y3RSZXF1ZXN0GiQuc3RvcmVmcm9udC52MS5DcmVhdGVQcm9kdWN0UmVzcG9uc2UiCKK7GAQSAgIDElkKCkdldFByb2R1Y3QSIC5zdG9yZWZyb250LnYxLkdldFByb2R1Y3RSZXF1ZXN0GiEuc3RvcmVmcm9udC52MS5HZXRQcm9kdWN0UmVzcG9uc2UiBqK7GAIIARJrChBCYXRjaEdldFByb2R1Y3RzEiYuc3RvcmVmcm9udC52MS5CYXRjaEdldFByb2R1Y3RzUmVxdWVzdBonLnN0b3JlZnJvbnQudjEuQmF0Y2hHZXRQcm9kdWN0c1Jlc3BvbnNlIgaiuxgCCAESXwoMTGlzdFByb2R1Y3RzEiIuc3RvcmVmcm9udC52MS5MaXN0UHJvZHVjdHNSZXF1ZXN0GiMuc3RvcmVmcm9udC52MS5MaXN0UHJvZHVjdHNSZXNwb25zZSIGorsYAggBEmUKDlNlYXJjaFByb2R1Y3RzEiQuc3RvcmVmcm9udC52MS5TZWFyY2hQcm9kdWN0c1JlcXVlc3QaJS5zdG9yZWZyb250LnYxLlNlYXJjaFByb2R1Y3RzUmVzcG9uc2UiBqK7GAIIARJkCg1VcGRhdGVQcm9kdWN0EiMuc3RvcmVmcm9udC52MS5VcGRhdGVQcm9kdWN0UmVxdWVzdBokLnN0b3JlZnJvbnQudjEuVXBkYXRlUHJvZHVjdFJlc3BvbnNlIgiiuxgEEgICAxJnCg5BcmNoaXZlUHJvZHVjdBIkLnN0b3JlZnJvbnQudjEuQXJjaGl2ZVByb2R1Y3RSZXF1ZXN0GiUuc3RvcmVmcm9udC52MS5BcmNoaXZlUHJvZHVjdFJlc3BvbnNlIgiiuxgEEgICAxJnCg5SZXN0b3JlUHJvZHVjdBIkLnN0b3JlZnJvbnQudjEuUmVzdG9yZVByb2R1Y3RSZXF1ZXN0GiUuc3RvcmVmcm9udC52MS5SZXN0b3JlUHJvZHVjdFJlc3BvbnNlIgiiuxgEEgICAxJlCg5MaXN0Q2F0ZWdvcmllcxIkLnN0b3JlZnJvbnQudjEuTGlzdENhdGVnb3JpZXNSZXF1ZXN0GiUuc3RvcmVmcm9udC52MS5MaXN0Q2F0ZWdvcmllc1Jlc3BvbnNlIgaiuxgCCAESaQoOSW1wb3J0UHJvZHVjdHMSJC5zdG9yZWZyb250LnYxLkltcG9ydFByb2R1Y3RzUmVxdWVzdBolLnN0b3JlZnJvbnQudjEuSW1wb3J0UHJvZHVjdHNSZXNwb25zZSIIorsYBBICAgMoAWIGcHJvdG8z", [file_google_api_field_behavior, file_google_protobuf_field_mask, file_storefront_v1_access, file_storefront_v1_product]);
+  fileDesc("CiNzdG9yZWZyb250L3YxL2NhdGFsb2dfc2VydmljZS5wcm90bxINc3RvcmVmcm9udC52MSJFChRDcmVhdGVQcm9kdWN0UmVxdWVzdBItCgdwcm9kdWN0GAEgASgLMhYuc3RvcmVmcm9udC52MS5Qcm9kdWN0QgTiQQECIkAKFUNyZWF0ZVByb2R1Y3RSZXNwb25zZRInCgdwcm9kdWN0GAEgASgLMhYuc3RvcmVmcm9udC52MS5Qcm9kdWN0Ii0KEUdldFByb2R1Y3RSZXF1ZXN0EhgKCnByb2R1Y3RfaWQYASABKAlCBOJBAQIiPQoSR2V0UHJvZHVjdFJlc3BvbnNlEicKB3Byb2R1Y3QYASABKAsyFi5zdG9yZWZyb250LnYxLlByb2R1Y3QiNAoXQmF0Y2hHZXRQcm9kdWN0c1JlcXVlc3QSGQoLcHJvZHVjdF9pZHMYASADKAlCBOJBAQIiWQoYQmF0Y2hHZXRQcm9kdWN0c1Jlc3BvbnNlEigKCHByb2R1Y3RzGAEgAygLMhYuc3RvcmVmcm9udC52MS5Qcm9kdWN0EhMKC21pc3NpbmdfaWRzGAIgAygJInUKE0xpc3RQcm9kdWN0c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGZmlsdGVyGAMgASgJEhAKCG9yZGVyX2J5GAQgASgJEhUKDXNob3dfYXJjaGl2ZWQYBSABKAgiWQoUTGlzdFByb2R1Y3RzUmVzcG9uc2USKAoIcHJvZHVjdHMYASADKAsyFi5zdG9yZWZyb250LnYxLlByb2R1Y3QSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImoKFVNlYXJjaFByb2R1Y3RzUmVxdWVzdBITCgVxdWVyeRgBIAEoCUIE4kEBAhIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIVCg1zaG93X2FyY2hpdmVkGAQgASgIIlsKFlNlYXJjaFByb2R1Y3RzUmVzcG9uc2USKAoIcHJvZHVjdHMYASADKAsyFi5zdG9yZWZyb250LnYxLlByb2R1Y3QSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIooBChRVcGRhdGVQcm9kdWN0UmVxdWVzdBItCgdwcm9kdWN0GAEgASgLMhYuc3RvcmVmcm9udC52MS5Qcm9kdWN0QgTiQQECEjUKC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFza0IE4kEBAhIMCgRldGFnGAMgASgJIkAKFVVwZGF0ZVByb2R1Y3RSZXNwb25zZRInCgdwcm9kdWN0GAEgASgLMhYuc3RvcmVmcm9udC52MS5Qcm9kdWN0Ij8KFUFyY2hpdmVQcm9kdWN0UmVxdWVzdBIYCgpwcm9kdWN0X2lkGAEgASgJQgTiQQECEgwKBGV0YWcYAiABKAkiQQoWQXJjaGl2ZVByb2R1Y3RSZXNwb25zZRInCgdwcm9kdWN0GAEgASgLMhYuc3RvcmVmcm9udC52MS5Qcm9kdWN0Ij8KFVJlc3RvcmVQcm9kdWN0UmVxdWVzdBIYCgpwcm9kdWN0X2lkGAEgASgJQgTiQQECEgwKBGV0YWcYAiABKAkiQQoWUmVzdG9yZVByb2R1Y3RSZXNwb25zZRInCgdwcm9kdWN0GAEgASgLMhYuc3RvcmVmcm9udC52MS5Qcm9kdWN0IkkKGkxpc3RSZWxhdGVkUHJvZHVjdHNSZXF1ZXN0EhgKCnByb2R1Y3RfaWQYASABKAlCBOJBAQISEQoJcGFnZV9zaXplGAIgASgFIkcKG0xpc3RSZWxhdGVkUHJvZHVjdHNSZXNwb25zZRIoCghwcm9kdWN0cxgBIAMoCzIWLnN0b3JlZnJvbnQudjEuUHJvZHVjdCIzCh5MaXN0UmVjb21tZW5kZWRQcm9kdWN0c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFIksKH0xpc3RSZWNvbW1lbmRlZFByb2R1Y3RzUmVzcG9uc2USKAoIcHJvZHVjdHMYASADKAsyFi5zdG9yZWZyb250LnYxLlByb2R1Y3QiFwoVTGlzdENhdGVnb3JpZXNSZXF1ZXN0IkUKFkxpc3RDYXRlZ29yaWVzUmVzcG9uc2USKwoKY2F0ZWdvcmllcxgBIAMoCzIXLnN0b3JlZnJvbnQudjEuQ2F0ZWdvcnkiRgoVSW1wb3J0UHJvZHVjdHNSZXF1ZXN0Ei0KB3Byb2R1Y3QYASABKAsyFi5zdG9yZWZyb250LnYxLlByb2R1Y3RCBOJBAQIiOwoOSW1wb3J0Um93RXJyb3ISCwoDcm93GAEgASgFEgsKA3NrdRgCIAEoCRIPCgdtZXNzYWdlGAMgASgJIosBChZJbXBvcnRQcm9kdWN0c1Jlc3BvbnNlEhUKDWNyZWF0ZWRfY291bnQYASABKAUSFQoNdXBkYXRlZF9jb3VudBgCIAEoBRIUCgxmYWlsZWRfY291bnQYAyABKAUSLQoGZXJyb3JzGAQgAygLMh0uc3RvcmVmcm9udC52MS5JbXBvcnRSb3dFcnJvcjKMCgoOQ2F0YWxvZ1NlcnZpY2USZAoNQ3JlYXRlUHJvZHVjdBIjLnN0b3JlZnJvbnQudjEuQ3JlYXRlUHJvZHVjdFJlcXVlc3QaJC5zdG9yZWZyb250LnYxLkNyZWF0ZVByb2R1Y3RSZXNwb25zZSIIorsYBBICAgMSWQoKR2V0UHJvZHVjdBIgLnN0b3JlZnJvbnQudjEuR2V0UHJvZHVjdFJlcXVlc3QaIS5zdG9yZWZyb250LnYxLkdldFByb2R1Y3RSZXNwb25zZSIGorsYAggBEmsKEEJhdGNoR2V0UHJvZHVjdHMSJi5zdG9yZWZyb250LnYxLkJhdGNoR2V0UHJvZHVjdHNSZXF1ZXN0Gicuc3RvcmVmcm9udC52MS5CYXRjaEdldFByb2R1Y3RzUmVzcG9uc2UiBqK7GAIIARJfCgxMaXN0UHJvZHVjdHMSIi5zdG9yZWZyb250LnYxLkxpc3RQcm9kdWN0c1JlcXVlc3QaIy5zdG9yZWZyb250LnYxLkxpc3RQcm9kdWN0c1Jlc3BvbnNlIgaiuxgCCAESZQoOU2VhcmNoUHJvZHVjdHMSJC5zdG9yZWZyb250LnYxLlNlYXJjaFByb2R1Y3RzUmVxdWVzdBolLnN0b3JlZnJvbnQudjEuU2VhcmNoUHJvZHVjdHNSZXNwb25zZSIGorsYAggBEmQKDVVwZGF0ZVByb2R1Y3QSIy5zdG9yZWZyb250LnYxLlVwZGF0ZVByb2R1Y3RSZXF1ZXN0GiQuc3RvcmVmcm9udC52MS5VcGRhdGVQcm9kdWN0UmVzcG9uc2UiCKK7GAQSAgIDEmcKDkFyY2hpdmVQcm9kdWN0EiQuc3RvcmVmcm9udC52MS5BcmNoaXZlUHJvZHVjdFJlcXVlc3QaJS5zdG9yZWZyb250LnYxLkFyY2hpdmVQcm9kdWN0UmVzcG9uc2UiCKK7GAQSAgIDEmcKDlJlc3RvcmVQcm9kdWN0EiQuc3RvcmVmcm9udC52MS5SZXN0b3JlUHJvZHVjdFJlcXVlc3QaJS5zdG9yZWZyb250LnYxLlJlc3RvcmVQcm9kdWN0UmVzcG9uc2UiCKK7GAQSAgIDEnQKE0xpc3RSZWxhdGVkUHJvZHVjdHMSKS5zdG9yZWZyb250LnYxLkxpc3RSZWxhdGVkUHJvZHVjdHNSZXF1ZXN0Giouc3RvcmVmcm9udC52MS5MaXN0UmVsYXRlZFByb2R1Y3RzUmVzcG9uc2UiBqK7GAIIARKDAQoXTGlzdFJlY29tbWVuZGVkUHJvZHVjdHMSLS5zdG9yZWZyb250LnYxLkxpc3RSZWNvbW1lbmRlZFByb2R1Y3RzUmVxdWVzdBouLnN0b3JlZnJvbnQudjEuTGlzdFJlY29tbWVuZGVkUHJvZHVjdHNSZXNwb25zZSIJorsYBRIBARgBEmUKDkxpc3RDYXRlZ29yaWVzEiQuc3RvcmVmcm9udC52MS5MaXN0Q2F0ZWdvcmllc1JlcXVlc3QaJS5zdG9yZWZyb250LnYxLkxpc3RDYXRlZ29yaWVzUmVzcG9uc2UiBqK7GAIIARJpCg5JbXBvcnRQcm9kdWN0cxIkLnN0b3JlZnJvbnQudjEuSW1wb3J0UHJvZHVjdHNSZXF1ZXN0GiUuc3RvcmVmcm9udC52MS5JbXBvcnRQcm9kdWN0c1Jlc3BvbnNlIgiiuxgEEgICAygBYgZwcm90bzM", [file_google_api_field_behavior, file_google_protobuf_field_mask, file_storefront_v1_access, file_storefront_v1_product]);
 
 /**
  * CreateProductRequest is the input of CreateProduct.
@@ -458,6 +458,97 @@ export const RestoreProductResponseSchema: GenMessage<RestoreProductResponse> = 
   messageDesc(file_storefront_v1_catalog_service, 15);
 
 /**
+ * ListRelatedProductsRequest is the input of ListRelatedProducts.
+ *
+ * @generated from message storefront.v1.ListRelatedProductsRequest
+ */
+export type ListRelatedProductsRequest = Message<"storefront.v1.ListRelatedProductsRequest"> & {
+  /**
+   * The product's id.
+   *
+   * @generated from field: string product_id = 1;
+   */
+  productId: string;
+
+  /**
+   * At most this many: 0 means 10, above 50 means 50.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+};
+
+/**
+ * Describes the message storefront.v1.ListRelatedProductsRequest.
+ * Use `create(ListRelatedProductsRequestSchema)` to create a new message.
+ */
+export const ListRelatedProductsRequestSchema: GenMessage<ListRelatedProductsRequest> = /*@__PURE__*/
+  messageDesc(file_storefront_v1_catalog_service, 16);
+
+/**
+ * ListRelatedProductsResponse is the output of ListRelatedProducts.
+ *
+ * @generated from message storefront.v1.ListRelatedProductsResponse
+ */
+export type ListRelatedProductsResponse = Message<"storefront.v1.ListRelatedProductsResponse"> & {
+  /**
+   * The products, best first.
+   *
+   * @generated from field: repeated storefront.v1.Product products = 1;
+   */
+  products: Product[];
+};
+
+/**
+ * Describes the message storefront.v1.ListRelatedProductsResponse.
+ * Use `create(ListRelatedProductsResponseSchema)` to create a new message.
+ */
+export const ListRelatedProductsResponseSchema: GenMessage<ListRelatedProductsResponse> = /*@__PURE__*/
+  messageDesc(file_storefront_v1_catalog_service, 17);
+
+/**
+ * ListRecommendedProductsRequest is the input of ListRecommendedProducts.
+ *
+ * @generated from message storefront.v1.ListRecommendedProductsRequest
+ */
+export type ListRecommendedProductsRequest = Message<"storefront.v1.ListRecommendedProductsRequest"> & {
+  /**
+   * At most this many: 0 means 10, above 50 means 50.
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+};
+
+/**
+ * Describes the message storefront.v1.ListRecommendedProductsRequest.
+ * Use `create(ListRecommendedProductsRequestSchema)` to create a new message.
+ */
+export const ListRecommendedProductsRequestSchema: GenMessage<ListRecommendedProductsRequest> = /*@__PURE__*/
+  messageDesc(file_storefront_v1_catalog_service, 18);
+
+/**
+ * ListRecommendedProductsResponse is the output of ListRecommendedProducts.
+ *
+ * @generated from message storefront.v1.ListRecommendedProductsResponse
+ */
+export type ListRecommendedProductsResponse = Message<"storefront.v1.ListRecommendedProductsResponse"> & {
+  /**
+   * The products, best first.
+   *
+   * @generated from field: repeated storefront.v1.Product products = 1;
+   */
+  products: Product[];
+};
+
+/**
+ * Describes the message storefront.v1.ListRecommendedProductsResponse.
+ * Use `create(ListRecommendedProductsResponseSchema)` to create a new message.
+ */
+export const ListRecommendedProductsResponseSchema: GenMessage<ListRecommendedProductsResponse> = /*@__PURE__*/
+  messageDesc(file_storefront_v1_catalog_service, 19);
+
+/**
  * ListCategoriesRequest is the input of ListCategories.
  *
  * @generated from message storefront.v1.ListCategoriesRequest
@@ -470,7 +561,7 @@ export type ListCategoriesRequest = Message<"storefront.v1.ListCategoriesRequest
  * Use `create(ListCategoriesRequestSchema)` to create a new message.
  */
 export const ListCategoriesRequestSchema: GenMessage<ListCategoriesRequest> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_catalog_service, 16);
+  messageDesc(file_storefront_v1_catalog_service, 20);
 
 /**
  * ListCategoriesResponse is the output of ListCategories.
@@ -491,7 +582,7 @@ export type ListCategoriesResponse = Message<"storefront.v1.ListCategoriesRespon
  * Use `create(ListCategoriesResponseSchema)` to create a new message.
  */
 export const ListCategoriesResponseSchema: GenMessage<ListCategoriesResponse> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_catalog_service, 17);
+  messageDesc(file_storefront_v1_catalog_service, 21);
 
 /**
  * ImportProductsRequest is one row of an import.
@@ -512,7 +603,7 @@ export type ImportProductsRequest = Message<"storefront.v1.ImportProductsRequest
  * Use `create(ImportProductsRequestSchema)` to create a new message.
  */
 export const ImportProductsRequestSchema: GenMessage<ImportProductsRequest> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_catalog_service, 18);
+  messageDesc(file_storefront_v1_catalog_service, 22);
 
 /**
  * ImportRowError says why one imported row failed.
@@ -547,7 +638,7 @@ export type ImportRowError = Message<"storefront.v1.ImportRowError"> & {
  * Use `create(ImportRowErrorSchema)` to create a new message.
  */
 export const ImportRowErrorSchema: GenMessage<ImportRowError> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_catalog_service, 19);
+  messageDesc(file_storefront_v1_catalog_service, 23);
 
 /**
  * ImportProductsResponse is the output of ImportProducts.
@@ -589,7 +680,7 @@ export type ImportProductsResponse = Message<"storefront.v1.ImportProductsRespon
  * Use `create(ImportProductsResponseSchema)` to create a new message.
  */
 export const ImportProductsResponseSchema: GenMessage<ImportProductsResponse> = /*@__PURE__*/
-  messageDesc(file_storefront_v1_catalog_service, 20);
+  messageDesc(file_storefront_v1_catalog_service, 24);
 
 /**
  * CatalogService manages the products the shop sells and lets anyone browse and search them.
@@ -697,6 +788,34 @@ export const CatalogService: GenService<{
     methodKind: "unary";
     input: typeof RestoreProductRequestSchema;
     output: typeof RestoreProductResponseSchema;
+  },
+  /**
+   * Lists the ACTIVE products most often bought together with a product (counted from paid
+   * orders as the outbox dispatcher hands their events on; a cancelled order's purchases are
+   * taken back out), most often first, ties by product id; then, to fill the page, the best
+   * sellers (most units sold, then by id) of the product's categories. Returns NOT_FOUND
+   * (PRODUCT_NOT_FOUND) for an unknown product; INVALID_ARGUMENT for a malformed id or a negative
+   * page size.
+   *
+   * @generated from rpc storefront.v1.CatalogService.ListRelatedProducts
+   */
+  listRelatedProducts: {
+    methodKind: "unary";
+    input: typeof ListRelatedProductsRequestSchema;
+    output: typeof ListRelatedProductsResponseSchema;
+  },
+  /**
+   * Lists ACTIVE products for the caller from their order history: those most often bought
+   * together with what they bought (summed over their purchases; not what they bought), then
+   * the shop's best sellers, in a fixed order like ListRelatedProducts. INVALID_ARGUMENT for a
+   * negative page size.
+   *
+   * @generated from rpc storefront.v1.CatalogService.ListRecommendedProducts
+   */
+  listRecommendedProducts: {
+    methodKind: "unary";
+    input: typeof ListRecommendedProductsRequestSchema;
+    output: typeof ListRecommendedProductsResponseSchema;
   },
   /**
    * Lists every category with its number of ACTIVE products, by name.
