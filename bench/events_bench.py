@@ -72,26 +72,10 @@ from bench.run import (
     serving,
     storefront_server,
 )
+from server.domain import webhooks
 
-# Every order event type (WebhookEndpoint.event_types in webhook_service.proto).
-ORDER_EVENT_TYPES = tuple(
-    f"order.{name}"
-    for name in (
-        "placed",
-        "payment_captured",
-        "payment_declined",
-        "payment_outcome_unknown",
-        "payment_not_completed",
-        "reservation_expired",
-        "late_charge_refunded",
-        "cancelled",
-        "shipped",
-        "delivered",
-        "refund_requested",
-        "refund_succeeded",
-        "refund_failed",
-    )
-)
+# Every order event type an endpoint may ask for.
+ORDER_EVENT_TYPES = tuple(sorted(t for t in webhooks.EVENT_TYPES if t.startswith("order.")))
 EVENTS_PER_PAID_ORDER = 2  # order.placed, order.payment_captured
 BACKLOG_ORDERS = 200
 CALLERS = 8
