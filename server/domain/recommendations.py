@@ -26,6 +26,8 @@ from server.validation import Validator
 
 DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 50
+# Rows per upsert statement (well within SQLite's bound on parameters).
+UPSERT_BATCH = 200
 # How an order event moves the counts.
 _SIGNS = {"order.payment_captured": 1, "order.cancelled": -1}
 # Orders whose purchases count as the customer's history.
@@ -60,20 +62,25 @@ def record(events: Sequence[OutboxEvent]) -> None:
             orders[product_id] += sign
         for first, second in itertools.permutations(sorted(bought), 2):
             pairs[(first, second)] += sign
-    for product_id in sorted(units):
-        ProductSales.insert(
-            product_id=product_id, units=units[product_id], order_count=orders[product_id]
-        ).on_conflict(
+    # A statement per UPSERT_BATCH rows, not per row: an order of n products moves n sales rows
+    # and n(n-1) pairs.
+    sales = [{"product_id": p, "units": units[p], "order_count": orders[p]} for p in sorted(units)]
+    for batch in peewee.chunked(sales, UPSERT_BATCH):
+        ProductSales.insert_many(batch).on_conflict(
             conflict_target=[ProductSales.product_id],
             update={
-                ProductSales.units: ProductSales.units + units[product_id],
-                ProductSales.order_count: ProductSales.order_count + orders[product_id],
+                ProductSales.units: ProductSales.units + peewee.EXCLUDED.units,
+                ProductSales.order_count: ProductSales.order_count + peewee.EXCLUDED.order_count,
             },
         ).execute()
-    for (first, second), count in sorted(pairs.items()):
-        ProductPair.insert(product_id=first, related_id=second, order_count=count).on_conflict(
+    rows = [
+        {"product_id": first, "related_id": second, "order_count": count}
+        for (first, second), count in sorted(pairs.items())
+    ]
+    for batch in peewee.chunked(rows, UPSERT_BATCH):
+        ProductPair.insert_many(batch).on_conflict(
             conflict_target=[ProductPair.product_id, ProductPair.related_id],
-            update={ProductPair.order_count: ProductPair.order_count + count},
+            update={ProductPair.order_count: ProductPair.order_count + peewee.EXCLUDED.order_count},
         ).execute()
 
 

@@ -11,6 +11,7 @@ import email.policy
 import logging
 import re
 import time
+import uuid
 from pathlib import Path
 
 import grpc
@@ -174,3 +175,7 @@ def test_enable_user_undoes_disable_user(running: Running) -> None:
     customer: StorefrontClient = running.login(Role.CUSTOMER)
     denied = rpc_error(lambda: customer.identity.EnableUser(pb.EnableUserRequest(user_id=user.id)))
     assert denied.code() == StatusCode.PERMISSION_DENIED
+    unknown = rpc_error(
+        lambda: admin.identity.EnableUser(pb.EnableUserRequest(user_id=str(uuid.uuid4())))
+    )
+    assert unknown.code() == StatusCode.NOT_FOUND

@@ -127,6 +127,10 @@ def test_staff_create_get_list_and_archive_promotions(
         pb.ArchivePromotionRequest(promotion_id=percent.id)
     ).promotion
     assert archived.HasField("archive_time")
+    bad_order = rpc_error(
+        lambda: staff.promotions.ListPromotions(pb.ListPromotionsRequest(order_by="discount"))
+    )
+    assert bad_order.code() == StatusCode.INVALID_ARGUMENT
     missing = rpc_error(
         lambda: staff.promotions.GetPromotion(
             pb.GetPromotionRequest(promotion_id=str(uuid.uuid4()))
