@@ -5,7 +5,9 @@ bench/echo_server.py (pinned to CPU 0 when there are two CPUs and taskset), then
 bench/load.py (pinned to CPU 1) once per RPC. The PostgreSQL rows do the same against a fresh
 database created on --postgres-url (and dropped afterwards); PostgreSQL's own processes are not
 pinned. Then the outbox events tables (bench/events_bench.py: dispatcher throughput, webhook
-delivery lag under checkouts, open streams; --no-events skips them). Writes
+delivery lag under checkouts, open streams; --no-events skips them), and the reports table
+(bench/reports_bench.py: each ReportService call over 100,000 orders, with and without the report
+indexes; --no-reports skips it). Writes
 bench/results/<UTC time>.json and .md and prints the tables.
 """
 
@@ -530,6 +532,23 @@ def measure_events(
     return rows, events_bench.sizes_of(sizes)
 
 
+def measure_reports(options: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The reports rows (bench/reports_bench.py, at its default sizes) and those sizes, or none
+    with --no-reports."""
+    if options.no_reports:
+        return [], {}
+    from bench import reports_bench
+
+    sizes = reports_bench.parser().parse_args(
+        [
+            "--postgres-url",
+            options.postgres_url,
+            *(["--no-postgres"] if options.no_postgres else []),
+        ]
+    )
+    return reports_bench.reports_rows(sizes), reports_bench.sizes_of(sizes)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the benchmark and writes its results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -561,6 +580,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-events",
         action="store_true",
         help="skip the outbox events tables (dispatcher throughput, delivery lag, open streams)",
+    )
+    parser.add_argument(
+        "--no-reports",
+        action="store_true",
+        help="skip the reports table (ReportService over 100,000 orders, with and without indexes)",
     )
     parser.add_argument("--results-dir", type=Path, default=BENCH / "results")
     options = parser.parse_args(argv)
@@ -627,6 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scaling = [] if options.no_scaling else measure_scaling(options, Path(tmp), scaling_rpcs)
     replicas = measure_replicas(options, chosen)
     events, event_sizes = measure_events(options, server_prefix, load_prefix)
+    reports, report_sizes = measure_reports(options)
 
     ceiling = rows[0]["throughput_per_s"] or 1.0
     for row in rows:
@@ -655,11 +680,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "products": product_count,
             "worker_threads": WORKER_THREADS,
             "events": event_sizes or None,
+            "reports": report_sizes or None,
         },
         "results": rows,
         "scaling": scaling,
         "replicas": replicas,
         "events": events,
+        "reports": reports,
     }
     table = markdown_table(rows)
     if scaling:
@@ -679,6 +706,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         table += "\n\n## Outbox events (bench/events_bench.py)\n\n" + events_tables(
             events, event_sizes
+        )
+    if reports:
+        from bench.reports_bench import markdown_table as reports_table
+
+        table += "\n\n## Reports (bench/reports_bench.py)\n\n" + reports_table(
+            reports, report_sizes
         )
     stamp = started.strftime("%Y-%m-%dT%H%M%SZ")
     options.results_dir.mkdir(parents=True, exist_ok=True)

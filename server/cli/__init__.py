@@ -1,5 +1,5 @@
 """The `storefront` command: serve, migrate, seed, reconcile, create-admin, import-products,
-backup, restore."""
+backup, restore, report."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import grpc
 import peewee
 
 from server import logs, migrations
-from server.cli import admin, backup, import_products, serve
+from server.cli import admin, backup, import_products, report, serve
 from server.cli.admin import DEMO_CATALOG
 from server.config import ConfigError, Settings
 
@@ -46,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     admin.add_commands(commands)
     import_products.add_commands(commands)
     backup.add_commands(commands)
+    report.add_commands(commands)
     args = parser.parse_args(argv)
 
     if args.command == "import-products":

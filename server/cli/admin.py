@@ -168,13 +168,13 @@ def _seed_catalog(catalog: Path) -> int:
                         product_id=product.id, delta=row.stock, reason="demo catalog", actor="seed"
                     )
     except (DomainError, ParseError, ValueError) as exc:
-        log.error("%s: line %d: %s", catalog, row.line, _describe(exc))
+        log.error("%s: line %d: %s", catalog, row.line, describe(exc))
         return 1
     log.info("seeded %d products from %s", len(rows), catalog)
     return 0
 
 
-def _describe(exc: Exception) -> str:
+def describe(exc: Exception) -> str:
     """Returns an error's message with its field violations, for one line of output."""
     if isinstance(exc, InvalidArgument) and exc.violations:
         return violations_summary(exc.violations)
@@ -189,7 +189,7 @@ def create_admin(settings: Settings, args: argparse.Namespace) -> int:
         try:
             user, password = users.create_admin(email=args.email, passwords=PasswordHasher())
         except DomainError as exc:
-            log.error(_describe(exc))
+            log.error(describe(exc))
             return 1
     print(f"created admin {user.email} (id {user.id})\npassword (shown once): {password}")
     return 0

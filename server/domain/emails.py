@@ -23,7 +23,7 @@ import jinja2
 import peewee
 
 from server.db import database, utcnow
-from server.domain import currencies, work_leases
+from server.domain import money, work_leases
 from server.mail.transport import Mailer, PermanentFailure
 from server.models.email_message import EmailMessage
 from server.models.order import Order, OrderLine
@@ -57,12 +57,7 @@ _templates = jinja2.Environment(
 
 def shown(amount_minor: int, currency: str) -> str:
     """Formats minor units for people: 12345 EUR -> "123.45 EUR"."""
-    places = currencies.exponent(currency)
-    sign = "-" if amount_minor < 0 else ""
-    whole, fraction = divmod(abs(amount_minor), 10**places)
-    return (
-        f"{sign}{whole}.{fraction:0{places}d} {currency}" if places else f"{sign}{whole} {currency}"
-    )
+    return f"{money.decimal_text(amount_minor, currency)} {currency}"
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,14 @@ def format_rate(value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
+def decimal_text(amount_minor: int, currency: str) -> str:
+    """Writes minor units as the decimal amount they are: 12345 EUR -> "123.45", 5 JPY -> "5"."""
+    places = currencies.exponent(currency)
+    sign = "-" if amount_minor < 0 else ""
+    whole, fraction = divmod(abs(amount_minor), 10**places)
+    return f"{sign}{whole}.{fraction:0{places}d}" if places else f"{sign}{whole}"
+
+
 def _round_half_even(numerator: int, denominator: int) -> int:
     """Returns numerator / denominator (denominator > 0) rounded to an integer, half to even."""
     quotient, remainder = divmod(numerator, denominator)  # floor division: 0 <= remainder < d

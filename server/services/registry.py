@@ -28,6 +28,8 @@ from storefront.v1 import (
     order_service_pb2_grpc,
     promotion_service_pb2,
     promotion_service_pb2_grpc,
+    report_service_pb2,
+    report_service_pb2_grpc,
     shipping_service_pb2,
     shipping_service_pb2_grpc,
     webhook_service_pb2,
@@ -46,6 +48,7 @@ from server.services.identity_service import IdentityServicer
 from server.services.inventory_service import InventoryServicer
 from server.services.order_service import OrderServicer
 from server.services.promotion_service import PromotionServicer
+from server.services.report_service import ReportServicer
 from server.services.shipping_service import ShippingServicer
 from server.services.webhook_service import WebhookServicer
 
@@ -140,6 +143,12 @@ SERVICES: tuple[Service, ...] = (
         _described(promotion_service_pb2, "PromotionService"),
         lambda server, deps: promotion_service_pb2_grpc.add_PromotionServiceServicer_to_server(
             PromotionServicer(deps.pages), server
+        ),
+    ),
+    Service(
+        _described(report_service_pb2, "ReportService"),
+        lambda server, deps: report_service_pb2_grpc.add_ReportServiceServicer_to_server(
+            ReportServicer(), server
         ),
     ),
 )

@@ -297,6 +297,7 @@ def test_an_unknown_setting_is_refused(tmp_path: Path) -> None:
         ("seed", DATABASE_VARIABLES),
         ("create-admin", DATABASE_VARIABLES),
         ("reconcile", RECONCILE_VARIABLES),
+        ("report", DATABASE_VARIABLES),
     ],
 )
 def test_each_command_help_lists_the_variables_it_reads(

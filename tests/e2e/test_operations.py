@@ -92,6 +92,7 @@ def test_health_list_names_every_service_and_the_server(running: Running) -> Non
         "storefront.v1.OrderService",
         "storefront.v1.WebhookService",
         "storefront.v1.PromotionService",
+        "storefront.v1.ReportService",
     }
     assert {s.status for s in listed.statuses.values()} == {ServingStatus.SERVING}
 

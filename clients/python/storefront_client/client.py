@@ -21,6 +21,7 @@ from storefront.v1 import (
     order_service_pb2,
     order_service_pb2_grpc,
     promotion_service_pb2_grpc,
+    report_service_pb2_grpc,
     shipping_service_pb2_grpc,
     webhook_service_pb2_grpc,
 )
@@ -85,6 +86,7 @@ class StorefrontClient:
     orders = ServiceStub(order_service_pb2_grpc.OrderServiceStub)
     webhooks = ServiceStub(webhook_service_pb2_grpc.WebhookServiceStub)
     promotions = ServiceStub(promotion_service_pb2_grpc.PromotionServiceStub)
+    reports = ServiceStub(report_service_pb2_grpc.ReportServiceStub)
 
     def __init__(
         self,

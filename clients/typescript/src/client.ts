@@ -28,6 +28,7 @@ import {
   type WatchOrdersResponse,
 } from "../../../generated/typescript/storefront/v1/order_service_pb.js";
 import { PromotionService } from "../../../generated/typescript/storefront/v1/promotion_service_pb.js";
+import { ReportService } from "../../../generated/typescript/storefront/v1/report_service_pb.js";
 import { WebhookService } from "../../../generated/typescript/storefront/v1/webhook_service_pb.js";
 import { ShippingService } from "../../../generated/typescript/storefront/v1/shipping_service_pb.js";
 import { DEFAULT_REFRESH_BEFORE_MS, SessionManager, attachToken, type Session } from "./auth.js";
@@ -77,6 +78,7 @@ export class StorefrontClient {
   readonly orders: Client<typeof OrderService>;
   readonly webhooks: Client<typeof WebhookService>;
   readonly promotions: Client<typeof PromotionService>;
+  readonly reports: Client<typeof ReportService>;
   /** Signs in and renews tokens: sends no token of its own, so renewal never recurses. */
   private readonly publicIdentity: Client<typeof IdentityService>;
   private readonly sessions: SessionManager;
@@ -120,6 +122,7 @@ export class StorefrontClient {
     this.orders = createClient(OrderService, signedIn);
     this.webhooks = createClient(WebhookService, signedIn);
     this.promotions = createClient(PromotionService, signedIn);
+    this.reports = createClient(ReportService, signedIn);
   }
 
   /** The current session, or undefined when signed out. */
