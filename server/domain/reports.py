@@ -229,14 +229,17 @@ def _paid_orders(days: DateRange, currency: str) -> Iterator[tuple[dt.date, Sale
         .group_by(day, Order.currency)
     )
     for found, code, count, sold, gross, discounts, shipping, tax in _rows(query):
-        yield _as_date(found), SalesFigures(
-            code,
-            orders=int(count),
-            units=int(sold),
-            gross_minor=int(gross),
-            discounts_minor=int(discounts),
-            shipping_minor=int(shipping),
-            tax_minor=int(tax),
+        yield (
+            _as_date(found),
+            SalesFigures(
+                code,
+                orders=int(count),
+                units=int(sold),
+                gross_minor=int(gross),
+                discounts_minor=int(discounts),
+                shipping_minor=int(shipping),
+                tax_minor=int(tax),
+            ),
         )
 
 
