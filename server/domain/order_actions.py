@@ -10,7 +10,10 @@ action raises FAILED_PRECONDITION (ILLEGAL_TRANSITION) and writes nothing.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from server.db import database, utcnow
@@ -18,7 +21,7 @@ from server.domain import idempotency, inventory, orders, promotions
 from server.domain.commands import RequestKey
 from server.domain.principal import Principal
 from server.errors import FailedPrecondition
-from server.models.order import Order
+from server.models.order import Order, OrderLine
 from server.validation import Validator
 
 REASON_MAX_LENGTH = 500
@@ -135,9 +138,16 @@ def cancel(actor: Principal, *, order_id: str, reason: str) -> str | None:
 
 
 def refund(
-    actor: Principal, *, order_id: str, amount_minor: int | None, currency: str, reason: str
+    actor: Principal,
+    *,
+    order_id: str,
+    amount_minor: int | None,
+    currency: str,
+    reason: str,
+    lines: Sequence[orders.RefundedUnits] = (),
 ) -> str:
-    """Owes part (or, with amount_minor None, all that is left) of the capture back.
+    """Owes part (or, with amount_minor None and no lines, all that is left) of the capture
+    back; with `lines`, what the customer paid for those units (see paid_for).
 
     The order becomes REFUNDED once everything captured is refunded, else PARTIALLY_REFUNDED; a
     PAID order stays PAID (still to ship), and may not be refunded in full (CancelOrder does
@@ -155,7 +165,10 @@ def refund(
         source = orders.State(order.state)
         target = orders.next_state(source, orders.Action.REFUND)
         remaining = int(order.captured_minor) - int(order.refunded_minor)
-        amount = remaining if amount_minor is None else amount_minor
+        if lines:
+            amount = paid_for(order, lines)
+        else:
+            amount = remaining if amount_minor is None else amount_minor
         # amount is only below 1 when nothing is left to refund, e.g. an order whose total was 0.
         if amount > remaining or amount < 1:
             raise orders.exceeds_captured(remaining)
@@ -168,7 +181,7 @@ def refund(
         if amount == remaining:
             target = orders.State.REFUNDED
         orders.set_state(order, target, now)
-        refund_id = orders.owe_refund(order, amount, reason or "refund", now)
+        refund_id = orders.owe_refund(order, amount, reason or "refund", now, lines)
         orders.record_event(
             order,
             "REFUND_REQUESTED",
@@ -182,8 +195,40 @@ def refund(
         return refund_id
 
 
+def paid_for(order: Order, lines: Sequence[orders.RefundedUnits]) -> int:
+    """What the customer paid for these units of the order's lines: each line's total less its
+    share of the discount, pro rata to the units, plus the tax on that at the order's rate,
+    rounded half to even once. Call with the order locked. INVALID_ARGUMENT for a line of
+    another order; FAILED_PRECONDITION (REFUND_EXCEEDS_LINE) for more units than are left."""
+    ordered = {line.id: line for line in OrderLine.select().where(OrderLine.order == order.id)}
+    v = Validator()
+    for index, (line_id, _) in enumerate(lines):
+        v.check(line_id in ordered, f"lines[{index}].line_id", "is not a line of this order")
+    v.raise_if_any()
+    refunded = orders.units_refunded(order.id)
+    goods = Fraction(0)
+    for line_id, quantity in lines:
+        line = ordered[line_id]
+        left = int(line.quantity) - refunded[line_id]
+        if quantity > left:
+            raise FailedPrecondition(
+                f"Line {line_id} has {left} units left to refund.",
+                reason="REFUND_EXCEEDS_LINE",
+                metadata={"line_id": line_id, "refundable_quantity": str(left)},
+            )
+        paid = int(line.line_total_minor) - int(line.discount_minor)
+        goods += Fraction(paid * quantity, int(line.quantity))
+    # round() of a Fraction rounds half to even, as the checkout's tax does.
+    return round(goods * (1 + Fraction(Decimal(order.tax_rate))))
+
+
 def check_refund(
-    v: Validator, *, order_id: str, amount: tuple[str, int] | None, reason: str
+    v: Validator,
+    *,
+    order_id: str,
+    amount: tuple[str, int] | None,
+    reason: str,
+    lines: Sequence[orders.RefundedUnits] = (),
 ) -> None:
     """Adds the violations of a RefundOrder request; amount is (currency, minor) when set."""
     check_order_action(v, order_id=order_id, reason=reason)
@@ -191,6 +236,13 @@ def check_refund(
         currency, minor = amount
         v.check(bool(currency), "amount.currency_code", "is required with an amount")
         v.check(minor > 0, "amount.amount_minor", "must be positive")
+        v.check(not lines, "lines", "must be empty when amount is set")
+    seen: set[str] = set()
+    for index, (line_id, quantity) in enumerate(lines):
+        v.check_id(f"lines[{index}].line_id", line_id, "order line")
+        v.check(line_id not in seen, f"lines[{index}].line_id", "is repeated")
+        v.check(quantity >= 1, f"lines[{index}].quantity", "must be at least 1")
+        seen.add(line_id)
 
 
 # --- use cases: one call per OrderService mutation ------------------------------------------------
@@ -236,12 +288,13 @@ class MarkOrderDelivered:
 @dataclass(frozen=True)
 class RefundOrder:
     """A RefundOrder request; `amount` is (currency code, minor units), None for all that is
-    left."""
+    left or a refund by `lines`."""
 
     request: RequestKey
     order_id: str
     amount: tuple[str, int] | None
     reason: str
+    lines: tuple[orders.RefundedUnits, ...] = ()
 
 
 def cancel_order(actor: Principal, command: CancelOrder) -> orders.OrderDetails:
@@ -311,7 +364,11 @@ def refund_order(actor: Principal, command: RefundOrder) -> tuple[orders.OrderDe
         operation=REFUND_OPERATION,
         request=command.request,
         validate=lambda v: check_refund(
-            v, order_id=command.order_id, amount=amount, reason=command.reason
+            v,
+            order_id=command.order_id,
+            amount=amount,
+            reason=command.reason,
+            lines=command.lines,
         ),
         execute=lambda: refund(
             actor,
@@ -319,6 +376,7 @@ def refund_order(actor: Principal, command: RefundOrder) -> tuple[orders.OrderDe
             amount_minor=None if amount is None else amount[1],
             currency="" if amount is None else amount[0],
             reason=command.reason,
+            lines=command.lines,
         ),
     )
     return orders.get(actor, command.order_id), refund_id

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import json
 import uuid
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +84,10 @@ class RefundStatus(enum.StrEnum):
     PENDING = "PENDING"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
+
+
+# Some units of an order line: (line id, quantity).
+RefundedUnits = tuple[str, int]
 
 
 @dataclass(frozen=True)
@@ -414,9 +420,16 @@ def stock_lines(order_id: str) -> list[inventory.StockLine]:
     ]
 
 
-def owe_refund(order: Order, amount_minor: int, reason: str, now: dt.datetime) -> str:
-    """Commits a refund the provider still has to make (delivered by payment_jobs); returns
-    its id. The guarded UPDATE keeps the total refunded within what was captured."""
+def owe_refund(
+    order: Order,
+    amount_minor: int,
+    reason: str,
+    now: dt.datetime,
+    lines: Sequence[RefundedUnits] = (),
+) -> str:
+    """Commits a refund the provider still has to make (delivered by payment_jobs), of `lines`'
+    units when it is a refund by lines; returns its id. The guarded UPDATE keeps the total
+    refunded within what was captured."""
     added = (
         Order.update(refunded_minor=Order.refunded_minor + amount_minor)
         .where(
@@ -433,10 +446,27 @@ def owe_refund(order: Order, amount_minor: int, reason: str, now: dt.datetime) -
         amount_minor=amount_minor,
         status=RefundStatus.PENDING.value,
         reason=reason,
+        lines=json.dumps([{"line_id": line_id, "quantity": n} for line_id, n in lines]),
         create_time=now,
         update_time=now,
     )
     return refund_id
+
+
+def refunded_lines(refund: OrderRefund) -> list[RefundedUnits]:
+    """The (line id, units) a refund by lines refunded; empty for a refund of an amount."""
+    return [(unit["line_id"], int(unit["quantity"])) for unit in json.loads(refund.lines)]
+
+
+def units_refunded(order_id: str) -> Counter[str]:
+    """Units refunded per line of the order, by refunds the provider has not refused."""
+    refunded: Counter[str] = Counter()
+    for refund in OrderRefund.select(OrderRefund.lines).where(
+        (OrderRefund.order == order_id) & (OrderRefund.status != RefundStatus.FAILED.value)
+    ):
+        for line_id, units in refunded_lines(refund):
+            refunded[line_id] += units
+    return refunded
 
 
 def exceeds_captured(remaining: int) -> FailedPrecondition:

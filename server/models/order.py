@@ -112,6 +112,9 @@ class OrderRefund(BaseModel):
     reason = peewee.CharField(max_length=500, default="")
     provider_refund_id = peewee.CharField(max_length=200, null=True)
     attempts = peewee.IntegerField(default=0)
+    # A refund by lines: the units it refunded, [{"line_id": ..., "quantity": n}]; "[]" for one
+    # of an amount.
+    lines = peewee.TextField(default="[]")
     create_time = peewee.DateTimeField(default=utcnow)
     update_time = peewee.DateTimeField(default=utcnow)
     order_id: str

@@ -82,6 +82,10 @@ def order_to_proto(found: OrderDetails) -> order_pb2.Order:
                 status=REFUND_STATUS_TO_PROTO[RefundStatus(refund.status)],
                 reason=refund.reason,
                 create_time=timestamp(refund.create_time),
+                lines=[
+                    order_pb2.RefundLine(line_id=line_id, quantity=quantity)
+                    for line_id, quantity in orders.refunded_lines(refund)
+                ],
             )
             for refund in found.refunds
         ],
@@ -216,7 +220,11 @@ class OrderServicer(order_service_pb2_grpc.OrderServiceServicer):
         refunded, refund_id = order_actions.refund_order(
             call_context.principal(),
             order_actions.RefundOrder(
-                request_key(request), request.order_id, amount, request.reason
+                request_key(request),
+                request.order_id,
+                amount,
+                request.reason,
+                tuple((line.line_id, line.quantity) for line in request.lines),
             ),
         )
         return pb.RefundOrderResponse(order=order_to_proto(refunded), refund_id=refund_id)

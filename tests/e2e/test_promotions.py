@@ -313,3 +313,86 @@ def test_a_declined_payment_and_a_cancellation_give_the_use_back(
     reused = place(other, order_request(discount_code=promotion.code))
     assert (reused.state, reused.discount_code) == (order_pb2.ORDER_STATE_PAID, promotion.code)
     assert use_count(staff, promotion.id) == 1
+
+
+# --- refunds by lines pro-rate the discount -------------------------------------------------------
+
+
+def refund_lines(
+    staff: StorefrontClient, order_id: str, *lines: tuple[str, int], **fields: object
+) -> order_pb.RefundOrderResponse:
+    return staff.orders.RefundOrder(
+        order_pb.RefundOrderRequest(
+            order_id=order_id,
+            request_id=str(uuid.uuid4()),
+            lines=[order_pb2.RefundLine(line_id=line_id, quantity=n) for line_id, n in lines],
+            **fields,  # type: ignore[arg-type]
+        )
+    )
+
+
+def test_a_refund_by_lines_gives_back_what_was_paid_for_those_units(
+    running: Running, staff: StorefrontClient, customer: Customer
+) -> None:
+    covered, other = product(running, price_minor=1001), product(running, price_minor=2500)
+    add(customer, covered, 5)
+    add(customer, other, 1)
+    promotion = create(staff, percent_basis_points=1000, product_ids=[covered])
+    order = place(customer, order_request(discount_code=promotion.code))
+    staff.orders.ShipOrder(
+        order_pb.ShipOrderRequest(
+            order_id=order.id, request_id=str(uuid.uuid4()), carrier="DHL", tracking_number="1"
+        )
+    )
+    line = next(line for line in order.lines if line.product_id == covered)
+    plain = next(line for line in order.lines if line.product_id == other)
+    rate = Decimal(order.tax_rate)
+    assert line.discount.amount_minor == 500 and rate == Decimal("0.19")
+
+    def paid_for(quantity: int, of: order_pb2.OrderLine) -> Decimal:
+        paid = of.line_total.amount_minor - of.discount.amount_minor
+        return Decimal(paid * quantity) / of.quantity * (1 + rate)
+
+    # 2 of 5 discounted units: (5005 - 500) * 2/5 = 1802, plus 19% tax (2144.38), rounded once.
+    first = refund_lines(staff, order.id, (line.id, 2), reason="damaged")
+    assert first.order.refunds[0].amount.amount_minor == half_even(paid_for(2, line)) == 2144
+    assert [(u.line_id, u.quantity) for u in first.order.refunds[0].lines] == [(line.id, 2)]
+
+    too_many = rpc_error(lambda: refund_lines(staff, order.id, (line.id, 4)))
+    reason, metadata = error_info(too_many)
+    assert (too_many.code(), reason) == (StatusCode.FAILED_PRECONDITION, "REFUND_EXCEEDS_LINE")
+    assert metadata == {"line_id": line.id, "refundable_quantity": "3"}
+
+    rest = refund_lines(staff, order.id, (line.id, 3), (plain.id, 1))
+    second = rest.order.refunds[1].amount.amount_minor
+    assert second == half_even(paid_for(3, line) + paid_for(1, plain))
+    # Every unit refunded: the discounted goods and their tax, to the minor unit; the shipping
+    # (and its tax) is what is left.
+    goods_with_tax = order.subtotal.amount_minor - order.discount.amount_minor
+    assert abs(2144 + second - goods_with_tax * (1 + rate)) <= 1
+    assert rest.order.refunded.amount_minor == 2144 + second
+    assert rest.order.state == order_pb2.ORDER_STATE_PARTIALLY_REFUNDED
+
+    gone = rpc_error(lambda: refund_lines(staff, order.id, (plain.id, 1)))
+    assert error_info(gone)[1]["refundable_quantity"] == "0"
+
+
+def test_bad_refund_lines_are_invalid_argument(
+    running: Running, staff: StorefrontClient, customer: Customer
+) -> None:
+    add(customer, product(running), 2)
+    order = place(customer, order_request())
+    line_id = order.lines[0].id
+    for fields, lines, extra in [
+        ({"lines"}, [(line_id, 1)], {"amount": eur(100)}),
+        ({"lines[0].quantity"}, [(line_id, 0)], {}),
+        ({"lines[0].line_id"}, [("not-an-id", 1)], {}),
+        ({"lines[1].line_id"}, [(line_id, 1), (line_id, 1)], {}),
+        ({"lines[0].line_id"}, [(str(uuid.uuid4()), 1)], {}),  # not this order's
+    ]:
+        err = rpc_error(
+            lambda lines=lines, extra=extra: refund_lines(staff, order.id, *lines, **extra)
+        )
+        assert err.code() == StatusCode.INVALID_ARGUMENT, fields
+        assert violated_fields(err) == fields
+    assert not staff.orders.GetOrder(order_pb.GetOrderRequest(order_id=order.id)).order.refunds

@@ -222,6 +222,7 @@ class OrderRefund(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-generated id of the refund."""
     status: Global___RefundStatus.ValueType
@@ -236,6 +237,12 @@ class OrderRefund(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was made."""
 
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___RefundLine]:
+        """The units it refunded, when it was asked for by line (RefundOrderRequest.lines); empty for
+        a refund of an amount.
+        """
+
     def __init__(
         self,
         *,
@@ -244,14 +251,41 @@ class OrderRefund(_message.Message):
         status: Global___RefundStatus.ValueType = ...,
         reason: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        lines: _abc.Iterable[Global___RefundLine] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "create_time", b"create_time", "id", b"id", "reason", b"reason", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "create_time", b"create_time", "id", b"id", "lines", b"lines", "reason", b"reason", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OrderRefund: _TypeAlias = OrderRefund  # noqa: Y015
+
+@_typing.final
+class RefundLine(_message.Message):
+    """RefundLine is some units of one order line, refunded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINE_ID_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    line_id: _builtins.str
+    """The order line's id (OrderLine.id)."""
+    quantity: _builtins.int
+    """How many of its units."""
+    def __init__(
+        self,
+        *,
+        line_id: _builtins.str = ...,
+        quantity: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["line_id", b"line_id", "quantity", b"quantity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefundLine: _TypeAlias = RefundLine  # noqa: Y015
 
 @_typing.final
 class Order(_message.Message):

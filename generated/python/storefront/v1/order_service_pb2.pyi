@@ -471,6 +471,7 @@ class RefundOrderRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     """The order's id."""
     request_id: _builtins.str
@@ -479,7 +480,13 @@ class RefundOrderRequest(_message.Message):
     """Why; at most 500 characters."""
     @_builtins.property
     def amount(self) -> _common_pb2.Money:
-        """How much to refund, in the order's currency; unset refunds everything not yet refunded."""
+        """How much to refund, in the order's currency; with neither amount nor lines, everything not
+        yet refunded.
+        """
+
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[_order_pb2.RefundLine]:
+        """Or, instead of an amount, the units to refund per line (see RefundOrder)."""
 
     def __init__(
         self,
@@ -488,10 +495,11 @@ class RefundOrderRequest(_message.Message):
         request_id: _builtins.str = ...,
         amount: _common_pb2.Money | None = ...,
         reason: _builtins.str = ...,
+        lines: _abc.Iterable[_order_pb2.RefundLine] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "order_id", b"order_id", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "lines", b"lines", "order_id", b"order_id", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

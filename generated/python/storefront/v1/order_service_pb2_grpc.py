@@ -201,10 +201,18 @@ class OrderServiceServicer:
         Stock is not touched (returned goods are put back with InventoryService.AdjustStock). The
         total refunded never exceeds what was captured, also under concurrent refunds. The refund is
         SUCCEEDED or, if the payment provider did not answer, PENDING and retried by storefront.
+        A refund by lines (instead of an amount) refunds what the customer paid for those units:
+        each line's total less its share of the discount, pro rata to the units, plus the tax on
+        that at the order's tax rate, rounded half to even once (shipping is not included; refund
+        it as an amount). A line's units are refunded at most once (a refund the provider refused
+        gives its units back).
         Returns NOT_FOUND (ORDER_NOT_FOUND); FAILED_PRECONDITION with reason ILLEGAL_TRANSITION for
         another state, with reason REFUND_EXCEEDS_CAPTURED when the amount is more than what is left
-        to refund (nothing is refunded); INVALID_ARGUMENT for an amount in another currency than the
-        order's (checked before the state), or not positive.
+        to refund, with reason REFUND_EXCEEDS_LINE (metadata line_id, refundable_quantity) when a
+        line has fewer units left to refund (nothing is refunded); INVALID_ARGUMENT for an amount in
+        another currency than the order's (checked before the state), or not positive, for both an
+        amount and lines, a line id that is malformed, repeated or not one of the order's lines, or
+        a quantity below 1.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
