@@ -409,12 +409,20 @@ def test_sigterm_alone_finishes_the_calls_in_progress_and_cancels_only_unstarted
     buyers, products = base.buyers, base.products
     victim = shop.cluster.replicas[2]
 
+    assert shop.provider is not None
     with Load(
         shop, readers=4, buyers=list(zip(buyers, products, strict=True)), settle_seconds=0
     ) as load:
         assert poll(lambda: load.orders_placed() >= 6)
-        assert poll(lambda: in_flight(victim, "PlaceOrder") >= 1)
-        victim.signal(signal.SIGTERM)
+        # Charges wait at the provider until the victim drains: a checkout it started before
+        # the signal is certainly still in progress when the signal comes.
+        shop.provider.hold()
+        try:
+            assert poll(lambda: in_flight(victim, "PlaceOrder") >= 1)
+            victim.signal(signal.SIGTERM)
+            assert poll(lambda: "signal SIGTERM: draining" in victim.log_path.read_text())
+        finally:
+            shop.provider.release()
         assert victim.wait(timeout=WAIT_SECONDS) == 0
         placed_at_exit = load.orders_placed()
         assert poll(lambda: load.orders_placed() >= placed_at_exit + 8)

@@ -71,6 +71,8 @@ class FakePaymentProvider:
         self.delay_seconds = 0.0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._open = threading.Event()  # cleared by hold(): requests wait until release()
+        self._open.set()
         self._faults: collections.deque[_Fault] = collections.deque()
         self._requests: list[RecordedRequest] = []
         self._state = _State()
@@ -138,6 +140,15 @@ class FakePaymentProvider:
         """Makes every later request wait `seconds` before it is processed and answered."""
         self.delay_seconds = seconds
 
+    def hold(self) -> None:
+        """Makes every request wait, before it is processed, until `release` (or `stop`): the
+        calls that reach the provider meanwhile are certainly in progress."""
+        self._open.clear()
+
+    def release(self) -> None:
+        """Lets the held requests, and every later one, through."""
+        self._open.set()
+
     @property
     def requests(self) -> list[RecordedRequest]:
         """Returns every request received so far, in arrival order."""
@@ -182,6 +193,9 @@ class FakePaymentProvider:
             return None
         if self.delay_seconds:
             self._stopping.wait(self.delay_seconds)
+        while not self._open.wait(0.05):
+            if self._stopping.is_set():
+                return None
         answer = self._route(request, key)
         if fault is not None and fault.kind == "hang_after":
             self._stopping.wait(self.hang_seconds)
