@@ -510,17 +510,53 @@ def _list_filter(comparisons: Sequence[list_filter.Comparison]) -> Any:
     return where
 
 
-def list_(page: listing.PageRequest, *, show_archived: bool) -> listing.Page[Product]:
-    """Returns one page of products matching the filter (ACTIVE only unless show_archived)."""
+def list_(
+    page: listing.PageRequest, *, show_archived: bool, cache: ProductCache | None = None
+) -> listing.Page[Product]:
+    """Returns one page of products matching the filter (ACTIVE only unless show_archived).
+
+    With `cache`, the page is read as ids and versions only, and each product whose cached
+    version is the one read is taken from the cache; the others are read in one more query.
+    The page is then exactly as fresh as without the cache (every change bumps the version),
+    and the common case reads three narrow columns instead of every column of 51 rows.
+    """
     request = listing.parse_list_request(PRODUCT_LIST, page, scope=scope(show_archived))
-    query = Product.select()
+    columns = [Product] if cache is None else _version_columns(request)
+    query = Product.select(*columns)
     if not show_archived:
         query = query.where(Product.state == ACTIVE)
     where = _list_filter(request.filter)
     if where is not None:
         query = query.where(where)
     # The filter is already applied above; the request keeps it only in its token fingerprint.
-    return listing.fetch_page(query, dataclasses.replace(request, filter=()))
+    found = listing.fetch_page(query, dataclasses.replace(request, filter=()))
+    if cache is None:
+        return found
+    return listing.Page(_current_versions(found.items, cache), found.next_page_token)
+
+
+def _version_columns(request: listing.ListRequest) -> list[peewee.Field]:
+    """What a page read through the cache selects: the id, the version and the sort keys (the
+    next page token is made of them)."""
+    return list(dict.fromkeys([Product.id, Product.version, *(t.column for t in request.order)]))
+
+
+def _current_versions(keys: Sequence[Product], cache: ProductCache) -> list[Product]:
+    """The products of `keys` (id and version) at those versions: cached where the cache holds
+    that version, read (and cached) otherwise."""
+    found: dict[str, Product] = {}
+    for key in keys:
+        cached = cache.get(key.id)
+        if cached is not None and cached.version == key.version:
+            found[key.id] = cached
+    to_load = [key.id for key in keys if key.id not in found]
+    if to_load:
+        generation = cache.generation()
+        for product in listing.instances(Product.select().where(Product.id.in_(to_load))):
+            found[product.id] = product
+            cache.put(product.id, product, generation=generation)
+    # A product deleted between the two reads is left out of the page.
+    return [found[key.id] for key in keys if key.id in found]
 
 
 def list_categories() -> list[CategoryCount]:

@@ -172,7 +172,9 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
         self, request: pb.ListProductsRequest, context: grpc.ServicerContext
     ) -> pb.ListProductsResponse:
         page = products.list_(
-            page_request(request, self.pages), show_archived=request.show_archived
+            page_request(request, self.pages),
+            show_archived=request.show_archived,
+            cache=self.cache,
         )
         return pb.ListProductsResponse(
             products=[self.messages.of(p) for p in page.items],

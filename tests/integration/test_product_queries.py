@@ -15,12 +15,14 @@ import peewee
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from server.db import database
 from server.domain import listing, product_fields, product_search, products
 from server.domain.listing import PageRequest
 from server.domain.page_tokens import PageTokenSigner
 from server.domain.principal import Principal, Role
+from server.domain.product_cache import ProductCache
 from server.domain.product_fields import ProductFields
 from server.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from server.models.product import Product, ProductCategory
@@ -59,8 +61,9 @@ def walk_list(
     order_by: str = "",
     filter_text: str = "",
     show_archived: bool = False,
+    cache: ProductCache | None = None,
 ) -> list[Product]:
-    """Lists every page; returns the products in order."""
+    """Lists every page (through `cache` when given); returns the products in order."""
     items: list[Product] = []
     token = ""
     for _ in range(10_000):
@@ -69,6 +72,7 @@ def walk_list(
                 PAGES, page_size=page_size, page_token=token, filter=filter_text, order_by=order_by
             ),
             show_archived=show_archived,
+            cache=cache,
         )
         items.extend(page.items)
         token = page.next_page_token
@@ -353,6 +357,50 @@ def test_list_filters_and_orders(
     assert names(items)[: len(expected)] == expected
     if filter_text:
         assert len(items) == len(expected)
+
+
+@pytest.mark.parametrize(
+    ("filter_text", "order_by", "show_archived"),
+    [
+        ("", "", False),
+        ("", "price_minor desc", True),
+        ('category = "knives"', "name", True),
+        ("", "create_time desc", False),
+    ],
+)
+def test_a_list_through_the_cache_is_the_list_from_the_database(
+    catalog: dict[str, Product], filter_text: str, order_by: str, show_archived: bool
+) -> None:
+    cache = ProductCache(CollectorRegistry())
+    plain = walk_list(
+        page_size=2, filter_text=filter_text, order_by=order_by, show_archived=show_archived
+    )
+    for _ in range(2):  # cold, then warm
+        cached = walk_list(
+            page_size=2,
+            filter_text=filter_text,
+            order_by=order_by,
+            show_archived=show_archived,
+            cache=cache,
+        )
+        assert [p.__data__ for p in cached] == [p.__data__ for p in plain]
+    assert plain and all(cache.get(p.id) is p for p in cached)  # the warm walk used the cache
+
+
+def test_a_list_through_the_cache_sees_a_change_made_elsewhere_at_once(
+    catalog: dict[str, Product],
+) -> None:
+    cache = ProductCache(CollectorRegistry(), ttl_seconds=3600)
+    walk_list(page_size=10, cache=cache)
+    knife = catalog["knife"]
+    # Another process's write: this process's cache is not told.
+    Product.update(name="Chef's Knife", version=Product.version + 1).where(
+        Product.id == knife.id
+    ).execute()
+    listed = {p.id: p for p in walk_list(page_size=10, cache=cache)}
+    assert listed[knife.id].name == "Chef's Knife"
+    assert listed[knife.id].version == knife.version + 1
+    assert cache.get(knife.id) is listed[knife.id]
 
 
 @pytest.mark.parametrize(
