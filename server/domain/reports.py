@@ -42,7 +42,10 @@ class DateRange:
 
     @property
     def until(self) -> dt.datetime:
-        """The first instant after the range."""
+        """The first instant after the range (the last one there is, for a range ending on the
+        last day a date can name)."""
+        if self.end == dt.date.max:
+            return dt.datetime.max
         return dt.datetime.combine(self.end + dt.timedelta(days=1), dt.time())
 
 

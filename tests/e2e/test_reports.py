@@ -265,11 +265,18 @@ def test_bad_sales_requests_are_invalid_argument(
     assert violated_fields(err) == fields
 
 
-def test_a_leap_year_range_of_366_days_is_accepted(staff: StorefrontClient) -> None:
-    report = staff.reports.GetSalesReport(
-        pb.GetSalesReportRequest(start_date="2028-01-01", end_date="2028-12-31")
-    )
+@pytest.mark.parametrize(
+    ("start", "end"), [("2028-01-01", "2028-12-31"), ("9999-01-01", "9999-12-31")]
+)
+def test_a_range_of_366_days_or_up_to_the_last_date_is_accepted(
+    staff: StorefrontClient, start: str, end: str
+) -> None:
+    report = staff.reports.GetSalesReport(pb.GetSalesReportRequest(start_date=start, end_date=end))
     assert list(report.days) == []
+    refunds = staff.reports.GetRefundsReport(
+        pb.GetRefundsReportRequest(start_date=start, end_date=end)
+    )
+    assert list(refunds.reasons) == []
 
 
 # --- top products, stock, refunds -----------------------------------------------------------------
