@@ -52,6 +52,14 @@ STOCK_VALUATION_HEADER = ("currency", "products", "units", "value")
 REFUNDS_HEADER = ("reason", "currency", "refunds", "amount")
 
 Rows = Iterable[Sequence[object]]
+# A text cell starting with one of these is a formula to a spreadsheet (CSV injection):
+# product names and refund reasons are written with a leading apostrophe instead.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def text_cell(text: str) -> str:
+    """`text` as a CSV cell a spreadsheet shows as text, never runs as a formula."""
+    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -119,8 +127,8 @@ def _top_products(args: argparse.Namespace) -> tuple[Sequence[str], Rows]:
         (
             rank,
             p.product_id,
-            p.sku,
-            p.name,
+            text_cell(p.sku),
+            text_cell(p.name),
             p.units,
             p.orders,
             args.currency,
@@ -139,7 +147,7 @@ def _stock_valuation(args: argparse.Namespace) -> tuple[Sequence[str], Rows]:
 
 def _refunds(args: argparse.Namespace) -> tuple[Sequence[str], Rows]:
     return REFUNDS_HEADER, (
-        (r.reason, r.currency, r.refunds, decimal_text(r.amount_minor, r.currency))
+        (text_cell(r.reason), r.currency, r.refunds, decimal_text(r.amount_minor, r.currency))
         for r in reports.refunds(args.start, args.end)
     )
 
