@@ -86,6 +86,12 @@ def restore(url: str, source: Path, db: peewee.Database, *, force: bool) -> Repo
         db.close()
         _sqlite_copy(source, Path(_sqlite_path(url)))
     else:
+        schema = _search_path_schema(url)
+        if schema is not None:
+            # pg_restore --schema restores what is in the schema, not the schema itself: a
+            # fresh database needs it made first.
+            with db.connection_context(), db.atomic():
+                db.execute_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')  # type: ignore[no-untyped-call]
         _postgres_restore(url, source)
     applied = migrations.migrate(db)
     return Report(source, version, source.stat().st_size, tuple(applied))
@@ -186,11 +192,17 @@ def _tool(name: str) -> str:
 def _connection(url: str) -> tuple[str, list[str]]:
     """The libpq URL (without our psycopg3+pool scheme) and the --schema options of its
     search_path, if it sets one."""
-    parsed = urlparse(url)
-    libpq = parsed._replace(scheme="postgresql").geturl()
-    options = unquote(" ".join(parse_qs(parsed.query).get("options", [])))
+    libpq = urlparse(url)._replace(scheme="postgresql").geturl()
+    schema = _search_path_schema(url)
+    return libpq, ([f"--schema={schema}"] if schema else [])
+
+
+def _search_path_schema(url: str) -> str | None:
+    """The schema a PostgreSQL URL's options put first on the search_path (a plain identifier),
+    or None."""
+    options = unquote(" ".join(parse_qs(urlparse(url).query).get("options", [])))
     match = _SEARCH_PATH.search(options)
-    return libpq, ([f"--schema={match.group(1)}"] if match else [])
+    return match.group(1) if match else None
 
 
 def _run(args: list[str]) -> str:

@@ -73,8 +73,8 @@ def environment(data_dir: Path, url: str, **extra: str) -> dict[str, str]:
 
 
 class Target:
-    """An empty database to restore into (a SQLite file, or a PostgreSQL database with the
-    source's schema), and SQL on it."""
+    """An empty database to restore into (a SQLite file, or a fresh PostgreSQL database whose
+    search_path names the source's schema), and SQL on it."""
 
     def __init__(self, url: str, query: Callable[[str], Any]) -> None:
         self.url = url
@@ -98,9 +98,7 @@ def target(e2e_database_url: tuple[Path, str], tmp_path: Path) -> Iterator[Targe
     with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     base = POSTGRES_URL.rsplit("/", 1)[0]
-    libpq = f"{base}/{name}"
-    with psycopg.connect(libpq, autocommit=True) as connection:
-        connection.execute(f'CREATE SCHEMA "{schema}"')
+    libpq = f"{base}/{name}"  # a fresh database: the restore makes the schema
 
     def postgres_query(sql: str) -> Any:
         with psycopg.connect(libpq, options=f"-c search_path={schema}") as connection:
