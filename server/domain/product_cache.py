@@ -1,4 +1,7 @@
-"""In-process cache of single-product reads: bounded LRU, TTL, invalidated by this process's writes.
+"""In-process cache of product reads: bounded LRU, TTL, invalidated by this process's writes.
+
+GetProduct and BatchGetProducts read through it; ListProducts takes a product from it only at
+the version its page query just read (products.list_), so lists are never stale.
 
 The TTL is the staleness bound across processes and replicas: a write made elsewhere is seen here
 at most `ttl_seconds` later. Writes made in this process invalidate at once: each emits an outbox
