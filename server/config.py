@@ -8,21 +8,24 @@ configuration table (tests/unit/test_config.py keeps it equal) are rendered from
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from server import config_rules
 from server.config_kinds import (
+    VARIABLE_METADATA,
     Address,
     Boolean,
     Choice,
+    ConfigError,
     DatabaseUrl,
+    Derived,
     Directory,
     File,
     Files,
     Integer,
-    Kind,
     Networks,
     Number,
     Pauses,
@@ -30,7 +33,13 @@ from server.config_kinds import (
     RateLimit,
     RateLimitStorage,
     Text,
+    Variable,
+    variable,
 )
+from server.config_rules import payment_worst_case_seconds
+
+# Re-exported: their users read them from here.
+__all__ = ["ConfigError", "Variable", "payment_worst_case_seconds"]
 
 # Files shipped with storefront (the default shipping rules, the demo catalog).
 SHIPPED_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -38,51 +47,7 @@ DEFAULT_SHIPPING_RULES_FILE = SHIPPED_DATA_DIR / "shipping_rules.json"
 DEFAULT_TAX_RATES_FILE = SHIPPED_DATA_DIR / "tax_rates.json"
 
 
-class ConfigError(Exception):
-    """A configuration value is invalid; the message names the variable."""
-
-
 # --- the declaration ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Derived:
-    """A default computed from other fields, and how the help shows it."""
-
-    shown: str
-    compute: Callable[[Mapping[str, Any]], Any]
-
-
-@dataclass(frozen=True)
-class Variable:
-    """One STOREFRONT_* variable: its kind, its default as the help shows it, and its help."""
-
-    name: str
-    kind: Kind
-    default: str
-    description: str
-    # Set when the environment's default is not the field's own (it depends on other fields).
-    derived: Derived | None = None
-
-
-_VARIABLE = "variable"
-
-
-def variable(
-    name: str,
-    kind: Kind,
-    description: str,
-    *,
-    derived: Derived | None = None,
-    shown: str | None = None,
-) -> dict[str, Variable]:
-    """Returns the metadata of a Settings field read from variable `name`.
-
-    The help shows the field's default, or `shown`, or how a derived default is computed.
-    """
-    if shown is None and derived is not None:
-        shown = derived.shown
-    return {_VARIABLE: Variable(name, kind, shown or "", description, derived)}
 
 
 def _shown(default: object) -> str:
@@ -646,22 +611,22 @@ class Settings:
             raise ConfigError(f"{unknown[0]}: unknown setting (see `storefront serve --help`)")
         values: dict[str, Any] = {}
         given: set[str] = set()
-        for name, variable in _FIELDS:
-            raw = env.get(variable.name)
+        for name, spec in _FIELDS:
+            raw = env.get(spec.name)
             text = None if raw is None else raw.strip()
-            if text is None or (not text and variable.kind.empty_is_default):
+            if text is None or (not text and spec.kind.empty_is_default):
                 continue
-            given.add(variable.name)
+            given.add(spec.name)
             try:
-                values[name] = variable.kind.parse(text)
+                values[name] = spec.kind.parse(text)
             except ValueError as exc:
-                raise ConfigError(f"{variable.name}: {exc}") from None
-        for name, variable in _FIELDS:
-            if name not in values and variable.derived is not None:
-                values[name] = variable.derived.compute(_with_defaults(values))
+                raise ConfigError(f"{spec.name}: {exc}") from None
+        for name, spec in _FIELDS:
+            if name not in values and spec.derived is not None:
+                values[name] = spec.derived.compute(_with_defaults(values))
         settings = cls(**values)
-        _check_together(settings, given)
-        _check_files_exist(settings, given)
+        config_rules.check_together(settings, given, _FIELDS)
+        config_rules.check_files_exist(settings, given, _FIELDS)
         return settings
 
 
@@ -669,10 +634,10 @@ def _declared() -> tuple[tuple[str, Variable], ...]:
     """Returns each field's name and variable, its shown default taken from the field's."""
     declared = []
     for f in fields(Settings):
-        variable: Variable = f.metadata[_VARIABLE]
-        if not variable.default:
-            variable = replace(variable, default=_shown(f.default))
-        declared.append((f.name, variable))
+        spec: Variable = f.metadata[VARIABLE_METADATA]
+        if not spec.default:
+            spec = replace(spec, default=_shown(f.default))
+        declared.append((f.name, spec))
     return tuple(declared)
 
 
@@ -686,99 +651,6 @@ VARIABLES: tuple[Variable, ...] = tuple(variable for _, variable in _FIELDS)
 def _with_defaults(values: Mapping[str, Any]) -> dict[str, Any]:
     """Returns every field's value: the one read, else the field's own default."""
     return {f.name: values.get(f.name, f.default) for f in fields(Settings)}
-
-
-def payment_worst_case_seconds(
-    *, connect_timeout: float, read_timeout: float, max_retries: int, backoff: float
-) -> float:
-    """Returns the longest a payment provider call can take: every attempt timing out, plus
-    the retry pauses (each capped at 2 s)."""
-    pauses = sum(min(backoff * 2.0**n, 2.0) for n in range(max_retries))
-    return (1 + max_retries) * (connect_timeout + read_timeout) + pauses
-
-
-def _check_together(settings: Settings, given: set[str]) -> None:
-    """Checks the rules that tie several variables together."""
-    if settings.is_production:
-        for _, variable in _FIELDS:
-            kind = variable.kind
-            if (
-                isinstance(kind, File)
-                and kind.generated_in_development
-                and variable.name not in given
-            ):
-                raise ConfigError(f"{variable.name}: required in production")
-    if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
-        raise ConfigError(
-            "STOREFRONT_TLS_KEY_FILE: set both STOREFRONT_TLS_CERT_FILE and "
-            "STOREFRONT_TLS_KEY_FILE, or neither"
-        )
-    if settings.tls_client_ca_file is not None and settings.tls_cert_file is None:
-        raise ConfigError(
-            "STOREFRONT_TLS_CLIENT_CA_FILE: mutual TLS needs "
-            "STOREFRONT_TLS_CERT_FILE and STOREFRONT_TLS_KEY_FILE"
-        )
-    if settings.is_production and settings.email_transport == "file":
-        raise ConfigError(
-            "STOREFRONT_EMAIL_TRANSPORT: file is for development; production needs smtp or off"
-        )
-    if settings.smtp_user and settings.smtp_password_file is None:
-        raise ConfigError("STOREFRONT_SMTP_PASSWORD_FILE: required with STOREFRONT_SMTP_USER")
-    if settings.is_production:
-        for name, value in (
-            ("STOREFRONT_WEBHOOK_ALLOW_HTTP", settings.webhook_allow_http),
-            (
-                "STOREFRONT_WEBHOOK_ALLOW_PRIVATE_ADDRESSES",
-                settings.webhook_allow_private_addresses,
-            ),
-        ):
-            if value:
-                raise ConfigError(f"{name}: development only; refused in production")
-    http = settings.payment_gateway == "http"
-    if not http and settings.is_production:
-        raise ConfigError(
-            "STOREFRONT_PAYMENT_GATEWAY: sandbox moves no money; production needs http"
-        )
-    if http and not settings.payment_base_url:
-        raise ConfigError("STOREFRONT_PAYMENT_BASE_URL: required when the gateway is http")
-    if http and settings.payment_secret_key_file is None:
-        raise ConfigError("STOREFRONT_PAYMENT_SECRET_KEY_FILE: required when the gateway is http")
-    if http:
-        worst = payment_worst_case_seconds(
-            connect_timeout=settings.payment_connect_timeout_seconds,
-            read_timeout=settings.payment_read_timeout_seconds,
-            max_retries=settings.payment_max_retries,
-            backoff=settings.payment_backoff_seconds,
-        )
-        # Asked earlier, the provider may not know yet of a charge still being sent, and the
-        # order would be failed while its charge goes through.
-        if settings.reconcile_after_seconds <= worst:
-            raise ConfigError(
-                f"STOREFRONT_RECONCILE_AFTER_SECONDS: must exceed the payment client's worst "
-                f"case of {worst:g} s (attempts x (connect + read timeout) + pauses)"
-            )
-    if settings.reservation_ttl_seconds < settings.reconcile_after_seconds:
-        raise ConfigError(
-            "STOREFRONT_RESERVATION_TTL_SECONDS: must be at least "
-            "STOREFRONT_RECONCILE_AFTER_SECONDS"
-        )
-
-
-def _check_files_exist(settings: Settings, given: set[str]) -> None:
-    """Checks that every file named exists (development keys are created when missing)."""
-    for name, variable in _FIELDS:
-        kind = variable.kind
-        if variable.name not in given:
-            continue
-        if isinstance(kind, File) and (settings.is_production or not kind.generated_in_development):
-            paths: tuple[Path, ...] = (getattr(settings, name),)
-        elif isinstance(kind, Files):
-            paths = getattr(settings, name)
-        else:
-            continue
-        for path in paths:
-            if not path.is_file():
-                raise ConfigError(f"{variable.name}: file not found: {path}")
 
 
 # --- the table, rendered -----------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Kinds of STOREFRONT_* variable: how each one's text becomes a Settings value, within bounds.
+"""Kinds of STOREFRONT_* variable: how each one's text becomes a Settings value, within bounds;
+and `variable()`, which declares a Settings field's variable with its kind.
 
 `parse` raises ValueError saying what is wrong; server/config.py adds the variable's name.
 """
@@ -7,11 +8,17 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from limits import parse as parse_limit
+
+
+class ConfigError(Exception):
+    """A configuration value is invalid; the message names the variable."""
+
 
 DATABASE_URL_SCHEMES = ("sqlite:", "psycopg3+pool:", "psycopg3:", "postgresql:", "postgres:")
 
@@ -274,3 +281,47 @@ class Networks(Kind):
             except ValueError:
                 raise ValueError(f"expected IP addresses or CIDR ranges, got {entry!r}") from None
         return entries
+
+
+# --- declaring a variable ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A default computed from other fields, and how the help shows it."""
+
+    shown: str
+    compute: Callable[[Mapping[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One STOREFRONT_* variable: its kind, its default as the help shows it, and its help."""
+
+    name: str
+    kind: Kind
+    default: str
+    description: str
+    # Set when the environment's default is not the field's own (it depends on other fields).
+    derived: Derived | None = None
+
+
+# The key of a Settings field's metadata that holds its Variable.
+VARIABLE_METADATA = "variable"
+
+
+def variable(
+    name: str,
+    kind: Kind,
+    description: str,
+    *,
+    derived: Derived | None = None,
+    shown: str | None = None,
+) -> dict[str, Variable]:
+    """Returns the metadata of a Settings field read from variable `name`.
+
+    The help shows the field's default, or `shown`, or how a derived default is computed.
+    """
+    if shown is None and derived is not None:
+        shown = derived.shown
+    return {VARIABLE_METADATA: Variable(name, kind, shown or "", description, derived)}
