@@ -35,7 +35,7 @@ from server.domain import (
 from server.domain.orders import RefundStatus, State
 from server.domain.principal import Principal, Role
 from server.errors import DomainError, FailedPrecondition
-from server.models.order import Order, OrderEvent, OrderRefund
+from server.models.order import Order, OrderEvent, OrderLine, OrderRefund
 from server.models.stock import StockLevel, StockMovement
 from server.payments import (
     Charge,
@@ -467,6 +467,44 @@ def test_a_refund_sent_again_after_a_lost_answer_is_made_once(
     [again] = refunds_of(order.id)
     assert (again.status, again.provider_refund_id) == (RefundStatus.SUCCEEDED, first_id)
     assert provider.sandbox.refunded_minor(str(order.charge_id)) == order.total_minor
+
+
+def test_a_refund_by_lines_the_provider_refuses_gives_its_units_back(
+    db: peewee.Database, provider: ScriptedProvider
+) -> None:
+    order = shipped_order(provider, quantity=2)
+    [line] = OrderLine.select().where(OrderLine.order == order.id)
+    # Someone refunded nearly all of the charge at the provider, outside storefront.
+    provider.sandbox.refund(
+        idempotency_key="dashboard-2",
+        charge_id=str(order.charge_id),
+        amount_minor=int(order.total_minor) - 1,
+    )
+    order_actions.refund(
+        STAFF, order_id=order.id, amount_minor=None, currency="", reason="", lines=[(line.id, 2)]
+    )
+    assert orders.units_refunded(order.id) == {line.id: 2}
+    with pytest.raises(FailedPrecondition) as exceeded:
+        order_actions.refund(
+            STAFF,
+            order_id=order.id,
+            amount_minor=None,
+            currency="",
+            reason="",
+            lines=[(line.id, 1)],
+        )
+    assert exceeded.value.reason == "REFUND_EXCEEDS_LINE"
+
+    report = payment_jobs.deliver_refunds(provider, lease=LEASE)
+    [refused] = refunds_of(order.id)
+    assert report.refunds_failed == [refused.id]
+    assert orders.refunded_lines(refused) == [(line.id, 2)]  # the record stays, not counted
+    assert orders.units_refunded(order.id) == {}
+    # The units can be refunded again (the provider's refusal needs staff anyway).
+    order_actions.refund(
+        STAFF, order_id=order.id, amount_minor=None, currency="", reason="", lines=[(line.id, 1)]
+    )
+    assert orders.units_refunded(order.id) == {line.id: 1}
 
 
 def test_concurrent_deliveries_settle_a_refund_once(
