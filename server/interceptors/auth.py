@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from storefront.v1 import access_pb2
 
-from server import call_context
 from server.domain.principal import Principal, Role
 from server.domain.tokens import TokenService
 from server.errors import PermissionDenied, Unauthenticated
-from server.interceptors.base import MethodInfo, ScopeInterceptor
+from server.interceptors.base import Call, MethodInfo, ScopeInterceptor
 
 # Infrastructure every operator tool calls without a token; listed here, in one visible place.
 PUBLIC_INFRASTRUCTURE_SERVICES = frozenset(
@@ -104,15 +102,14 @@ class AuthInterceptor(ScopeInterceptor):
         self.tokens = tokens
         self.authorize = authorize
 
-    @contextlib.contextmanager
-    def scope(self, method: MethodInfo, context: grpc.ServicerContext) -> Iterator[None]:
-        if method.service in PUBLIC_INFRASTRUCTURE_SERVICES:
-            yield
-            return
-        rule = self.rules.get(method.full_name)
+    def applies_to(self, method: MethodInfo) -> bool:
+        return method.service not in PUBLIC_INFRASTRUCTURE_SERVICES
+
+    def enter(self, call: Call) -> None:
+        rule = self.rules.get(call.method.full_name)
         if rule is None:
             raise PermissionDenied("This method is not available.", reason="NO_ACCESS_RULE")
-        token = bearer_token(context)
+        token = bearer_token(call.context)
         principal: Principal | None = None
         if token is not None:
             principal = self.authorize(self.tokens.verify(token))
@@ -120,7 +117,5 @@ class AuthInterceptor(ScopeInterceptor):
             raise Unauthenticated("This call needs an access token.", reason="MISSING_TOKEN")
         if not rule.allows(principal):
             raise PermissionDenied("Your role may not call this method.", reason="ROLE_NOT_ALLOWED")
-        call = call_context.current()
-        if call is not None:
-            call.principal = principal
-        yield
+        if call.info is not None:
+            call.info.principal = principal

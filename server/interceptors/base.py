@@ -1,16 +1,17 @@
-"""Wraps all four RPC kinds with one helper: interceptors only say what they do around a call."""
+"""The interceptors' common shape: each says what it does when a call enters and leaves it, and
+the chain (chain.py) runs them all around the handler in one wrapper."""
 
 from __future__ import annotations
 
-import abc
-import contextlib
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+
+from server import call_context
 
 
 @dataclass(frozen=True)
@@ -36,82 +37,91 @@ def method_info(full_name: str, client_streaming: bool, server_streaming: bool) 
     return MethodInfo(full_name, service, method, rpc_type)
 
 
-class ScopeInterceptor(grpc.ServerInterceptor, abc.ABC):  # type: ignore[misc]
-    """An interceptor whose work is a context manager around the handler, on the worker thread.
+class Call:
+    """One call in progress as the interceptors see it: what they were given and what they
+    leave for each other. One object per call, made by the chain."""
 
-    `intercept_service` runs on grpc's single dispatcher thread, so it only wraps the handler;
-    the scope runs when the call does, and for streamed responses it spans the whole stream.
+    __slots__ = ("_ended", "_reset", "context", "info", "method", "peer", "request", "started")
+
+    def __init__(self, method: MethodInfo, context: grpc.ServicerContext, request: Any) -> None:
+        self.method = method
+        self.context = context
+        # The request message of a unary request; None when the requests are streamed.
+        self.request = request
+        self.started = time.perf_counter()
+        # What the servicers read (request id, principal, address), once the log step made it.
+        self.info: call_context.CallContext | None = None
+        self.peer = ""  # context.peer(), read once
+        self._reset: Any = None
+        self._ended: tuple[grpc.StatusCode, float] | None = None
+
+    def publish(self, info: call_context.CallContext) -> None:
+        """Makes `info` the current call context of this thread until `unpublish`."""
+        self.info = info
+        self._reset = call_context.set_current(info)
+
+    def unpublish(self) -> None:
+        """Restores the call context that was current before `publish`."""
+        if self._reset is not None:
+            call_context.reset(self._reset)
+            self._reset = None
+
+    def outcome(self, error: BaseException | None) -> tuple[grpc.StatusCode, float]:
+        """The status code the call ends with and the seconds it took, fixed on first asking
+        (by the outermost steps, after the error mapping made its status)."""
+        if self._ended is None:
+            self._ended = (status_code_of(self.context, error), time.perf_counter() - self.started)
+        return self._ended
+
+
+class ScopeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """An interceptor whose work is done when a call enters it and when the call leaves it.
+
+    `enter` runs before the handler, outermost first; `exit` runs after it (or after an inner
+    `enter` raised), innermost first, and is given the error the call is failing with, if any.
+    An `exit` that raises replaces that error (the error mapping turns a DomainError into its
+    status that way). Both run on the worker thread; for streamed responses they span the stream.
+    Used alone as a grpc interceptor it wraps the handler by itself; in an InterceptorChain all of
+    them share one wrapper and one Call.
     """
 
-    # Set by interceptors that override message_received/message_sent (metrics); the others
-    # leave request and response iterators unwrapped.
+    # Set by interceptors that override message_received/message_sent (metrics, request
+    # decoding); the others are not called for every message.
     observes_messages = False
 
-    @abc.abstractmethod
-    def scope(
-        self, method: MethodInfo, context: grpc.ServicerContext
-    ) -> contextlib.AbstractContextManager[None]:
-        """Returns the context manager to run the call inside."""
+    def applies_to(self, method: MethodInfo) -> bool:
+        """Whether the interceptor runs around calls of `method` (asked once per method)."""
+        return True
 
-    def message_received(self, method: MethodInfo) -> None:
-        """Called for every request message the handler reads."""
+    def enter(self, call: Call) -> None:
+        """Runs before the handler."""
 
-    def message_sent(self, method: MethodInfo) -> None:
+    def exit(self, call: Call, error: BaseException | None) -> None:
+        """Runs after the handler, or after an inner interceptor's `enter` raised."""
+
+    def message_received(self, call: Call, message: Any) -> None:
+        """Called for every message of a streamed request (a unary request is `call.request`,
+        there at `enter`); raising ends the call with that error."""
+
+    def message_sent(self, call: Call) -> None:
         """Called for every response message the handler produces."""
+
+    def request_deserializer(
+        self, deserialize: Callable[[bytes], Any] | None
+    ) -> Callable[[bytes], Any] | None:
+        """Returns the deserialiser grpc is to use for the method's requests (the same by
+        default)."""
+        return deserialize
 
     def intercept_service(
         self, continuation: Callable[[Any], Any], handler_call_details: Any
     ) -> Any:
+        from server.interceptors.chain import compose  # the chain builds on this module
+
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        if is_non_blocking(handler):
-            # Health.Watch: public infrastructure that needs no auth, database or error mapping.
-            return handler
-        info = method_info(
-            handler_call_details.method, handler.request_streaming, handler.response_streaming
-        )
-        return _wrap(handler, info, self)
-
-
-def _wrap(handler: Any, info: MethodInfo, interceptor: ScopeInterceptor) -> Any:
-    scope = interceptor.scope
-    observe = interceptor.observes_messages
-
-    def requests(request: Any) -> Any:
-        if not observe:
-            return request
-        if not handler.request_streaming:
-            interceptor.message_received(info)
-            return request
-        return _observed(request, lambda: interceptor.message_received(info))
-
-    def unary_response(inner: Callable[..., Any]) -> Callable[..., Any]:
-        def behavior(request: Any, context: grpc.ServicerContext) -> Any:
-            with scope(info, context):
-                response = inner(requests(request), context)
-                if observe:
-                    interceptor.message_sent(info)
-                return response
-
-        return behavior
-
-    def stream_response(inner: Callable[..., Any]) -> Callable[..., Any]:
-        def behavior(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            with scope(info, context):
-                responses = inner(requests(request), context)
-                if observe:
-                    responses = _observed(responses, lambda: interceptor.message_sent(info))
-                yield from responses
-
-        return behavior
-
-    return rebuilt(
-        handler,
-        lambda behavior: (
-            stream_response(behavior) if handler.response_streaming else unary_response(behavior)
-        ),
-    )
+        return compose(handler_call_details.method, handler, (self,))
 
 
 def is_non_blocking(handler: Any) -> bool:
@@ -144,12 +154,6 @@ def rebuilt(
     return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), **kwargs)
 
 
-def _observed(items: Iterator[Any], seen: Callable[[], None]) -> Iterator[Any]:
-    for item in items:
-        seen()
-        yield item
-
-
 def status_code_of(context: grpc.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
     """Returns the status a finished call ends with, as set by the error interceptor or grpc."""
     code = context.code()
@@ -161,30 +165,6 @@ def status_code_of(context: grpc.ServicerContext, error: BaseException | None) -
             return grpc.StatusCode.DEADLINE_EXCEEDED
         return grpc.StatusCode.CANCELLED
     return grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
-
-
-@dataclass
-class Outcome:
-    """How a call ended: its status code and how long it took. Filled in when the call ends."""
-
-    code: grpc.StatusCode = grpc.StatusCode.OK
-    seconds: float = 0.0
-
-
-@contextlib.contextmanager
-def call_outcome(context: grpc.ServicerContext) -> Iterator[Outcome]:
-    """Times the enclosed call and records its final status code in the yielded Outcome."""
-    outcome = Outcome()
-    started = time.perf_counter()
-    error: BaseException | None = None
-    try:
-        yield outcome
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        outcome.code = status_code_of(context, error)
-        outcome.seconds = time.perf_counter() - started
 
 
 def go_code_name(code: grpc.StatusCode) -> str:

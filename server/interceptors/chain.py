@@ -1,25 +1,35 @@
-"""The interceptor chain as one grpc interceptor that builds each method's handler once."""
+"""The interceptor chain: one grpc interceptor that composes each method's handler once, with
+every interceptor's work in one wrapper around it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
 
+from server.interceptors.base import (
+    Call,
+    MethodInfo,
+    ScopeInterceptor,
+    is_non_blocking,
+    method_info,
+    rebuilt,
+)
+
 
 class InterceptorChain(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Runs `interceptors` (the first outermost), as grpc would with the list, but composes a
-    method's handler once and hands out the same one on every later call.
+    """Runs `interceptors` (the first outermost) around every call, as grpc would with the list.
 
-    grpc asks each interceptor again on every call, and each of ours wraps the handler anew
-    (closures, a new RpcMethodHandler) although the result depends on the method alone; that
-    rebuilding was a measurable share of each call's CPU. So an interceptor in the chain must
-    not look at anything in `handler_call_details` but the method (they look at the call's
+    grpc asks each interceptor again on every call, and a handler rebuilt per interceptor per
+    call (closures, a new RpcMethodHandler, a context manager each) was a measurable share of a
+    call's CPU. So a method's handler is composed once, from the interceptors that apply to it,
+    and every call then runs one wrapper: the interceptors' `enter` in order, the handler, their
+    `exit` in reverse. Interceptors see only the method when composing (they read the call's
     metadata when it runs, through the context).
     """
 
-    def __init__(self, interceptors: Sequence[grpc.ServerInterceptor]) -> None:
+    def __init__(self, interceptors: Sequence[ScopeInterceptor]) -> None:
         self._interceptors = tuple(interceptors)
         # method -> (the registered handler, the composed one). Bounded by the registered
         # methods: an unknown method has no handler and is not kept.
@@ -35,14 +45,108 @@ class InterceptorChain(grpc.ServerInterceptor):  # type: ignore[misc]
         known = self._composed.get(method)
         if known is not None and known[0] is handler:
             return known[1]
-        composed = self._compose(0, handler, handler_call_details)
+        composed = compose(method, handler, self._interceptors)
         # Two calls composing the same method at once both store an equal handler: harmless.
         self._composed[method] = (handler, composed)
         return composed
 
-    def _compose(self, index: int, handler: Any, handler_call_details: Any) -> Any:
-        if index == len(self._interceptors):
-            return handler
-        return self._interceptors[index].intercept_service(
-            lambda details: self._compose(index + 1, handler, details), handler_call_details
-        )
+
+def compose(full_name: str, handler: Any, interceptors: Sequence[ScopeInterceptor]) -> Any:
+    """Returns `handler` with the interceptors that apply to the method run around each call."""
+    if is_non_blocking(handler):
+        # Health.Watch: public infrastructure that needs no auth, database or error mapping.
+        return handler
+    method = method_info(full_name, handler.request_streaming, handler.response_streaming)
+    steps = tuple(i for i in interceptors if i.applies_to(method))
+    deserialize = handler.request_deserializer
+    for step in reversed(steps):
+        deserialize = step.request_deserializer(deserialize)
+    if handler.response_streaming:
+        wrap = _streamed_response(method, steps, handler.request_streaming)
+    else:
+        wrap = _unary_response(method, steps, handler.request_streaming)
+    return rebuilt(handler, wrap, request_deserializer=deserialize)
+
+
+def _exit(
+    steps: Sequence[ScopeInterceptor], entered: int, call: Call, error: BaseException | None
+) -> None:
+    """Leaves the first `entered` steps, innermost first; raises the error the call ends with."""
+    while entered:
+        entered -= 1
+        try:
+            steps[entered].exit(call, error)
+        except BaseException as replaced:  # an exit may replace the error (the error mapping)
+            error = replaced
+    if error is not None:
+        raise error
+
+
+def _requests(
+    observers: Sequence[ScopeInterceptor], call: Call, requests: Iterator[Any]
+) -> Iterator[Any]:
+    for request in requests:
+        for step in observers:
+            step.message_received(call, request)
+        yield request
+
+
+def _unary_response(
+    method: MethodInfo, steps: Sequence[ScopeInterceptor], request_streaming: bool
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    observers = tuple(step for step in steps if step.observes_messages)
+
+    def wrap(inner: Callable[..., Any]) -> Callable[..., Any]:
+        def behavior(request: Any, context: grpc.ServicerContext) -> Any:
+            response = None
+            call = Call(method, context, None if request_streaming else request)
+            error: BaseException | None = None
+            entered = len(steps)
+            try:
+                for index, step in enumerate(steps):
+                    entered = index
+                    step.enter(call)
+                entered = len(steps)
+                if request_streaming:
+                    request = _requests(observers, call, request)
+                response = inner(request, context)
+                for step in observers:
+                    step.message_sent(call)
+            except BaseException as exc:
+                error = exc
+            _exit(steps, entered, call, error)
+            return response
+
+        return behavior
+
+    return wrap
+
+
+def _streamed_response(
+    method: MethodInfo, steps: Sequence[ScopeInterceptor], request_streaming: bool
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    observers = tuple(step for step in steps if step.observes_messages)
+
+    def wrap(inner: Callable[..., Any]) -> Callable[..., Any]:
+        def behavior(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            call = Call(method, context, None if request_streaming else request)
+            error: BaseException | None = None
+            entered = len(steps)
+            try:
+                for index, step in enumerate(steps):
+                    entered = index
+                    step.enter(call)
+                entered = len(steps)
+                if request_streaming:
+                    request = _requests(observers, call, request)
+                for response in inner(request, context):
+                    for step in observers:
+                        step.message_sent(call)
+                    yield response
+            except BaseException as exc:  # GeneratorExit too: the client went away mid-stream
+                error = exc
+            _exit(steps, entered, call, error)
+
+        return behavior
+
+    return wrap

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterator
-
-import grpc
 
 from server.errors import ResourceExhausted
-from server.interceptors.base import MethodInfo, ScopeInterceptor
+from server.interceptors.base import Call, MethodInfo, ScopeInterceptor
 
 
 class UnaryCapInterceptor(ScopeInterceptor):
@@ -23,18 +19,16 @@ class UnaryCapInterceptor(ScopeInterceptor):
     def __init__(self, limit: int) -> None:
         self._free = threading.BoundedSemaphore(limit)
 
-    @contextlib.contextmanager
-    def scope(self, method: MethodInfo, context: grpc.ServicerContext) -> Iterator[None]:
-        if method.rpc_type == "server_stream":
-            yield
-            return
+    def applies_to(self, method: MethodInfo) -> bool:
+        return method.rpc_type != "server_stream"
+
+    def enter(self, call: Call) -> None:
         if not self._free.acquire(blocking=False):
             raise ResourceExhausted(
                 "The server is at its limit of calls in progress; retry shortly.",
                 reason="SERVER_BUSY",
                 retry_delay_seconds=0.1,
             )
-        try:
-            yield
-        finally:
-            self._free.release()
+
+    def exit(self, call: Call, error: BaseException | None) -> None:
+        self._free.release()

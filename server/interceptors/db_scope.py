@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
-import grpc
 import peewee
 
-from server.interceptors.base import MethodInfo, ScopeInterceptor
+from server.interceptors.base import Call, ScopeInterceptor
 
 
 class DatabaseScopeInterceptor(ScopeInterceptor):
@@ -21,10 +17,6 @@ class DatabaseScopeInterceptor(ScopeInterceptor):
     def __init__(self, db: peewee.Database) -> None:
         self.db = db
 
-    @contextlib.contextmanager
-    def scope(self, method: MethodInfo, context: grpc.ServicerContext) -> Iterator[None]:
-        try:
-            yield
-        finally:
-            if not self.db.is_closed():
-                self.db.close()
+    def exit(self, call: Call, error: BaseException | None) -> None:
+        if not self.db.is_closed():
+            self.db.close()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 
 import grpc
 import peewee
@@ -15,7 +13,7 @@ from grpc_status import rpc_status
 from playhouse.pool import MaxConnectionsExceeded
 
 from server import call_context, errors
-from server.interceptors.base import MethodInfo, ScopeInterceptor
+from server.interceptors.base import Call, ScopeInterceptor
 from server.interceptors.request_log import REQUEST_ID_HEADER
 
 ERROR_DOMAIN = "storefront"
@@ -195,43 +193,42 @@ def status_code(exc: errors.DomainError) -> grpc.StatusCode:
 class ErrorInterceptor(ScopeInterceptor):
     """Turns DomainError into its status code and anything unexpected into a bare INTERNAL."""
 
-    @contextlib.contextmanager
-    def scope(self, method: MethodInfo, context: grpc.ServicerContext) -> Iterator[None]:
-        try:
-            yield
-        except errors.DomainError as exc:
-            self._abort(context, status_code(exc), exc)
-        except Exception as exc:
-            if context.code() not in (None, grpc.StatusCode.OK):
-                raise  # grpc's own abort (e.g. from a handler calling context.abort)
-            if not context.is_active():
-                raise  # the client cancelled; reading its stream failed, nobody is listening
-            mapped = _infrastructure_error(exc)
-            request_id = _request_id()
-            if mapped is not None:
-                log.warning(
-                    "database refused the call",
-                    exc_info=True,
-                    extra={"request_id": request_id, "grpc.method": method.method},
-                )
-                self._abort(context, _CODES[type(mapped)], mapped)
-            log.error(
-                "unhandled exception",
-                exc_info=True,
-                extra={
-                    "request_id": request_id,
-                    "grpc.service": method.service,
-                    "grpc.method": method.method,
-                },
+    def exit(self, call: Call, error: BaseException | None) -> None:
+        if not isinstance(error, Exception):
+            return  # no error, or one that is not the call's (GeneratorExit, KeyboardInterrupt)
+        context, method = call.context, call.method
+        if isinstance(error, errors.DomainError):
+            self._abort(context, status_code(error), error)
+        if context.code() not in (None, grpc.StatusCode.OK):
+            return  # grpc's own abort (e.g. from a handler calling context.abort)
+        if not context.is_active():
+            return  # the client cancelled; reading its stream failed, nobody is listening
+        mapped = _infrastructure_error(error)
+        request_id = _request_id()
+        if mapped is not None:
+            log.warning(
+                "database refused the call",
+                exc_info=error,
+                extra={"request_id": request_id, "grpc.method": method.method},
             )
-            self._abort(
-                context,
-                grpc.StatusCode.INTERNAL,
-                errors.DomainError(
-                    f"Internal error. Quote request id {request_id} when reporting it.",
-                    reason="INTERNAL",
-                ),
-            )
+            self._abort(context, _CODES[type(mapped)], mapped)
+        log.error(
+            "unhandled exception",
+            exc_info=error,
+            extra={
+                "request_id": request_id,
+                "grpc.service": method.service,
+                "grpc.method": method.method,
+            },
+        )
+        self._abort(
+            context,
+            grpc.StatusCode.INTERNAL,
+            errors.DomainError(
+                f"Internal error. Quote request id {request_id} when reporting it.",
+                reason="INTERNAL",
+            ),
+        )
 
     @staticmethod
     def _abort(

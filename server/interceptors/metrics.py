@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from server.interceptors.base import MethodInfo, ScopeInterceptor, call_outcome, go_code_name
+from server.interceptors.base import Call, MethodInfo, ScopeInterceptor, go_code_name
 
 _LABELS = ("grpc_type", "grpc_service", "grpc_method")
 # go-grpc-middleware's default buckets (prometheus.DefBuckets), in seconds.
@@ -92,19 +90,23 @@ class MetricsInterceptor(ScopeInterceptor):
             self._series[method.full_name] = series
         return series
 
-    def message_received(self, method: MethodInfo) -> None:
-        self._of(method).received.inc()
-
-    def message_sent(self, method: MethodInfo) -> None:
-        self._of(method).sent.inc()
-
-    @contextlib.contextmanager
-    def scope(self, method: MethodInfo, context: grpc.ServicerContext) -> Iterator[None]:
-        series = self._of(method)
+    def enter(self, call: Call) -> None:
+        series = self._of(call.method)
         series.started.inc()
-        try:
-            with call_outcome(context) as outcome:
-                yield
-        finally:
-            series.handled(outcome.code).inc()
-            series.seconds.observe(outcome.seconds)
+        if call.method.rpc_type in _UNARY_REQUESTS:
+            series.received.inc()
+
+    def message_received(self, call: Call, message: Any) -> None:
+        self._of(call.method).received.inc()
+
+    def message_sent(self, call: Call) -> None:
+        self._of(call.method).sent.inc()
+
+    def exit(self, call: Call, error: BaseException | None) -> None:
+        code, seconds = call.outcome(error)
+        series = self._of(call.method)
+        series.handled(code).inc()
+        series.seconds.observe(seconds)
+
+
+_UNARY_REQUESTS = frozenset({"unary", "server_stream"})

@@ -20,26 +20,23 @@ most every STORAGE_WARNING_INTERVAL_SECONDS.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import logging
 import math
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 
-import grpc
 from limits import RateLimitItem, parse
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 from prometheus_client import CollectorRegistry, Counter
 
-from server import call_context
 from server.domain.tokens import TokenService
 from server.errors import DomainError, ResourceExhausted
 from server.interceptors.auth import PUBLIC_INFRASTRUCTURE_SERVICES, bearer_token
-from server.interceptors.base import MethodInfo, ScopeInterceptor
+from server.interceptors.base import Call, MethodInfo, ScopeInterceptor
 from server.interceptors.client_address import peer_address
 
 log = logging.getLogger("storefront.rate_limit")
@@ -179,14 +176,13 @@ class RateLimitInterceptor(ScopeInterceptor):
         self.classes = classes
         self.tokens = tokens
 
-    @contextlib.contextmanager
-    def scope(self, method: MethodInfo, context: grpc.ServicerContext) -> Iterator[None]:
-        if method.service in PUBLIC_INFRASTRUCTURE_SERVICES:
-            yield
-            return
+    def applies_to(self, method: MethodInfo) -> bool:
+        return method.service not in PUBLIC_INFRASTRUCTURE_SERVICES
+
+    def enter(self, call: Call) -> None:
         # An RPC without a class has no access rule either: auth refuses it, counted as a write.
-        limit_class = self.classes.get(method.full_name, MethodClass.WRITE)
-        delay = self.limiter.hit(limit_class, self._caller(context))
+        limit_class = self.classes.get(call.method.full_name, MethodClass.WRITE)
+        delay = self.limiter.hit(limit_class, self._caller(call))
         if delay is not None:
             raise ResourceExhausted(
                 "Too many requests; retry later.",
@@ -194,15 +190,14 @@ class RateLimitInterceptor(ScopeInterceptor):
                 metadata={"limit_class": limit_class.value},
                 retry_delay_seconds=delay,
             )
-        yield
 
-    def _caller(self, context: grpc.ServicerContext) -> str:
+    def _caller(self, call: Call) -> str:
         """Returns "principal:<subject>" for a valid token, else "address:<client address>"."""
         try:
-            token = bearer_token(context)
+            token = bearer_token(call.context)
             if token is not None:
                 return f"principal:{self.tokens.verify(token).subject}"
         except DomainError:
             pass  # a bad token: auth refuses the call; until then it counts for the address
-        address = call_context.client_address() or peer_address(context.peer() or "")
-        return f"address:{address}"
+        address = call.info.client_address if call.info is not None else ""
+        return f"address:{address or peer_address(call.context.peer() or '')}"

@@ -18,13 +18,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from server import call_context
 from server.errors import FieldViolation, InvalidArgument
-from server.interceptors.base import is_non_blocking, rebuilt
+from server.interceptors.base import Call, MethodInfo, ScopeInterceptor
 
 log = logging.getLogger("storefront.requests")
 
@@ -98,49 +97,34 @@ def lenient(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return decode
 
 
-def _refuse(malformed: MalformedRequest, method_path: str) -> InvalidArgument:
+def _refuse(malformed: MalformedRequest, method: MethodInfo) -> InvalidArgument:
     call = call_context.current()
-    service, _, method = method_path.lstrip("/").rpartition("/")
     log.warning(
         "refused a malformed request",
         extra={
             "request_id": call.request_id if call else "-",
-            "grpc.service": service,
-            "grpc.method": method,
+            "grpc.service": method.service,
+            "grpc.method": method.method,
             "reason": malformed.error.reason,
         },
     )
     return malformed.error
 
 
-class RequestDecodingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class RequestDecodingInterceptor(ScopeInterceptor):
     """Installs the lenient deserialiser and raises what it found inside the call's scopes."""
 
-    def intercept_service(
-        self, continuation: Callable[[Any], Any], handler_call_details: Any
-    ) -> Any:
-        handler = continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None:
-            return handler
-        if is_non_blocking(handler):
-            return handler  # Health.Watch: answered by callbacks, see ScopeInterceptor
-        method = handler_call_details.method
+    observes_messages = True  # streamed requests are checked message by message
 
-        def checked(request: Any) -> Any:
-            if isinstance(request, MalformedRequest):
-                raise _refuse(request, method)
-            return request
+    def request_deserializer(
+        self, deserialize: Callable[[bytes], Any] | None
+    ) -> Callable[[bytes], Any] | None:
+        return None if deserialize is None else lenient(deserialize)
 
-        def checked_stream(requests: Iterator[Any]) -> Iterator[Any]:
-            for request in requests:
-                yield checked(request)
+    def enter(self, call: Call) -> None:
+        if isinstance(call.request, MalformedRequest):
+            raise _refuse(call.request, call.method)
 
-        def wrap(inner: Callable[..., Any]) -> Callable[..., Any]:
-            def call(request: Any, context: grpc.ServicerContext) -> Any:
-                if handler.request_streaming:
-                    return inner(checked_stream(request), context)
-                return inner(checked(request), context)
-
-            return call
-
-        return rebuilt(handler, wrap, request_deserializer=lenient(handler.request_deserializer))
+    def message_received(self, call: Call, message: Any) -> None:
+        if isinstance(message, MalformedRequest):
+            raise _refuse(message, call.method)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import grpc
 
 from server import call_context
-from server.interceptors.base import MethodInfo, ScopeInterceptor, call_outcome, go_code_name
+from server.interceptors.base import Call, ScopeInterceptor, go_code_name
 from server.interceptors.client_address import Network, from_context
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -40,35 +39,38 @@ class RequestLogInterceptor(ScopeInterceptor):
     def __init__(self, trusted_proxies: Sequence[Network] = ()) -> None:
         self.trusted_proxies = tuple(trusted_proxies)
 
-    @contextlib.contextmanager
-    def scope(self, method: MethodInfo, context: grpc.ServicerContext) -> Iterator[None]:
-        peer = context.peer() or ""
-        call = call_context.CallContext(
+    def enter(self, call: Call) -> None:
+        context = call.context
+        call.peer = context.peer() or ""
+        info = call_context.CallContext(
             request_id=request_id_from(context),
-            client_address=from_context(context, self.trusted_proxies, peer=peer),
+            client_address=from_context(context, self.trusted_proxies, peer=call.peer),
         )
-        token = call_context.set_current(call)
-        context.set_trailing_metadata(((REQUEST_ID_HEADER, call.request_id),))
+        call.publish(info)
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, info.request_id),))
+
+    def exit(self, call: Call, error: BaseException | None) -> None:
+        code, seconds = call.outcome(error)
+        info = call.info
+        assert info is not None  # made by enter
+        method = call.method
+        principal = info.principal
+        fields = {
+            "grpc.component": "server",
+            "grpc.service": method.service,
+            "grpc.method": method.method,
+            "grpc.method_type": method.rpc_type,
+            "grpc.code": go_code_name(code),
+            "grpc.time_ms": round(seconds * 1000, 3),
+            "peer.address": call.peer,
+            "request_id": info.request_id,
+            "principal": principal.subject if principal else None,
+            "principal.role": principal.role.value if principal else None,
+        }
+        if code is not grpc.StatusCode.OK and info.error_reason:
+            fields["error.reason"] = info.error_reason
+        level = _LEVELS.get(code, logging.WARNING)
         try:
-            with call_outcome(context) as outcome:
-                yield
-        finally:
-            principal = call.principal
-            fields = {
-                "grpc.component": "server",
-                "grpc.service": method.service,
-                "grpc.method": method.method,
-                "grpc.method_type": method.rpc_type,
-                "grpc.code": go_code_name(outcome.code),
-                "grpc.time_ms": round(outcome.seconds * 1000, 3),
-                "peer.address": peer,
-                "request_id": call.request_id,
-                "principal": principal.subject if principal else None,
-                "principal.role": principal.role.value if principal else None,
-            }
-            if outcome.code is not grpc.StatusCode.OK and call.error_reason:
-                fields["error.reason"] = call.error_reason
-            level = _LEVELS.get(outcome.code, logging.WARNING)
             if access_log.isEnabledFor(level):
                 # The record made directly: Logger.log would also look up the caller's file and
                 # line on the stack, which the JSON line does not show, on every call.
@@ -77,7 +79,8 @@ class RequestLogInterceptor(ScopeInterceptor):
                         access_log.name, level, "", 0, "finished call", (), None, extra=fields
                     )
                 )
-            call_context.reset(token)
+        finally:
+            call.unpublish()
 
 
 # Server faults are errors; every other failure is a WARNING, except a call its client cancelled.

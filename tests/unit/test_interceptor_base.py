@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent import futures
-from typing import Any
 
 import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
-from server.interceptors.base import MethodInfo, ScopeInterceptor
+from server.interceptors.base import Call, MethodInfo, ScopeInterceptor
 from server.interceptors.chain import InterceptorChain
 from server.interceptors.metrics import MetricsInterceptor, ServerMetrics
 
@@ -24,13 +22,11 @@ class Recorder(ScopeInterceptor):
     def __init__(self, events: list[str]) -> None:
         self.events = events
 
-    @contextlib.contextmanager
-    def scope(self, method: MethodInfo, context: grpc.ServicerContext) -> Iterator[None]:
-        self.events.append(f"enter {method.rpc_type}")
-        try:
-            yield
-        finally:
-            self.events.append(f"exit {method.rpc_type}")
+    def enter(self, call: Call) -> None:
+        self.events.append(f"enter {call.method.rpc_type}")
+
+    def exit(self, call: Call, error: BaseException | None) -> None:
+        self.events.append(f"exit {call.method.rpc_type}")
 
 
 @pytest.fixture
@@ -120,26 +116,22 @@ def test_request_streams_are_counted_per_message(echo) -> None:
 
 
 class Counting(Recorder):
-    """A Recorder that also counts how often grpc asks it to wrap a handler."""
+    """A Recorder that also counts how often the chain asks whether it applies to a method."""
 
     def __init__(self, events: list[str], name: str) -> None:
         super().__init__(events)
         self.name = name
         self.wraps = 0
 
-    def intercept_service(
-        self, continuation: Callable[[Any], Any], handler_call_details: Any
-    ) -> Any:
+    def applies_to(self, method: MethodInfo) -> bool:
         self.wraps += 1
-        return super().intercept_service(continuation, handler_call_details)
+        return True
 
-    @contextlib.contextmanager
-    def scope(self, method: MethodInfo, context: grpc.ServicerContext) -> Iterator[None]:
+    def enter(self, call: Call) -> None:
         self.events.append(f"{self.name} in")
-        try:
-            yield
-        finally:
-            self.events.append(f"{self.name} out")
+
+    def exit(self, call: Call, error: BaseException | None) -> None:
+        self.events.append(f"{self.name} out")
 
 
 def test_the_chain_composes_each_method_once_and_keeps_the_order() -> None:
