@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
+import os
+import select
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -17,9 +19,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": dt.datetime.fromtimestamp(record.created, dt.UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            "time": utc_text(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -32,9 +32,70 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+# The text of the last whole second formatted: every call's log line asks for the time.
+_second: tuple[int, str] = (-1, "")
+
+
+def utc_text(created: float) -> str:
+    """A Unix time as RFC 3339 UTC text to the millisecond: 2026-12-06T04:05:06.789Z."""
+    global _second
+    whole = int(created)
+    second = _second  # one read: another thread may replace it meanwhile
+    if second[0] != whole:
+        second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+        _second = second
+    return f"{second[1]}.{int((created - whole) * 1000):03d}Z"
+
+
+class LineHandler(logging.Handler):
+    """Writes each record as one line with one write(2) to a file descriptor (stderr).
+
+    Every RPC logs a line, from many worker threads. logging.StreamHandler takes a lock around
+    encoding, writing and flushing each line, and a thread holding it while the kernel writes
+    makes the others queue on it. A line of at most PIPE_BUF bytes needs no lock: the kernel
+    writes it whole whatever other threads write meanwhile. Longer ones (stack traces) take it.
+    """
+
+    terminator = b"\n"
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.fd = fd
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        # Handler.handle would take the lock around emit; emit takes it only when it must.
+        if not self.filter(record):
+            return False
+        self.emit(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = self.format(record).encode("utf-8", "backslashreplace") + self.terminator
+            if len(data) <= select.PIPE_BUF:
+                self._write(data)
+            else:
+                with self.lock:  # type: ignore[union-attr]
+                    self._write(data)
+        except Exception:
+            self.handleError(record)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+
 def configure(level: str = "INFO") -> None:
     """Sends every log record to stderr as JSON lines at `level`."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by something without one (tests)
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        sys.stderr.flush()  # what was written before goes first
+        handler = LineHandler(fd)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
