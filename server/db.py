@@ -33,6 +33,26 @@ SQLITE_PRAGMAS = {
 }
 
 
+# SQL functions written in Python that queries call on SQLite, by name: (function, arguments).
+_SQLITE_FUNCTIONS: dict[str, tuple[Callable[..., Any], int]] = {}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def sqlite_function(name: str, num_params: int) -> Callable[[F], F]:
+    """Makes the decorated function callable as `name(...)` in SQL on every SQLite connection
+    opened from then on (deterministic: SQLite may use it in indexes and reuse its results).
+
+    Registered once per connection as it opens, not per query: creating a function on the
+    connection each time was a measurable share of a search.
+    """
+
+    def register(function: F) -> F:
+        _SQLITE_FUNCTIONS[name] = (function, num_params)
+        return function
+
+    return register
+
+
 class BaseModel(peewee.Model):
     """Base of every model: names the shared database."""
 
@@ -197,6 +217,11 @@ class _SqliteDatabase(PooledSqliteDatabase):  # type: ignore[misc]
             super().rollback()
         finally:
             self._release_writer()
+
+    def _add_conn_hooks(self, conn: sqlite3.Connection) -> None:
+        super()._add_conn_hooks(conn)
+        for name, (function, num_params) in _SQLITE_FUNCTIONS.items():
+            conn.create_function(name, num_params, function, deterministic=True)
 
     def _close(self, conn: Any, close_conn: bool = False) -> None:
         """Returns (or closes) the connection; a turn still held by this thread goes with it."""

@@ -11,8 +11,9 @@ from typing import Any, cast
 import peewee
 from peewee import SQL, Case, fn
 
-from server.db import database, is_sqlite
+from server.db import is_sqlite, sqlite_function
 from server.domain import listing, page_tokens, product_fields, products
+from server.domain.product_cache import ProductCache
 from server.errors import InvalidArgument
 from server.models.product import Product
 from server.validation import Validator
@@ -53,7 +54,7 @@ def _folded(*columns: Any) -> Any:
     joined: Any = columns[0]
     for column in columns[1:]:
         joined = joined.concat(" ").concat(column)
-    # SQLite's lower() folds only ASCII, so SQLite runs fold() itself (see _install_sqlite_fold);
+    # SQLite's lower() folds only ASCII, so SQLite runs fold() itself (see _sqlite_fold);
     # PostgreSQL's lower() and translate() do the same work.
     if is_sqlite():
         text = fn.storefront_fold(joined)
@@ -110,8 +111,18 @@ def _ordered(column: Any) -> Any:
     return column if is_sqlite() else column.collate('"C"')
 
 
-def search(page: listing.PageRequest, *, query: str, show_archived: bool) -> listing.Page[Product]:
-    """Returns one page of products matching every word, best match first (tier, name, id)."""
+def search(
+    page: listing.PageRequest,
+    *,
+    query: str,
+    show_archived: bool,
+    cache: ProductCache | None = None,
+) -> listing.Page[Product]:
+    """Returns one page of products matching every word, best match first (tier, name, id).
+
+    The ranking reads ids, versions and sort keys only; the products are then taken at those
+    versions from `cache` (or read in one more query), as ListProducts does.
+    """
     # A search has its own fixed order and no filter: only page_size and page_token count.
     v = Validator()
     words = search_words(query)
@@ -145,22 +156,18 @@ def search(page: listing.PageRequest, *, query: str, show_archived: bool) -> lis
         if not types_ok:
             raise page_tokens.token_error()
 
-    if is_sqlite():
-        _install_sqlite_fold()
     candidates = Product.sku == whole_sku
     candidates |= _full_text_match(words)
     if not show_archived:
         candidates = (Product.state == products.ACTIVE) & candidates
-    ranked_query = Product.select(Product, _search_tier(words, whole_sku).alias("tier")).where(
-        candidates
-    )
+    tier = _search_tier(words, whole_sku).alias("tier")
+    ranked_query = Product.select(Product.id, Product.version, Product.name, tier).where(candidates)
     # OFFSET 0 keeps both engines from merging the subquery into the outer query, which would
     # compute each row's tier twice (filter and sort).
     ranked = ranked_query.offset(0).alias("ranked")
-    columns = [getattr(ranked.c, f.column_name) for f in Product._meta.sorted_fields]
     keys = (ranked.c.tier, _ordered(ranked.c.name), _ordered(ranked.c.id))
     page_query = (
-        Product.select(*columns, ranked.c.tier)
+        Product.select(ranked.c.tier, ranked.c.name, ranked.c.id, ranked.c.version)
         .from_(ranked)
         .where(ranked.c.tier < _NO_MATCH)
         .order_by(*keys)
@@ -168,22 +175,16 @@ def search(page: listing.PageRequest, *, query: str, show_archived: bool) -> lis
     )
     if after is not None:
         page_query = page_query.where(peewee.Tuple(*keys) > peewee.Tuple(*after))
-    rows = list(page_query)
-    if len(rows) <= size:
-        return listing.Page(rows, "")
-    rows = rows[:size]
-    last = rows[-1]
-    token = page.signer.sign(
-        (int(cast(Any, last).tier), last.name, last.id), fingerprint=fingerprint
-    )
-    return listing.Page(rows, token)
+    rows = cast(list[tuple[int, str, str, int]], list(page_query.tuples()))
+    token = ""
+    if len(rows) > size:
+        rows = rows[:size]
+        last_tier, last_name, last_id, _ = rows[-1]
+        token = page.signer.sign((int(last_tier), last_name, last_id), fingerprint=fingerprint)
+    found = products.at_versions([(row[2], row[3]) for row in rows], cache)
+    return listing.Page(found, token)
 
 
+@sqlite_function("storefront_fold", 1)
 def _sqlite_fold(text: str | None) -> str | None:
     return None if text is None else fold(text)
-
-
-def _install_sqlite_fold() -> None:
-    """Makes storefront_fold() available on this thread's SQLite connection."""
-    connection = database.connection()
-    connection.create_function("storefront_fold", 1, _sqlite_fold, deterministic=True)

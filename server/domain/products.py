@@ -532,7 +532,8 @@ def list_(
     found = listing.fetch_page(query, dataclasses.replace(request, filter=()))
     if cache is None:
         return found
-    return listing.Page(_current_versions(found.items, cache), found.next_page_token)
+    keys = [(product.id, product.version) for product in found.items]
+    return listing.Page(at_versions(keys, cache), found.next_page_token)
 
 
 def _version_columns(request: listing.ListRequest) -> list[peewee.Field]:
@@ -541,22 +542,24 @@ def _version_columns(request: listing.ListRequest) -> list[peewee.Field]:
     return list(dict.fromkeys([Product.id, Product.version, *(t.column for t in request.order)]))
 
 
-def _current_versions(keys: Sequence[Product], cache: ProductCache) -> list[Product]:
-    """The products of `keys` (id and version) at those versions: cached where the cache holds
-    that version, read (and cached) otherwise."""
+def at_versions(keys: Sequence[tuple[str, int]], cache: ProductCache | None) -> list[Product]:
+    """The products of `keys` (id, version) in that order: taken from `cache` where it holds
+    that version, read (and cached) in one query otherwise. A product deleted since its key was
+    read is left out."""
     found: dict[str, Product] = {}
-    for key in keys:
-        cached = cache.get(key.id)
-        if cached is not None and cached.version == key.version:
-            found[key.id] = cached
-    to_load = [key.id for key in keys if key.id not in found]
+    if cache is not None:
+        for product_id, version in keys:
+            cached = cache.get(product_id)
+            if cached is not None and cached.version == version:
+                found[product_id] = cached
+    to_load = [product_id for product_id, _ in keys if product_id not in found]
     if to_load:
-        generation = cache.generation()
+        generation = cache.generation() if cache is not None else 0
         for product in listing.instances(Product.select().where(Product.id.in_(to_load))):
             found[product.id] = product
-            cache.put(product.id, product, generation=generation)
-    # A product deleted between the two reads is left out of the page.
-    return [found[key.id] for key in keys if key.id in found]
+            if cache is not None:
+                cache.put(product.id, product, generation=generation)
+    return [found[product_id] for product_id, _ in keys if product_id in found]
 
 
 def list_categories() -> list[CategoryCount]:

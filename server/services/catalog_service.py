@@ -188,6 +188,7 @@ class CatalogServicer(catalog_service_pb2_grpc.CatalogServiceServicer):
             page_request(request, self.pages),
             query=request.query,
             show_archived=request.show_archived,
+            cache=self.cache,
         )
         return pb.SearchProductsResponse(
             products=[self.messages.of(p) for p in page.items],

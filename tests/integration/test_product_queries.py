@@ -83,18 +83,26 @@ def walk_list(
 
 def walk_search(query: str, *, page_size: int, show_archived: bool = False) -> list[str]:
     """Searches every page; returns the product names in order."""
-    names: list[str] = []
+    return [p.name for p in search_pages(query, page_size=page_size, show_archived=show_archived)]
+
+
+def search_pages(
+    query: str, *, page_size: int, show_archived: bool = False, cache: ProductCache | None = None
+) -> list[Product]:
+    """Searches every page (through `cache` when given); returns the products in order."""
+    found: list[Product] = []
     token = ""
     for _ in range(1_000):
         page = product_search.search(
             PageRequest(PAGES, page_size=page_size, page_token=token),
             query=query,
             show_archived=show_archived,
+            cache=cache,
         )
-        names.extend(p.name for p in page.items)
+        found.extend(page.items)
         token = page.next_page_token
         if not token:
-            return names
+            return found
     raise AssertionError("pagination does not terminate")
 
 
@@ -401,6 +409,34 @@ def test_a_list_through_the_cache_sees_a_change_made_elsewhere_at_once(
     assert listed[knife.id].name == "Chef's Knife"
     assert listed[knife.id].version == knife.version + 1
     assert cache.get(knife.id) is listed[knife.id]
+
+
+@pytest.mark.parametrize("show_archived", [False, True])
+def test_a_search_through_the_cache_is_the_search_from_the_database(
+    catalog: dict[str, Product], show_archived: bool
+) -> None:
+    cache = ProductCache(CollectorRegistry())
+    for query in ("knife", "k", "kitchen knife"):
+        plain = search_pages(query, page_size=1, show_archived=show_archived)
+        for _ in range(2):  # cold, then warm
+            cached = search_pages(query, page_size=1, show_archived=show_archived, cache=cache)
+            assert [p.__data__ for p in cached] == [p.__data__ for p in plain]
+        assert plain and all(cache.get(p.id) is p for p in cached)
+
+
+def test_a_search_through_the_cache_sees_a_change_made_elsewhere_at_once(
+    catalog: dict[str, Product],
+) -> None:
+    cache = ProductCache(CollectorRegistry(), ttl_seconds=3600)
+    knife = catalog["knife"]
+    assert knife.id in {p.id for p in search_pages("knife", page_size=10, cache=cache)}
+    # Another process's write: this process's cache is not told.
+    Product.update(description="Now forged", version=Product.version + 1).where(
+        Product.id == knife.id
+    ).execute()
+    found = {p.id: p for p in search_pages("knife", page_size=10, cache=cache)}
+    assert found[knife.id].description == "Now forged"
+    assert found[knife.id].version == knife.version + 1
 
 
 @pytest.mark.parametrize(
