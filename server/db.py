@@ -75,14 +75,18 @@ class PreparedSelect:
     def __init__(self, build: Callable[..., peewee.SelectBase]) -> None:
         self._build = build
         self._sql: dict[type, str] = {}  # by engine: placeholders and quoting differ
+        self._columns: list[Any] = []  # what the query selects, in order
+        self._model: type | None = None  # the model first_model checked the columns against
 
     def _statement(self, values: Sequence[object]) -> str:
         engine = type(database.obj)
         sql = self._sql.get(engine)
         if sql is None:
-            sql, params = self._build(*values).sql()
+            query = self._build(*values)
+            sql, params = query.sql()
             if list(params) != list(values):
                 raise ValueError(f"prepared query binds {params!r}, not {list(values)!r}")
+            self._columns = list(getattr(query, "_returning", ()))
             self._sql[engine] = sql
         return sql
 
@@ -94,8 +98,29 @@ class PreparedSelect:
         return row
 
     def first_model(self, model: type[ModelT], *values: object) -> ModelT | None:
-        """The first row as a `model` instance (the query must select that model's columns)."""
-        return next(iter(model.raw(self._statement(values), *values)), None)
+        """The first row as a `model` instance (the query must select only `model`'s fields),
+        each value converted as Peewee would (`Field.python_value`)."""
+        row = self.first_row(*values)
+        if row is None:
+            return None
+        fields = self._columns
+        if self._model is not model:
+            if not all(isinstance(f, peewee.Field) and f.model is model for f in fields):
+                raise ValueError(f"prepared query selects more than fields of {model.__name__}")
+            self._model = model
+        pairs = zip(fields, row, strict=True)
+        return instance_of(model, {field.name: field.python_value(value) for field, value in pairs})
+
+
+def instance_of(model: type[ModelT], data: dict[str, Any]) -> ModelT:
+    """A clean `model` instance holding `data` (field name -> Python value), as Peewee makes
+    one from a row, without `Model(**data)` and a descriptor call per field (which cost more
+    CPU than reading the row)."""
+    instance = model.__new__(model)
+    instance.__data__ = data
+    instance._dirty = set()  # type: ignore[attr-defined]  # (untyped in the stubs)
+    instance.__rel__ = {}
+    return instance
 
 
 def utcnow() -> dt.datetime:
