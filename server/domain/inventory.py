@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+import peewee
+
 from server.db import database, utcnow
 from server.domain import idempotency, listing
 from server.domain.commands import RequestKey
@@ -182,15 +184,13 @@ def adjust(
     with database.atomic():
         # One guarded statement: concurrent adjustments can never take stock below reserved,
         # and no read-modify-write window exists on either engine.
-        changed = (
-            StockLevel.update(on_hand=StockLevel.on_hand + delta, update_time=now)
-            .where(
+        changed = _changed_level(
+            StockLevel.update(on_hand=StockLevel.on_hand + delta, update_time=now).where(
                 (StockLevel.product == product_id)
                 & (StockLevel.on_hand - StockLevel.reserved + delta >= 0)
             )
-            .execute()
         )
-        if changed != 1:
+        if changed is None:
             level = StockLevel.get_or_none(StockLevel.product == product_id)
             if level is None:
                 raise _product_not_found(product_id)
@@ -199,8 +199,8 @@ def adjust(
                 reason="INSUFFICIENT_STOCK",
                 metadata={"product_id": product_id, "available": str(available(level))},
             )
-        return _record(
-            product_id,
+        return changed, _record(
+            changed,
             MovementKind.ADJUSTMENT,
             on_hand_delta=delta,
             reserved_delta=0,
@@ -335,8 +335,15 @@ def _check_actor(actor: str) -> None:
         raise ValueError(f"actor must be 1 to {ACTOR_MAX_LENGTH} characters")
 
 
+def _changed_level(update: peewee.ModelUpdate) -> StockLevel | None:
+    """Runs an UPDATE of one stock level; returns the row as the update left it (RETURNING: no
+    second read), or None if no row met its conditions."""
+    rows = list(update.returning(*StockLevel._meta.sorted_fields).execute())
+    return rows[0] if len(rows) == 1 else None
+
+
 def _record(
-    product_id: str,
+    level: StockLevel,
     kind: MovementKind,
     *,
     on_hand_delta: int,
@@ -345,13 +352,11 @@ def _record(
     actor: str,
     reference: str | None,
     now: dt.datetime,
-) -> tuple[StockLevel, StockMovement]:
-    """Writes the ledger entry for a change just made; call in the change's transaction."""
-    # The changed row stays locked (PostgreSQL) or the database stays locked (SQLite) until
-    # commit, so the levels read here are exactly those the change produced.
-    level = StockLevel.get(StockLevel.product == product_id)
-    movement = StockMovement.create(
-        product=product_id,
+) -> StockMovement:
+    """Writes the ledger entry for a change that left `level` as it is; call in the change's
+    transaction (the row stays locked until commit, so `level` is what the change produced)."""
+    return StockMovement.create(
+        product=level.product_id,
         kind=kind.value,
         on_hand_delta=on_hand_delta,
         reserved_delta=reserved_delta,
@@ -362,7 +367,6 @@ def _record(
         reference=reference,
         create_time=now,
     )
-    return level, movement
 
 
 # --- checkout: reserve, release, sell, restock --------------------------------------------------
@@ -511,25 +515,23 @@ def _apply(
         for product_id, quantity in merged:
             on_hand_delta = change.on_hand_sign * quantity
             reserved_delta = change.reserved_sign * quantity
-            changed = (
+            changed = _changed_level(
                 StockLevel.update(
                     on_hand=StockLevel.on_hand + on_hand_delta,
                     reserved=StockLevel.reserved + reserved_delta,
                     update_time=now,
-                )
-                .where(
+                ).where(
                     (StockLevel.product == product_id)
                     if change.guard is None
                     else (StockLevel.product == product_id) & change.guard(product_id, quantity)
                 )
-                .execute()
             )
-            if changed != 1:
+            if changed is None:
                 # Carry on, so the error names every failing line; the rollback undoes the rest.
                 failed.append(product_id)
                 continue
-            _, movement = _record(
-                product_id,
+            movement = _record(
+                changed,
                 change.kind,
                 on_hand_delta=on_hand_delta,
                 reserved_delta=reserved_delta,
