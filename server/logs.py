@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import select
 import sys
 import time
 import traceback
@@ -50,10 +49,11 @@ def utc_text(created: float) -> str:
 class LineHandler(logging.Handler):
     """Writes each record as one line with one write(2) to a file descriptor (stderr).
 
-    Every RPC logs a line, from many worker threads. logging.StreamHandler takes a lock around
-    encoding, writing and flushing each line, and a thread holding it while the kernel writes
-    makes the others queue on it. A line of at most PIPE_BUF bytes needs no lock: the kernel
-    writes it whole whatever other threads write meanwhile. Longer ones (stack traces) take it.
+    Every RPC logs a line, from many worker threads. logging.StreamHandler holds its lock while
+    it formats, encodes, writes and flushes each line, so the others queue behind all of that.
+    Here the line is formatted and encoded first, and the lock is held only around the write.
+    (It cannot go: a line longer than PIPE_BUF, a stack trace, may reach a pipe in pieces, and
+    another thread's line must not land between them.)
     """
 
     terminator = b"\n"
@@ -63,7 +63,7 @@ class LineHandler(logging.Handler):
         self.fd = fd
 
     def handle(self, record: logging.LogRecord) -> bool:
-        # Handler.handle would take the lock around emit; emit takes it only when it must.
+        # Handler.handle would hold the lock around all of emit; emit holds it for the write.
         if not self.filter(record):
             return False
         self.emit(record)
@@ -72,11 +72,8 @@ class LineHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             data = self.format(record).encode("utf-8", "backslashreplace") + self.terminator
-            if len(data) <= select.PIPE_BUF:
+            with self.lock:  # type: ignore[union-attr]
                 self._write(data)
-            else:
-                with self.lock:  # type: ignore[union-attr]
-                    self._write(data)
         except Exception:
             self.handleError(record)
 

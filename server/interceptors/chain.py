@@ -68,6 +68,17 @@ def compose(full_name: str, handler: Any, interceptors: Sequence[ScopeIntercepto
     return rebuilt(handler, wrap, request_deserializer=deserialize)
 
 
+def _enter(steps: Sequence[ScopeInterceptor], call: Call) -> tuple[int, BaseException | None]:
+    """Enters the steps in order; returns how many were entered, and the error of the one that
+    raised, if one did (the call then fails with it once the entered ones have left)."""
+    for index, step in enumerate(steps):
+        try:
+            step.enter(call)
+        except BaseException as exc:
+            return index, exc
+    return len(steps), None
+
+
 def _exit(
     steps: Sequence[ScopeInterceptor], entered: int, call: Call, error: BaseException | None
 ) -> None:
@@ -98,22 +109,18 @@ def _unary_response(
 
     def wrap(inner: Callable[..., Any]) -> Callable[..., Any]:
         def behavior(request: Any, context: grpc.ServicerContext) -> Any:
-            response = None
             call = Call(method, context, None if request_streaming else request)
-            error: BaseException | None = None
-            entered = len(steps)
-            try:
-                for index, step in enumerate(steps):
-                    entered = index
-                    step.enter(call)
-                entered = len(steps)
-                if request_streaming:
-                    request = _requests(observers, call, request)
-                response = inner(request, context)
-                for step in observers:
-                    step.message_sent(call)
-            except BaseException as exc:
-                error = exc
+            entered, error = _enter(steps, call)
+            response = None
+            if error is None:
+                try:
+                    if request_streaming:
+                        request = _requests(observers, call, request)
+                    response = inner(request, context)
+                    for step in observers:
+                        step.message_sent(call)
+                except BaseException as exc:
+                    error = exc
             _exit(steps, entered, call, error)
             return response
 
@@ -130,21 +137,17 @@ def _streamed_response(
     def wrap(inner: Callable[..., Any]) -> Callable[..., Any]:
         def behavior(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             call = Call(method, context, None if request_streaming else request)
-            error: BaseException | None = None
-            entered = len(steps)
-            try:
-                for index, step in enumerate(steps):
-                    entered = index
-                    step.enter(call)
-                entered = len(steps)
-                if request_streaming:
-                    request = _requests(observers, call, request)
-                for response in inner(request, context):
-                    for step in observers:
-                        step.message_sent(call)
-                    yield response
-            except BaseException as exc:  # GeneratorExit too: the client went away mid-stream
-                error = exc
+            entered, error = _enter(steps, call)
+            if error is None:
+                try:
+                    if request_streaming:
+                        request = _requests(observers, call, request)
+                    for response in inner(request, context):
+                        for step in observers:
+                            step.message_sent(call)
+                        yield response
+                except BaseException as exc:  # GeneratorExit too: the client went away
+                    error = exc
             _exit(steps, entered, call, error)
 
         return behavior

@@ -30,7 +30,7 @@ def test_lines_written_by_many_threads_at_once_stay_whole() -> None:
     logger.propagate = False
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    # Short lines go out without the lock; the long ones (over PIPE_BUF) take it.
+    # Lines over PIPE_BUF may reach a pipe in pieces: none may land inside another.
     long_text = "x" * (select.PIPE_BUF * 3)
     chunks: list[bytes] = []
     reader = threading.Thread(
