@@ -209,6 +209,13 @@ def _in_currency(condition: peewee.Expression, currency: str) -> peewee.Expressi
     return condition & (Order.currency == currency) if currency else condition
 
 
+def _issued_in(days: DateRange) -> peewee.Expression:
+    """The refunds issued in the range that count: all but those the provider refused."""
+    return _in_range(OrderRefund.create_time, days) & (
+        OrderRefund.status != orders.RefundStatus.FAILED.value
+    )
+
+
 def _paid_orders(days: DateRange, currency: str) -> Iterator[tuple[dt.date, SalesFigures]]:
     """Per day and currency: the orders paid, their units, subtotals, discounts, shipping and tax.
 
@@ -249,13 +256,10 @@ def _paid_orders(days: DateRange, currency: str) -> Iterator[tuple[dt.date, Sale
 def _refunds_issued(days: DateRange, currency: str) -> Iterator[tuple[dt.date, SalesFigures]]:
     """Per day and currency: the refunds issued (those the provider refused do not count)."""
     day = _day(OrderRefund.create_time)
-    condition = _in_range(OrderRefund.create_time, days) & (
-        OrderRefund.status != orders.RefundStatus.FAILED.value
-    )
     query = (
         OrderRefund.select(day, Order.currency, peewee.fn.SUM(OrderRefund.amount_minor))
         .join(Order, on=OrderRefund.order == Order.id)
-        .where(_in_currency(condition, currency))
+        .where(_in_currency(_issued_in(days), currency))
         .group_by(day, Order.currency)
     )
     for found, code, amount in _rows(query):
@@ -339,10 +343,7 @@ def refunds(start_date: str, end_date: str) -> list[RefundReason]:
             OrderRefund.reason, Order.currency, peewee.fn.COUNT(OrderRefund.id), amount
         )
         .join(Order, on=OrderRefund.order == Order.id)
-        .where(
-            _in_range(OrderRefund.create_time, days)
-            & (OrderRefund.status != orders.RefundStatus.FAILED.value)
-        )
+        .where(_issued_in(days))
         .group_by(OrderRefund.reason, Order.currency)
         .order_by(amount.desc(), Order.currency, OrderRefund.reason)
     )
